@@ -1,0 +1,171 @@
+//! The command queue (the seed, spec §9): how everybody but an object's
+//! update worker asks for a change to a lease or resource.
+//!
+//! Enqueueing inserts the command and wakes the target's update task in one
+//! transaction. Only the target's update worker consumes commands, in id
+//! order; consuming marks a command consumed exactly once, so a second
+//! consume of the same command reports `false` and does nothing.
+
+use crate::queue::NewTask;
+use crate::row::{get, json, to_json};
+use crate::{Result, Store, StoreError, Tx, now_ms};
+use drydock_model::{CommandId, CommandKind, ObjectKind, ObjectRef};
+use serde_json::Value;
+use sqlx::any::AnyRow;
+
+/// A stored command.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Command {
+    pub id: CommandId,
+    pub author: String,
+    pub target: ObjectRef,
+    pub command: CommandKind,
+    pub payload: Value,
+    pub consumed: bool,
+    pub created_at: i64,
+    pub modified_at: i64,
+}
+
+const COLUMNS: &str =
+    "id, author, target_kind, target_id, command, payload, consumed, created_at, modified_at";
+
+fn from_row(row: &AnyRow) -> Result<Command> {
+    let kind: String = get(row, "target_kind")?;
+    let command: String = get(row, "command")?;
+    Ok(Command {
+        id: CommandId(get(row, "id")?),
+        author: get(row, "author")?,
+        target: ObjectRef {
+            kind: ObjectKind::parse(&kind)
+                .ok_or_else(|| StoreError::invalid("stored command target", &kind))?,
+            id: get(row, "target_id")?,
+        },
+        command: CommandKind::parse(&command)
+            .ok_or_else(|| StoreError::invalid("stored command", &command))?,
+        payload: json(row, "payload")?,
+        consumed: get::<i64>(row, "consumed")? != 0,
+        created_at: get(row, "created_at")?,
+        modified_at: get(row, "modified_at")?,
+    })
+}
+
+impl Tx {
+    /// Insert a command for `target` and wake its update task, in this
+    /// transaction.
+    pub async fn enqueue_command(
+        &mut self,
+        author: &str,
+        target: ObjectRef,
+        command: CommandKind,
+        payload: Value,
+    ) -> Result<CommandId> {
+        if !command.valid_for(target.kind) {
+            return Err(StoreError::invalid(
+                "command",
+                format!("{command} cannot be sent to a {}", target.kind.as_str()),
+            ));
+        }
+        let now = now_ms();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO commands (author, target_kind, target_id, command, payload, consumed, created_at, modified_at) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6, $6) RETURNING id",
+        )
+        .bind(author)
+        .bind(target.kind.as_str())
+        .bind(target.id)
+        .bind(command.as_str())
+        .bind(to_json(&payload))
+        .bind(now)
+        .fetch_one(self.conn())
+        .await?;
+        self.schedule(NewTask::update(target).run_at(now)).await?;
+        Ok(CommandId(id))
+    }
+
+    /// Mark a command consumed. `true` if this call consumed it, `false` if
+    /// it already was.
+    pub async fn consume_command(&mut self, id: CommandId) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE commands SET consumed = 1, modified_at = $1 WHERE id = $2 AND consumed = 0",
+        )
+        .bind(now_ms())
+        .bind(id.0)
+        .execute(self.conn())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Unconsumed commands of `target`, oldest first, read inside this
+    /// transaction.
+    pub async fn pending_commands(&mut self, target: ObjectRef) -> Result<Vec<Command>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM commands WHERE target_kind = $1 AND target_id = $2 AND consumed = 0 ORDER BY id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(target.kind.as_str())
+            .bind(target.id)
+            .fetch_all(self.conn())
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+}
+
+impl Store {
+    /// Enqueue a command in its own transaction.
+    pub async fn enqueue_command(
+        &self,
+        author: &str,
+        target: ObjectRef,
+        command: CommandKind,
+        payload: Value,
+    ) -> Result<CommandId> {
+        let mut tx = self.begin().await?;
+        let id = tx.enqueue_command(author, target, command, payload).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Unconsumed commands of `target`, oldest first.
+    pub async fn pending_commands(&self, target: ObjectRef) -> Result<Vec<Command>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM commands WHERE target_kind = $1 AND target_id = $2 AND consumed = 0 ORDER BY id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(target.kind.as_str())
+            .bind(target.id)
+            .fetch_all(self.read_pool())
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Every command of `target` (consumed or not), oldest first.
+    pub async fn commands_for(&self, target: ObjectRef) -> Result<Vec<Command>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM commands WHERE target_kind = $1 AND target_id = $2 ORDER BY id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(target.kind.as_str())
+            .bind(target.id)
+            .fetch_all(self.read_pool())
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Whether `target` has an unconsumed command of this kind ("Releasing").
+    pub async fn has_pending_command(
+        &self,
+        target: ObjectRef,
+        command: CommandKind,
+    ) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM commands WHERE target_kind = $1 AND target_id = $2 AND consumed = 0 AND command = $3",
+        )
+        .bind(target.kind.as_str())
+        .bind(target.id)
+        .bind(command.as_str())
+        .fetch_one(self.read_pool())
+        .await?;
+        Ok(n > 0)
+    }
+}

@@ -1,0 +1,257 @@
+//! Choosing and connecting a backend from a URL, and running migrations.
+
+use crate::{Inner, Result, Store, StoreError};
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The default database: a SQLite file in the current directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://drydock.db";
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The SQL dialect of a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// Pick the dialect from a database URL, or say why the URL is unusable.
+    pub fn from_url(url: &str) -> Result<Dialect> {
+        let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("");
+        match scheme {
+            "sqlite" => Ok(Dialect::Sqlite),
+            "postgres" | "postgresql" => Ok(Dialect::Postgres),
+            _ => Err(StoreError::InvalidUrl {
+                url: redact_url(url),
+                reason: "expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE".into(),
+            }),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+        }
+    }
+}
+
+/// A URL with any password replaced by `***`, safe to print.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = userinfo
+        .split_once(':')
+        .map(|(u, _)| format!("{u}:***"))
+        .unwrap_or(userinfo.to_owned());
+    // Also strip a password passed as a query parameter.
+    let tail = match tail.find("password=") {
+        Some(i) => {
+            let end = tail[i..].find('&').map(|e| i + e).unwrap_or(tail.len());
+            format!("{}password=***{}", &tail[..i], &tail[end..])
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{user}@{host}{tail}")
+}
+
+impl Store {
+    /// Connect without migrating.
+    pub async fn connect(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::from_url(url)?;
+        let (write, read) = match dialect {
+            Dialect::Sqlite => {
+                let url = sqlite_url(url)?;
+                let opts = || {
+                    AnyPoolOptions::new()
+                        .acquire_timeout(Duration::from_secs(60))
+                        .after_connect(|conn, _meta| {
+                            Box::pin(async move {
+                                use sqlx::Executor;
+                                // WAL lets readers run beside the writer;
+                                // NORMAL is durable across process crashes.
+                                conn.execute("PRAGMA journal_mode = WAL").await?;
+                                conn.execute("PRAGMA synchronous = NORMAL").await?;
+                                conn.execute("PRAGMA busy_timeout = 30000").await?;
+                                conn.execute("PRAGMA foreign_keys = ON").await?;
+                                Ok(())
+                            })
+                        })
+                };
+                // One writer connection: writers queue here instead of
+                // spinning on SQLite's file lock (sqlx #4166).
+                let write = opts()
+                    .max_connections(1)
+                    .connect(&url)
+                    .await
+                    .map_err(|e| connect_error(&url, e))?;
+                let read = opts()
+                    .max_connections(4)
+                    .connect(&url)
+                    .await
+                    .map_err(|e| connect_error(&url, e))?;
+                (write, read)
+            }
+            Dialect::Postgres => {
+                // One direct connection first: its error says why (refused,
+                // unknown database, authentication) where a pool would only
+                // say it timed out.
+                use sqlx::Connection;
+                match tokio::time::timeout(
+                    Duration::from_secs(10),
+                    sqlx::AnyConnection::connect(url),
+                )
+                .await
+                {
+                    Ok(Ok(conn)) => conn.close().await.map_err(|e| connect_error(url, e))?,
+                    Ok(Err(e)) => return Err(connect_error(url, e)),
+                    Err(_) => {
+                        return Err(StoreError::Unavailable(format!(
+                            "cannot connect to {}: timed out after 10 s",
+                            redact_url(url)
+                        )));
+                    }
+                }
+                let pool = AnyPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await
+                    .map_err(|e| connect_error(url, e))?;
+                (pool.clone(), pool)
+            }
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                dialect,
+                write,
+                read,
+                tasks_ready: tokio::sync::Notify::new(),
+                url: url.to_owned(),
+                listener: tokio::sync::OnceCell::new(),
+            }),
+        })
+    }
+
+    /// Apply pending migrations of this backend's dialect. Returns how many
+    /// were applied.
+    pub async fn migrate(&self) -> Result<usize> {
+        let migrator = match self.inner.dialect {
+            Dialect::Sqlite => &SQLITE_MIGRATIONS,
+            Dialect::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        let before = self.applied_migrations().await.unwrap_or(0);
+        migrator
+            .run(&self.inner.write)
+            .await
+            .map_err(|e| StoreError::Migrate(e.to_string()))?;
+        Ok(self.applied_migrations().await?.saturating_sub(before))
+    }
+
+    /// Number of migrations applied to this database.
+    pub async fn applied_migrations(&self) -> Result<usize> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.inner.read)
+            .await?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    /// Number of migrations this binary knows.
+    pub fn known_migrations(&self) -> usize {
+        match self.inner.dialect {
+            Dialect::Sqlite => SQLITE_MIGRATIONS.iter().count(),
+            Dialect::Postgres => POSTGRES_MIGRATIONS.iter().count(),
+        }
+    }
+
+    /// `(table, column)` pairs of the schema, sorted; used to prove the two
+    /// dialects' migrations define the same schema.
+    pub async fn schema_columns(&self) -> Result<Vec<(String, String)>> {
+        let sql = match self.inner.dialect {
+            Dialect::Sqlite => {
+                "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p \
+                 WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name <> '_sqlx_migrations'"
+            }
+            Dialect::Postgres => {
+                "SELECT table_name::text, column_name::text FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name <> '_sqlx_migrations'"
+            }
+        };
+        let mut cols: Vec<(String, String)> =
+            sqlx::query_as(sql).fetch_all(&self.inner.read).await?;
+        cols.sort();
+        Ok(cols)
+    }
+}
+
+fn sqlite_url(url: &str) -> Result<String> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or("");
+    if path.is_empty() || path == ":memory:" {
+        return Err(StoreError::InvalidUrl {
+            url: url.to_owned(),
+            reason: "a SQLite database needs a file path, e.g. sqlite://drydock.db (in-memory databases are not shared between connections)".into(),
+        });
+    }
+    if url.contains('?') {
+        Ok(url.to_owned())
+    } else {
+        Ok(format!("{url}?mode=rwc"))
+    }
+}
+
+fn connect_error(url: &str, e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(format!("cannot connect to {}: {e}", redact_url(url)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_pick_their_dialect_and_bad_ones_are_named() {
+        assert_eq!(Dialect::from_url("sqlite://x.db").unwrap(), Dialect::Sqlite);
+        assert_eq!(
+            Dialect::from_url("postgres://u@h/db").unwrap(),
+            Dialect::Postgres
+        );
+        assert_eq!(
+            Dialect::from_url("postgresql://u@h/db").unwrap(),
+            Dialect::Postgres
+        );
+        let err = Dialect::from_url("mysql://root:hunter2@h/db")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mysql://root:***@h/db"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact_url("postgres://u@h/db?password=secret&x=1"),
+            "postgres://u@h/db?password=***&x=1"
+        );
+        assert_eq!(redact_url("sqlite://drydock.db"), "sqlite://drydock.db");
+    }
+}

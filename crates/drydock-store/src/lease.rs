@@ -1,0 +1,254 @@
+//! Lease rows. A lease is inserted by its requester (status `pending`);
+//! after that only its update worker writes it, through
+//! [`Tx::save_lease`], which is conditional on the row version and on the
+//! worker's object-lock token.
+
+use crate::object_lock::{ObjectLock, fence_condition};
+use crate::row::{get, json, opt_json, parsed, to_json};
+use crate::{Result, Store, StoreError, Tx, now_ms};
+use drydock_model::{BlueprintId, LeaseId, LeaseStatus, ObjectRef, ResourceId};
+use serde_json::{Map, Value};
+use sqlx::any::AnyRow;
+
+/// Largest serialized attribute map, in bytes.
+pub const MAX_ATTRIBUTES_LEN: usize = 64 * 1024;
+
+/// What a requester asks for.
+#[derive(Clone, Debug, Default)]
+pub struct NewLease {
+    pub resource_type: String,
+    /// Blueprints allowed to satisfy the lease (empty: any of the type).
+    pub blueprint_ids: Vec<BlueprintId>,
+    /// The object whose authorizations are checked.
+    pub authorizing: String,
+    pub owner: Option<String>,
+    pub attributes: Map<String, Value>,
+    /// Higher is served first; equal priorities first come, first served.
+    pub priority: i64,
+    /// Epoch ms at which the lease is released.
+    pub until: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lease {
+    pub id: LeaseId,
+    pub resource_type: String,
+    pub status: LeaseStatus,
+    pub resource_id: Option<ResourceId>,
+    pub blueprint_ids: Vec<BlueprintId>,
+    pub authorizing: String,
+    pub owner: Option<String>,
+    pub attributes: Map<String, Value>,
+    /// Engine bookkeeping (allocated / reclaimed resources, ...).
+    pub internal: Map<String, Value>,
+    pub priority: i64,
+    pub until: Option<i64>,
+    /// Why a pending lease waits, machine-readable (`{"reason": ...}`).
+    pub waiting: Option<Value>,
+    pub failure: Option<String>,
+    pub acquired_at: Option<i64>,
+    pub activated_at: Option<i64>,
+    pub version: i64,
+    pub created_at: i64,
+    pub modified_at: i64,
+}
+
+impl Lease {
+    pub fn object(&self) -> ObjectRef {
+        ObjectRef::lease(self.id)
+    }
+}
+
+const COLUMNS: &str = "id, resource_type, status, resource_id, blueprint_ids, authorizing, owner, attributes, internal, \
+     priority, until_at, waiting, failure, acquired_at, activated_at, version, created_at, modified_at";
+
+fn from_row(row: &AnyRow) -> Result<Lease> {
+    Ok(Lease {
+        id: LeaseId(get(row, "id")?),
+        resource_type: get(row, "resource_type")?,
+        status: parsed(row, "status")?,
+        resource_id: get::<Option<i64>>(row, "resource_id")?.map(ResourceId),
+        blueprint_ids: json::<Vec<i64>>(row, "blueprint_ids")?
+            .into_iter()
+            .map(BlueprintId)
+            .collect(),
+        authorizing: get(row, "authorizing")?,
+        owner: get(row, "owner")?,
+        attributes: json(row, "attributes")?,
+        internal: json(row, "internal")?,
+        priority: get(row, "priority")?,
+        until: get(row, "until_at")?,
+        waiting: opt_json(row, "waiting")?,
+        failure: get(row, "failure")?,
+        acquired_at: get(row, "acquired_at")?,
+        activated_at: get(row, "activated_at")?,
+        version: get(row, "version")?,
+        created_at: get(row, "created_at")?,
+        modified_at: get(row, "modified_at")?,
+    })
+}
+
+pub(crate) fn check_map(what: &'static str, map: &Map<String, Value>) -> Result<String> {
+    let text = to_json(map);
+    if text.len() > MAX_ATTRIBUTES_LEN {
+        return Err(StoreError::invalid(
+            what,
+            format!("{} bytes (at most {MAX_ATTRIBUTES_LEN})", text.len()),
+        ));
+    }
+    Ok(text)
+}
+
+/// Which leases to list. Unset fields do not filter.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseFilter {
+    pub statuses: Vec<LeaseStatus>,
+    pub resource: Option<ResourceId>,
+    pub owner: Option<String>,
+    /// Only leases with an id below this (paging newest first).
+    pub before: Option<LeaseId>,
+    pub limit: Option<i64>,
+}
+
+impl Tx {
+    /// Insert a new pending lease. The caller schedules its update task in
+    /// the same transaction.
+    pub async fn insert_lease(&mut self, new: &NewLease) -> Result<Lease> {
+        if new.resource_type.is_empty() || new.resource_type.len() > 64 {
+            return Err(StoreError::invalid(
+                "resource type",
+                format!("{:?}", new.resource_type),
+            ));
+        }
+        if new.authorizing.is_empty() || new.authorizing.len() > 255 {
+            return Err(StoreError::invalid(
+                "authorizing object",
+                format!("{:?}", new.authorizing),
+            ));
+        }
+        let attributes = check_map("lease attributes", &new.attributes)?;
+        let now = now_ms();
+        let blueprints: Vec<i64> = new.blueprint_ids.iter().map(|b| b.0).collect();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO leases (resource_type, status, blueprint_ids, authorizing, owner, attributes, internal, priority, \
+               until_at, version, fence, created_at, modified_at) \
+             VALUES ($1, 'pending', $2, $3, $4, $5, '{}', $6, $7, 1, 0, $8, $8) RETURNING id",
+        )
+        .bind(&new.resource_type)
+        .bind(to_json(&blueprints))
+        .bind(&new.authorizing)
+        .bind(&new.owner)
+        .bind(attributes)
+        .bind(new.priority)
+        .bind(new.until)
+        .bind(now)
+        .fetch_one(self.conn())
+        .await?;
+        self.lease(LeaseId(id)).await
+    }
+
+    pub async fn lease(&mut self, id: LeaseId) -> Result<Lease> {
+        let sql = format!("SELECT {COLUMNS} FROM leases WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.0)
+            .fetch_optional(self.conn())
+            .await?;
+        from_row(&row.ok_or(StoreError::NotFound {
+            what: "lease",
+            id: id.to_string(),
+        })?)
+    }
+
+    /// Write every mutable field of `lease`, fenced: only if the row is
+    /// still at `lease.version` and `lock` is still the current grant of the
+    /// lease's lock. Returns the lease as stored (version bumped).
+    pub async fn save_lease(&mut self, lease: &Lease, lock: &ObjectLock) -> Result<Lease> {
+        let attributes = check_map("lease attributes", &lease.attributes)?;
+        let internal = check_map("lease bookkeeping", &lease.internal)?;
+        let sql = format!(
+            "UPDATE leases SET status = $1, resource_id = $2, attributes = $3, internal = $4, until_at = $5, \
+               waiting = $6, failure = $7, acquired_at = $8, activated_at = $9, version = version + 1, fence = $10, \
+               modified_at = $11 \
+             WHERE id = $12 AND version = $13 AND {}",
+            fence_condition(14, 10)
+        );
+        let n = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(lease.status.as_str())
+            .bind(lease.resource_id.map(|r| r.0))
+            .bind(attributes)
+            .bind(internal)
+            .bind(lease.until)
+            .bind(lease.waiting.as_ref().map(to_json))
+            .bind(&lease.failure)
+            .bind(lease.acquired_at)
+            .bind(lease.activated_at)
+            .bind(lock.token)
+            .bind(now_ms())
+            .bind(lease.id.0)
+            .bind(lease.version)
+            .bind(&lock.name)
+            .execute(self.conn())
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::Stale {
+                object: lease.object().key(),
+                token: lock.token,
+            });
+        }
+        self.lease(lease.id).await
+    }
+}
+
+impl Store {
+    /// Insert a lease in its own transaction (without scheduling it).
+    pub async fn insert_lease(&self, new: &NewLease) -> Result<Lease> {
+        let mut tx = self.begin().await?;
+        let lease = tx.insert_lease(new).await?;
+        tx.commit().await?;
+        Ok(lease)
+    }
+
+    pub async fn lease(&self, id: LeaseId) -> Result<Lease> {
+        let sql = format!("SELECT {COLUMNS} FROM leases WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.0)
+            .fetch_optional(self.read_pool())
+            .await?;
+        from_row(&row.ok_or(StoreError::NotFound {
+            what: "lease",
+            id: id.to_string(),
+        })?)
+    }
+
+    /// Leases matching `filter`, newest first.
+    pub async fn leases(&self, filter: &LeaseFilter) -> Result<Vec<Lease>> {
+        let limit = filter.limit.unwrap_or(100).clamp(1, 10_000);
+        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        let status_sql = if statuses.is_empty() {
+            String::from("1 = 1")
+        } else {
+            // Statuses come from the enum, never from input text.
+            format!(
+                "status IN ({})",
+                statuses
+                    .iter()
+                    .map(|s| format!("'{s}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM leases WHERE {status_sql} AND ($1 IS NULL OR resource_id = $1) \
+             AND ($2 IS NULL OR owner = $2) AND id < $3 ORDER BY id DESC LIMIT $4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(filter.resource.map(|r| r.0))
+            .bind(&filter.owner)
+            .bind(filter.before.map(|b| b.0).unwrap_or(i64::MAX))
+            .bind(limit)
+            .fetch_all(self.read_pool())
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+}

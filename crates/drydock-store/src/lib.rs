@@ -1,0 +1,164 @@
+//! Drydock's storage layer: one [`Store`] over SQLite (the embedded default)
+//! or PostgreSQL (scale-out), picked at run time from a URL.
+//!
+//! It owns the schema and its migrations, every SQL statement, the durable
+//! task queue ([`queue`]), object locks with fencing tokens ([`object_lock`]),
+//! slot locks ([`slot_lock`]), the command queue ([`command`]) and logs
+//! ([`log`]). It knows nothing about blueprint behaviour or the allocator.
+//!
+//! Both backends run the same SQL (sqlx's `Any` driver; `$N` placeholders
+//! work on both); the few dialect-specific statements branch on
+//! [`Dialect`]. On SQLite every write transaction starts with
+//! `BEGIN IMMEDIATE` on a single writer connection, so writers queue in the
+//! process instead of failing with `SQLITE_BUSY` halfway through.
+
+pub mod authorization;
+pub mod blueprint;
+pub mod command;
+mod connect;
+pub mod daemon;
+mod error;
+pub mod lease;
+pub mod log;
+pub mod object_lock;
+pub mod queue;
+pub mod resource;
+mod row;
+pub mod slot_lock;
+
+pub use connect::{DEFAULT_DATABASE_URL, Dialect, redact_url};
+pub use error::{SlotConflict, StoreError};
+
+use sqlx::AnyPool;
+use sqlx::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Current time in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Milliseconds in a duration, saturating.
+pub fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A handle on the database. Cheap to clone; all clones share the pools and
+/// the task-queue notifier.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dialect: Dialect,
+    /// SQLite: one connection, so writes queue in-process. PostgreSQL: the pool.
+    write: AnyPool,
+    /// SQLite: several read-only-by-convention connections. PostgreSQL: the pool.
+    read: AnyPool,
+    /// Woken after a commit that made a task runnable (and, on PostgreSQL,
+    /// by `NOTIFY` from other processes).
+    tasks_ready: Notify,
+    /// The connection URL (kept for the PostgreSQL listener; never printed).
+    url: String,
+    listener: tokio::sync::OnceCell<()>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dialect", &self.inner.dialect)
+            .field("url", &redact_url(&self.inner.url))
+            .finish()
+    }
+}
+
+impl Store {
+    /// Connect to `url` (`sqlite://PATH` or `postgres://...`) and apply any
+    /// pending migrations.
+    pub async fn open(url: &str) -> Result<Store> {
+        let store = Self::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The backend in use.
+    pub fn dialect(&self) -> Dialect {
+        self.inner.dialect
+    }
+
+    /// Begin a write transaction. Work enqueued inside it (tasks, commands)
+    /// becomes visible, and wakes workers, only when it commits.
+    ///
+    /// Do all writes of the transaction through the [`Tx`]: on SQLite the
+    /// store has one writer connection, so calling a writing `Store` method
+    /// while holding a `Tx` of the same store waits for that `Tx` forever.
+    pub async fn begin(&self) -> Result<Tx> {
+        let tx = match self.inner.dialect {
+            Dialect::Sqlite => self.inner.write.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.inner.write.begin().await,
+        }
+        .map_err(StoreError::from)?;
+        Ok(Tx {
+            tx,
+            store: self.clone(),
+            wake_workers: false,
+        })
+    }
+
+    pub(crate) fn read_pool(&self) -> &AnyPool {
+        &self.inner.read
+    }
+
+    /// Close every connection. Pending queries finish first.
+    pub async fn close(&self) {
+        self.inner.write.close().await;
+        self.inner.read.close().await;
+    }
+}
+
+/// A write transaction. Dropping it without [`Tx::commit`] rolls it back.
+pub struct Tx {
+    tx: sqlx::Transaction<'static, Any>,
+    store: Store,
+    wake_workers: bool,
+}
+
+impl Tx {
+    /// Commit, then wake workers if this transaction made tasks runnable.
+    pub async fn commit(self) -> Result<()> {
+        let Tx {
+            tx,
+            store,
+            wake_workers,
+        } = self;
+        tx.commit().await?;
+        if wake_workers {
+            store.inner.tasks_ready.notify_waiters();
+        }
+        Ok(())
+    }
+
+    pub async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await.map_err(Into::into)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
+    }
+
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.store.inner.dialect
+    }
+}

@@ -1,0 +1,148 @@
+//! Typed log events linked to a lease, resource and/or blueprint (spec §12),
+//! queryable by object and time.
+
+use crate::row::{get, json, to_json};
+use crate::{Result, Store, StoreError, Tx, now_ms};
+use drydock_model::{BlueprintId, LeaseId, LogId, ResourceId};
+use serde_json::Value;
+use sqlx::any::AnyRow;
+
+/// Longest log type accepted.
+pub const MAX_TYPE_LEN: usize = 64;
+/// Largest serialized `data` accepted, in bytes.
+pub const MAX_DATA_LEN: usize = 64 * 1024;
+
+/// A log event to write.
+#[derive(Clone, Debug, Default)]
+pub struct NewLog {
+    pub lease: Option<LeaseId>,
+    pub resource: Option<ResourceId>,
+    pub blueprint: Option<BlueprintId>,
+    pub kind: String,
+    pub data: Value,
+}
+
+impl NewLog {
+    pub fn new(kind: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            data: Value::Object(Default::default()),
+            ..Default::default()
+        }
+    }
+    pub fn lease(mut self, id: LeaseId) -> Self {
+        self.lease = Some(id);
+        self
+    }
+    pub fn resource(mut self, id: ResourceId) -> Self {
+        self.resource = Some(id);
+        self
+    }
+    pub fn blueprint(mut self, id: BlueprintId) -> Self {
+        self.blueprint = Some(id);
+        self
+    }
+    pub fn data(mut self, data: Value) -> Self {
+        self.data = data;
+        self
+    }
+}
+
+/// A stored log event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogEntry {
+    pub id: LogId,
+    pub epoch: i64,
+    pub lease: Option<LeaseId>,
+    pub resource: Option<ResourceId>,
+    pub blueprint: Option<BlueprintId>,
+    pub kind: String,
+    pub data: Value,
+}
+
+/// Which events to read. Unset fields do not filter.
+#[derive(Clone, Debug, Default)]
+pub struct LogFilter {
+    pub lease: Option<LeaseId>,
+    pub resource: Option<ResourceId>,
+    pub blueprint: Option<BlueprintId>,
+    /// Only events with an id greater than this (cursor paging, oldest first).
+    pub after: Option<LogId>,
+    /// Only events at or after this epoch (ms).
+    pub since: Option<i64>,
+    /// Only events before this epoch (ms).
+    pub until: Option<i64>,
+    /// At most this many (default and maximum 1000).
+    pub limit: Option<i64>,
+}
+
+fn from_row(row: &AnyRow) -> Result<LogEntry> {
+    Ok(LogEntry {
+        id: LogId(get(row, "id")?),
+        epoch: get(row, "epoch")?,
+        lease: get::<Option<i64>>(row, "lease_id")?.map(LeaseId),
+        resource: get::<Option<i64>>(row, "resource_id")?.map(ResourceId),
+        blueprint: get::<Option<i64>>(row, "blueprint_id")?.map(BlueprintId),
+        kind: get(row, "type")?,
+        data: json(row, "data")?,
+    })
+}
+
+impl Tx {
+    pub async fn log(&mut self, log: NewLog) -> Result<LogId> {
+        if log.kind.is_empty() || log.kind.len() > MAX_TYPE_LEN {
+            return Err(StoreError::invalid(
+                "log type",
+                format!("{:?} must be 1 to {MAX_TYPE_LEN} bytes", log.kind),
+            ));
+        }
+        let mut data = to_json(&log.data);
+        if data.len() > MAX_DATA_LEN {
+            // Keep the event, drop the oversized payload: logs must not grow
+            // without bound because a command printed a lot.
+            data = to_json(&serde_json::json!({ "truncated": true, "bytes": data.len() }));
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO logs (epoch, blueprint_id, resource_id, lease_id, type, data) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(now_ms())
+        .bind(log.blueprint.map(|b| b.0))
+        .bind(log.resource.map(|r| r.0))
+        .bind(log.lease.map(|l| l.0))
+        .bind(&log.kind)
+        .bind(data)
+        .fetch_one(self.conn())
+        .await?;
+        Ok(LogId(id))
+    }
+}
+
+impl Store {
+    pub async fn log(&self, log: NewLog) -> Result<LogId> {
+        let mut tx = self.begin().await?;
+        let id = tx.log(log).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Events matching `filter`, oldest first.
+    pub async fn logs(&self, filter: &LogFilter) -> Result<Vec<LogEntry>> {
+        let limit = filter.limit.unwrap_or(1000).clamp(1, 1000);
+        let rows = sqlx::query(
+            "SELECT id, epoch, lease_id, resource_id, blueprint_id, type, data FROM logs \
+             WHERE ($1 IS NULL OR lease_id = $1) AND ($2 IS NULL OR resource_id = $2) \
+               AND ($3 IS NULL OR blueprint_id = $3) AND id > $4 AND epoch >= $5 AND epoch < $6 \
+             ORDER BY id LIMIT $7",
+        )
+        .bind(filter.lease.map(|l| l.0))
+        .bind(filter.resource.map(|r| r.0))
+        .bind(filter.blueprint.map(|b| b.0))
+        .bind(filter.after.map(|a| a.0).unwrap_or(0))
+        .bind(filter.since.unwrap_or(i64::MIN))
+        .bind(filter.until.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(self.read_pool())
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+}

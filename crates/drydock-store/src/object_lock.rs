@@ -1,0 +1,188 @@
+//! Object locks (`lease:<id>`, `resource:<id>`): expiring leases on a lock
+//! row with a strictly increasing **fencing token**.
+//!
+//! A lock row is never deleted, so its token only grows: every grant after
+//! an unlock or an expiry gets a larger token than any before it. Writes
+//! made under a lock ([`Tx::save_lease`](crate::Tx::save_lease),
+//! [`Tx::save_resource`](crate::Tx::save_resource)) are conditional on the
+//! token still being the lock's current one, so a holder that stalled past
+//! its expiry and was taken over writes nothing and gets
+//! [`StoreError::Stale`].
+//!
+//! Contention is not an error: [`Store::try_lock`] answers `None`, meaning
+//! "try again shortly" (spec §19.1 fixed).
+
+use crate::row::get;
+use crate::{Result, Store, StoreError, Tx, ms, now_ms};
+use std::time::Duration;
+
+/// A held object lock. Its token fences every write made under it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectLock {
+    pub name: String,
+    pub owner: String,
+    pub token: i64,
+    pub expires_at: i64,
+}
+
+/// Who holds a lock, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockState {
+    pub name: String,
+    pub owner: Option<String>,
+    pub token: i64,
+    pub expires_at: i64,
+}
+
+impl LockState {
+    pub fn is_held(&self, now: i64) -> bool {
+        self.owner.is_some() && self.expires_at >= now
+    }
+}
+
+impl Store {
+    /// Take `name` for `owner` for `ttl` if it is free or its holder's
+    /// lease expired. `None` means another live holder has it.
+    pub async fn try_lock(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<ObjectLock>> {
+        let now = now_ms();
+        let expires_at = now.saturating_add(ms(ttl));
+        let mut tx = self.begin().await?;
+        let token: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO object_locks (name, owner, token, expires_at, acquired_at) VALUES ($1, $2, 1, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, token = object_locks.token + 1, \
+               expires_at = excluded.expires_at, acquired_at = excluded.acquired_at \
+             WHERE object_locks.owner IS NULL OR object_locks.expires_at < $4 \
+             RETURNING token",
+        )
+        .bind(name)
+        .bind(owner)
+        .bind(expires_at)
+        .bind(now)
+        .fetch_optional(tx.conn())
+        .await?;
+        tx.commit().await?;
+        Ok(token.map(|token| ObjectLock {
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+            token,
+            expires_at,
+        }))
+    }
+
+    /// Extend a held lock. Fails with [`StoreError::Stale`] if it was taken
+    /// over (or released) meanwhile.
+    pub async fn renew_lock(&self, lock: &mut ObjectLock, ttl: Duration) -> Result<()> {
+        let now = now_ms();
+        let expires_at = now.saturating_add(ms(ttl));
+        let mut tx = self.begin().await?;
+        let n = sqlx::query(
+            "UPDATE object_locks SET expires_at = $1 WHERE name = $2 AND token = $3 AND owner = $4",
+        )
+        .bind(expires_at)
+        .bind(&lock.name)
+        .bind(lock.token)
+        .bind(&lock.owner)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        if n == 0 {
+            return Err(StoreError::Stale {
+                object: lock.name.clone(),
+                token: lock.token,
+            });
+        }
+        lock.expires_at = expires_at;
+        Ok(())
+    }
+
+    /// Release a lock. Releasing a lock that was already taken over does
+    /// nothing to the new holder.
+    pub async fn unlock(&self, lock: ObjectLock) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query(
+            "UPDATE object_locks SET owner = NULL, expires_at = 0 WHERE name = $1 AND token = $2",
+        )
+        .bind(&lock.name)
+        .bind(lock.token)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// The stored state of a lock, if it was ever taken.
+    pub async fn lock_state(&self, name: &str) -> Result<Option<LockState>> {
+        let row =
+            sqlx::query("SELECT name, owner, token, expires_at FROM object_locks WHERE name = $1")
+                .bind(name)
+                .fetch_optional(self.read_pool())
+                .await?;
+        row.map(|r| {
+            Ok(LockState {
+                name: get(&r, "name")?,
+                owner: get(&r, "owner")?,
+                token: get(&r, "token")?,
+                expires_at: get(&r, "expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Locks held right now (owner set and not expired).
+    pub async fn held_locks(&self) -> Result<Vec<LockState>> {
+        let rows = sqlx::query(
+            "SELECT name, owner, token, expires_at FROM object_locks WHERE owner IS NOT NULL AND expires_at >= $1 ORDER BY name",
+        )
+        .bind(now_ms())
+        .fetch_all(self.read_pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LockState {
+                    name: get(r, "name")?,
+                    owner: get(r, "owner")?,
+                    token: get(r, "token")?,
+                    expires_at: get(r, "expires_at")?,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Tx {
+    /// Fail with [`StoreError::Stale`] unless `lock` is still the current
+    /// grant of its lock. For writes not covered by a versioned row update.
+    pub async fn check_fence(&mut self, lock: &ObjectLock) -> Result<()> {
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT token FROM object_locks WHERE name = $1")
+                .bind(&lock.name)
+                .fetch_optional(self.conn())
+                .await?;
+        if current == Some(lock.token) {
+            Ok(())
+        } else {
+            Err(StoreError::Stale {
+                object: lock.name.clone(),
+                token: lock.token,
+            })
+        }
+    }
+}
+
+/// SQL condition (with placeholders `$a`, `$b` for the lock name and token)
+/// that holds while the lock grant is current. Used inside protected UPDATEs.
+pub(crate) const FENCE_CONDITION: &str =
+    "EXISTS (SELECT 1 FROM object_locks l WHERE l.name = {name} AND l.token = {token})";
+
+pub(crate) fn fence_condition(name_param: usize, token_param: usize) -> String {
+    FENCE_CONDITION
+        .replace("{name}", &format!("${name_param}"))
+        .replace("{token}", &format!("${token_param}"))
+}

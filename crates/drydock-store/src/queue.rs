@@ -1,0 +1,752 @@
+//! The durable task queue (spec §17, without its weaknesses).
+//!
+//! - **schedule**, optionally at a future time that is really honoured;
+//!   inside the caller's transaction ([`Tx::schedule`]), so a state change
+//!   and the work it causes commit together;
+//! - **at most one queued task per object**: scheduling an object that
+//!   already has a queued task coalesces into it (earliest `run_at`, highest
+//!   priority win). A partial unique index enforces it;
+//! - **claim** with an expiring claim and a fencing token; a crashed worker's
+//!   task is claimed again after expiry; tasks of an object whose task is
+//!   already running are not claimed (one pass per object at a time);
+//! - **heartbeat** extends a claim during long work;
+//! - outcomes: done, **yield** (run again later, not a failure), **retry**
+//!   (a temporary failure, exponential backoff, bounded attempts), **fail**
+//!   (permanent, reason recorded);
+//! - **awaken** makes waiting tasks runnable now;
+//! - workers learn of new work from an in-process [`Notify`] and, on
+//!   PostgreSQL, `LISTEN/NOTIFY`; polling is only a fallback.
+//!
+//! [`Notify`]: tokio::sync::Notify
+
+use crate::row::{get, json, to_json};
+use crate::{Dialect, Result, Store, StoreError, Tx, ms, now_ms};
+use drydock_model::{ObjectRef, TaskId};
+use serde_json::Value;
+use sqlx::any::AnyRow;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Attempts before a task that keeps failing temporarily fails for good.
+pub const DEFAULT_MAX_ATTEMPTS: i64 = 8;
+/// The channel used for `NOTIFY` on PostgreSQL.
+pub const NOTIFY_CHANNEL: &str = "drydock_tasks";
+
+/// A task to schedule.
+#[derive(Clone, Debug)]
+pub struct NewTask {
+    pub kind: String,
+    /// Tasks with the same key coalesce while queued and never run at once.
+    pub object_key: Option<String>,
+    pub payload: Value,
+    /// Epoch ms before which the task does not run.
+    pub run_at: i64,
+    /// Higher runs first.
+    pub priority: i64,
+    pub max_attempts: i64,
+}
+
+impl NewTask {
+    pub fn new(kind: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            object_key: None,
+            payload: Value::Object(Default::default()),
+            run_at: 0,
+            priority: 0,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+
+    /// The update task of an object.
+    pub fn update(object: ObjectRef) -> Self {
+        Self::new(object.update_task_kind()).object(object.key())
+    }
+
+    pub fn object(mut self, key: impl Into<String>) -> Self {
+        self.object_key = Some(key.into());
+        self
+    }
+
+    pub fn payload(mut self, payload: Value) -> Self {
+        self.payload = payload;
+        self
+    }
+
+    pub fn run_at(mut self, epoch_ms: i64) -> Self {
+        self.run_at = epoch_ms;
+        self
+    }
+
+    pub fn priority(mut self, priority: i64) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    pub fn max_attempts(mut self, n: i64) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskState {
+    Queued,
+    Claimed,
+    Done,
+    Failed,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Claimed => "claimed",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::str::FromStr for TaskState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Self::Queued, Self::Claimed, Self::Done, Self::Failed]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("unknown task state {s:?}"))
+    }
+}
+
+/// A stored task.
+#[derive(Clone, Debug)]
+pub struct Task {
+    pub id: TaskId,
+    pub kind: String,
+    pub object_key: Option<String>,
+    pub state: TaskState,
+    pub priority: i64,
+    pub run_at: i64,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub claim_owner: Option<String>,
+    pub claim_expires_at: Option<i64>,
+    pub claim_token: i64,
+    pub payload: Value,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+/// A task claimed by a worker. Every later write about it is conditional on
+/// `token`: a worker whose claim was taken over cannot complete it.
+#[derive(Clone, Debug)]
+pub struct ClaimedTask {
+    pub id: TaskId,
+    pub kind: String,
+    pub object_key: Option<String>,
+    pub payload: Value,
+    /// Failures so far (temporary failures and crashed runs).
+    pub attempts: i64,
+    pub token: i64,
+    pub owner: String,
+}
+
+/// How a claimed task ends, as the store records it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Completion {
+    Done,
+    /// Back to the queue until `run_at`. `failure` counts towards the
+    /// attempt limit (a temporary failure) and is recorded; `None` is a
+    /// yield or a hand-back and counts nothing.
+    Requeue {
+        run_at: i64,
+        failure: Option<String>,
+    },
+    /// Permanent failure, with its reason.
+    Fail(String),
+}
+
+const TASK_COLUMNS: &str = "id, kind, object_key, state, priority, run_at, attempts, max_attempts, claim_owner, \
+     claim_expires_at, claim_token, payload, last_error, created_at, finished_at";
+
+fn task_from_row(row: &AnyRow) -> Result<Task> {
+    Ok(Task {
+        id: TaskId(get(row, "id")?),
+        kind: get(row, "kind")?,
+        object_key: get(row, "object_key")?,
+        state: crate::row::parsed(row, "state")?,
+        priority: get(row, "priority")?,
+        run_at: get(row, "run_at")?,
+        attempts: get(row, "attempts")?,
+        max_attempts: get(row, "max_attempts")?,
+        claim_owner: get(row, "claim_owner")?,
+        claim_expires_at: get(row, "claim_expires_at")?,
+        claim_token: get(row, "claim_token")?,
+        payload: json(row, "payload")?,
+        last_error: get(row, "last_error")?,
+        created_at: get(row, "created_at")?,
+        finished_at: get(row, "finished_at")?,
+    })
+}
+
+impl Tx {
+    /// Schedule a task in this transaction. If the object already has a
+    /// queued task, that one is kept (with the earlier `run_at` and higher
+    /// priority of the two) and its id returned.
+    pub async fn schedule(&mut self, task: NewTask) -> Result<TaskId> {
+        let now = now_ms();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO tasks (kind, object_key, state, priority, run_at, attempts, max_attempts, claim_token, payload, created_at) \
+             VALUES ($1, $2, 'queued', $3, $4, 0, $5, 0, $6, $7) \
+             ON CONFLICT (object_key) WHERE state = 'queued' DO UPDATE SET \
+               run_at = CASE WHEN excluded.run_at < tasks.run_at THEN excluded.run_at ELSE tasks.run_at END, \
+               priority = CASE WHEN excluded.priority > tasks.priority THEN excluded.priority ELSE tasks.priority END \
+             RETURNING id",
+        )
+        .bind(&task.kind)
+        .bind(&task.object_key)
+        .bind(task.priority)
+        .bind(task.run_at)
+        .bind(task.max_attempts)
+        .bind(to_json(&task.payload))
+        .bind(now)
+        .fetch_one(self.conn())
+        .await?;
+        self.notify_workers().await?;
+        Ok(TaskId(id))
+    }
+
+    /// Make the given queued tasks runnable now (spec §17.5, but reliable: it
+    /// works for any queued task, whatever its history).
+    pub async fn awaken(&mut self, ids: &[TaskId]) -> Result<u64> {
+        let now = now_ms();
+        let mut n = 0;
+        for id in ids {
+            n += sqlx::query(
+                "UPDATE tasks SET run_at = $1 WHERE id = $2 AND state = 'queued' AND run_at > $1",
+            )
+            .bind(now)
+            .bind(id.0)
+            .execute(self.conn())
+            .await?
+            .rows_affected();
+        }
+        if n > 0 {
+            self.notify_workers().await?;
+        }
+        Ok(n)
+    }
+
+    /// Wake the object's update worker now: schedules its update task, or
+    /// moves an already queued one to now.
+    pub async fn wake(&mut self, object: ObjectRef) -> Result<TaskId> {
+        self.schedule(NewTask::update(object).run_at(now_ms()))
+            .await
+    }
+
+    async fn notify_workers(&mut self) -> Result<()> {
+        self.wake_workers = true;
+        if self.dialect() == Dialect::Postgres {
+            // Delivered to listeners when (and only if) this transaction commits.
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(NOTIFY_CHANNEL)
+                .execute(self.conn())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Schedule a task in its own transaction.
+    pub async fn schedule(&self, task: NewTask) -> Result<TaskId> {
+        let mut tx = self.begin().await?;
+        let id = tx.schedule(task).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    pub async fn awaken(&self, ids: &[TaskId]) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let n = tx.awaken(ids).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Claim the most urgent runnable task for `owner` for `ttl`.
+    ///
+    /// Runnable: queued with `run_at` passed, or claimed by a worker whose
+    /// claim expired (that run counts as a failed attempt). A task whose
+    /// object already has a task running under a live claim waits.
+    pub async fn claim(&self, owner: &str, ttl: Duration) -> Result<Option<ClaimedTask>> {
+        let now = now_ms();
+        let skip_locked = match self.dialect() {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+        };
+        let sql = format!(
+            "UPDATE tasks SET state = 'claimed', claim_owner = $1, claim_expires_at = $2, \
+               claim_token = claim_token + 1, \
+               attempts = attempts + CASE WHEN state = 'claimed' THEN 1 ELSE 0 END \
+             WHERE id = (SELECT t.id FROM tasks t \
+               WHERE ((t.state = 'queued' AND t.run_at <= $3) OR (t.state = 'claimed' AND t.claim_expires_at < $3)) \
+                 AND (t.object_key IS NULL OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.object_key = t.object_key \
+                      AND o.state = 'claimed' AND o.claim_expires_at >= $3 AND o.id <> t.id)) \
+               ORDER BY t.priority DESC, t.run_at, t.id LIMIT 1 {skip_locked}) \
+             RETURNING id, kind, object_key, payload, attempts, max_attempts, claim_token"
+        );
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(owner)
+            .bind(now.saturating_add(ms(ttl)))
+            .bind(now)
+            .fetch_optional(tx.conn())
+            .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let task = ClaimedTask {
+            id: TaskId(get(&row, "id")?),
+            kind: get(&row, "kind")?,
+            object_key: get(&row, "object_key")?,
+            payload: json(&row, "payload")?,
+            attempts: get(&row, "attempts")?,
+            token: get(&row, "claim_token")?,
+            owner: owner.to_owned(),
+        };
+        let max_attempts: i64 = get(&row, "max_attempts")?;
+        if task.attempts >= max_attempts {
+            // Its workers kept dying: stop here instead of crashing forever.
+            sqlx::query(
+                "UPDATE tasks SET state = 'failed', finished_at = $1, claim_owner = NULL, \
+                 last_error = COALESCE(last_error, $2) WHERE id = $3",
+            )
+            .bind(now)
+            .bind(format!(
+                "gave up after {} attempts: the workers running it stopped before finishing",
+                task.attempts
+            ))
+            .bind(task.id.0)
+            .execute(tx.conn())
+            .await?;
+            tx.commit().await?;
+            return Box::pin(self.claim(owner, ttl)).await;
+        }
+        tx.commit().await?;
+        Ok(Some(task))
+    }
+
+    /// Extend a claim. Fails with [`StoreError::LostClaim`] if the claim was
+    /// taken over or the task finished.
+    pub async fn heartbeat(&self, task: &ClaimedTask, ttl: Duration) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query(
+            "UPDATE tasks SET claim_expires_at = $1 WHERE id = $2 AND claim_token = $3 AND state = 'claimed'",
+        )
+        .bind(now_ms().saturating_add(ms(ttl)))
+        .bind(task.id.0)
+        .bind(task.token)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        if n == 0 { Err(lost(task)) } else { Ok(()) }
+    }
+
+    /// Record how a claimed task ended. Conditional on the claim token.
+    pub async fn complete(&self, task: &ClaimedTask, completion: Completion) -> Result<()> {
+        // A requeue can race with someone scheduling the same object (the
+        // partial unique index then refuses the second queued row); the
+        // second round sees the other row and merges into it.
+        for _ in 0..3 {
+            match self.try_complete(task, &completion).await {
+                Err(e) if e.is_unique_violation() => continue,
+                other => return other,
+            }
+        }
+        Err(StoreError::Busy(format!(
+            "task {} kept racing with new schedules of its object",
+            task.id
+        )))
+    }
+
+    async fn try_complete(&self, task: &ClaimedTask, completion: &Completion) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let n = match completion {
+            Completion::Done => sqlx::query(
+                "UPDATE tasks SET state = 'done', finished_at = $1, claim_owner = NULL, claim_expires_at = NULL \
+                 WHERE id = $2 AND claim_token = $3 AND state = 'claimed'",
+            )
+            .bind(now)
+            .bind(task.id.0)
+            .bind(task.token)
+            .execute(tx.conn())
+            .await?
+            .rows_affected(),
+            Completion::Fail(reason) => sqlx::query(
+                "UPDATE tasks SET state = 'failed', finished_at = $1, last_error = $2, claim_owner = NULL, \
+                 claim_expires_at = NULL WHERE id = $3 AND claim_token = $4 AND state = 'claimed'",
+            )
+            .bind(now)
+            .bind(reason)
+            .bind(task.id.0)
+            .bind(task.token)
+            .execute(tx.conn())
+            .await?
+            .rows_affected(),
+            Completion::Requeue { run_at, failure } => {
+                let inc = i64::from(failure.is_some());
+                let row: Option<(i64, i64)> =
+                    sqlx::query_as("SELECT attempts, max_attempts FROM tasks WHERE id = $1 AND claim_token = $2 AND state = 'claimed'")
+                        .bind(task.id.0)
+                        .bind(task.token)
+                        .fetch_optional(tx.conn())
+                        .await?;
+                let Some((attempts, max_attempts)) = row else {
+                    tx.rollback().await?;
+                    return Err(lost(task));
+                };
+                let attempts = attempts + inc;
+                let other: Option<i64> = match &task.object_key {
+                    Some(key) => {
+                        sqlx::query_scalar("SELECT id FROM tasks WHERE object_key = $1 AND state = 'queued' AND id <> $2")
+                            .bind(key)
+                            .bind(task.id.0)
+                            .fetch_optional(tx.conn())
+                            .await?
+                    }
+                    None => None,
+                };
+                if attempts >= max_attempts {
+                    set_state(&mut tx, task, "failed", Some(now), failure.as_deref(), attempts, *run_at).await?
+                } else if let Some(other) = other {
+                    // The object is queued again already: merge into that
+                    // task. A yield takes the earlier time; a failure carries
+                    // its attempt count and backoff over, so it is not lost.
+                    let sql = if failure.is_some() {
+                        "UPDATE tasks SET run_at = CASE WHEN run_at < $1 THEN $1 ELSE run_at END, \
+                         attempts = CASE WHEN attempts < $2 THEN $2 ELSE attempts END, \
+                         last_error = COALESCE($3, last_error) WHERE id = $4"
+                    } else {
+                        "UPDATE tasks SET run_at = CASE WHEN run_at > $1 THEN $1 ELSE run_at END, \
+                         attempts = CASE WHEN attempts < $2 THEN $2 ELSE attempts END, \
+                         last_error = COALESCE($3, last_error) WHERE id = $4"
+                    };
+                    sqlx::query(sql)
+                        .bind(run_at)
+                        .bind(attempts)
+                        .bind(failure.as_deref())
+                        .bind(other)
+                        .execute(tx.conn())
+                        .await?;
+                    let note = format!("coalesced into task {other}");
+                    set_state(&mut tx, task, "done", Some(now), Some(&note), attempts, *run_at).await?
+                } else {
+                    set_state(&mut tx, task, "queued", None, failure.as_deref(), attempts, *run_at).await?
+                }
+            }
+        };
+        if n == 0 {
+            tx.rollback().await?;
+            return Err(lost(task));
+        }
+        if matches!(completion, Completion::Requeue { .. }) {
+            tx.notify_workers().await?;
+        }
+        tx.commit().await
+    }
+
+    /// Give a claimed task back to the queue unchanged (a worker shutting
+    /// down before running it to the end).
+    pub async fn hand_back(&self, task: &ClaimedTask) -> Result<()> {
+        self.complete(
+            task,
+            Completion::Requeue {
+                run_at: now_ms(),
+                failure: None,
+            },
+        )
+        .await
+    }
+
+    pub async fn task(&self, id: TaskId) -> Result<Task> {
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.0)
+            .fetch_optional(self.read_pool())
+            .await?
+            .ok_or(StoreError::NotFound {
+                what: "task",
+                id: id.to_string(),
+            })?;
+        task_from_row(&row)
+    }
+
+    /// Tasks of an object, newest first.
+    pub async fn tasks_for(&self, object_key: &str) -> Result<Vec<Task>> {
+        let sql =
+            format!("SELECT {TASK_COLUMNS} FROM tasks WHERE object_key = $1 ORDER BY id DESC");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(object_key)
+            .fetch_all(self.read_pool())
+            .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    /// Number of tasks in each state.
+    pub async fn task_counts(&self) -> Result<Vec<(String, i64)>> {
+        Ok(
+            sqlx::query_as("SELECT state, COUNT(*) FROM tasks GROUP BY state ORDER BY state")
+                .fetch_all(self.read_pool())
+                .await?,
+        )
+    }
+
+    /// When the next task becomes runnable: the earliest queued `run_at` or
+    /// claim expiry. `None` when nothing is waiting.
+    pub async fn next_due(&self) -> Result<Option<i64>> {
+        let a: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(run_at) FROM tasks WHERE state = 'queued'")
+                .fetch_one(self.read_pool())
+                .await?;
+        let b: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(claim_expires_at) FROM tasks WHERE state = 'claimed'")
+                .fetch_one(self.read_pool())
+                .await?;
+        Ok(match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// A signal that fires when new work may be runnable. Take it *before*
+    /// looking for work, then [`Store::wait_for_tasks`] on it, so no wake-up
+    /// between the look and the wait is missed.
+    pub async fn task_signal(&self) -> TaskSignal<'_> {
+        self.ensure_listener().await;
+        let mut notified = Box::pin(self.inner.tasks_ready.notified());
+        notified.as_mut().enable();
+        TaskSignal { notified }
+    }
+
+    /// Wait until the signal fires, the next scheduled task is due, or
+    /// `poll` passes (the safety net), whichever is first.
+    pub async fn wait_for_tasks(&self, signal: TaskSignal<'_>, poll: Duration) {
+        let now = now_ms();
+        let wait = match self.next_due().await {
+            Ok(Some(due)) => {
+                Duration::from_millis(u64::try_from(due.saturating_sub(now)).unwrap_or(0)).min(poll)
+            }
+            _ => poll,
+        };
+        if wait.is_zero() {
+            return;
+        }
+        let _ = tokio::time::timeout(wait, signal.notified).await;
+    }
+
+    /// On PostgreSQL, forward `NOTIFY` from other processes to this process's
+    /// waiting workers. Best effort: workers also poll.
+    async fn ensure_listener(&self) {
+        if self.dialect() != Dialect::Postgres {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let url = self.inner.url.clone();
+        self.inner
+            .listener
+            .get_or_init(|| async move {
+                tokio::spawn(async move {
+                    loop {
+                        let listener = async {
+                            let mut l = sqlx::postgres::PgListener::connect(&url).await?;
+                            l.listen(NOTIFY_CHANNEL).await?;
+                            Ok::<_, sqlx::Error>(l)
+                        }
+                        .await;
+                        match listener {
+                            Ok(mut l) => loop {
+                                let got = l.try_recv().await;
+                                let Some(inner) = weak.upgrade() else { return };
+                                inner.tasks_ready.notify_waiters();
+                                match got {
+                                    Ok(Some(_)) => {}
+                                    // Connection lost: reconnect below.
+                                    Ok(None) | Err(_) => break,
+                                }
+                            },
+                            Err(e) => tracing::warn!(
+                                "task notifications unavailable, polling instead: {e}"
+                            ),
+                        }
+                        if weak.strong_count() == 0 {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                });
+            })
+            .await;
+    }
+}
+
+/// See [`Store::task_signal`].
+pub struct TaskSignal<'a> {
+    notified: Pin<Box<tokio::sync::futures::Notified<'a>>>,
+}
+
+async fn set_state(
+    tx: &mut Tx,
+    task: &ClaimedTask,
+    state: &str,
+    finished_at: Option<i64>,
+    error: Option<&str>,
+    attempts: i64,
+    run_at: i64,
+) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE tasks SET state = $1, finished_at = $2, last_error = COALESCE($3, last_error), attempts = $4, \
+         run_at = $5, claim_owner = NULL, claim_expires_at = NULL \
+         WHERE id = $6 AND claim_token = $7 AND state = 'claimed'",
+    )
+    .bind(state)
+    .bind(finished_at)
+    .bind(error)
+    .bind(attempts)
+    .bind(run_at)
+    .bind(task.id.0)
+    .bind(task.token)
+    .execute(tx.conn())
+    .await?
+    .rows_affected())
+}
+
+fn lost(task: &ClaimedTask) -> StoreError {
+    StoreError::LostClaim {
+        task: task.id.0,
+        token: task.token,
+    }
+}
+
+/// What a task handler says about the task it ran.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Done,
+    /// Not finished, not failed: run again after this long.
+    Yield(Duration),
+    /// A temporary failure: retry with backoff, up to the attempt limit.
+    Retry(String),
+    /// A permanent failure.
+    Fail(String),
+}
+
+/// Runs claimed tasks. One handler serves every task kind it is given.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, task: &ClaimedTask) -> impl Future<Output = Outcome> + Send;
+}
+
+/// Settings of a worker loop.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Name recorded as the claim owner (e.g. `host:pid:worker-3`).
+    pub owner: String,
+    pub claim_ttl: Duration,
+    /// Safety-net poll interval when no notification arrives.
+    pub poll: Duration,
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+}
+
+impl WorkerConfig {
+    pub fn new(owner: impl Into<String>) -> Self {
+        Self {
+            owner: owner.into(),
+            claim_ttl: Duration::from_secs(30),
+            poll: Duration::from_secs(1),
+            retry_base: Duration::from_secs(1),
+            retry_cap: Duration::from_secs(300),
+        }
+    }
+
+    /// Delay before retry number `attempt` (1-based): base · 2^(attempt-1), capped.
+    pub fn backoff(&self, attempt: i64) -> Duration {
+        let exp = u32::try_from(attempt.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+        self.retry_base.saturating_mul(1 << exp).min(self.retry_cap)
+    }
+}
+
+/// Run one claimed task: heartbeat while the handler works, then record the
+/// outcome. Returns the outcome, or the store error that stopped recording it.
+pub async fn run_claimed<H: Handler>(
+    store: &Store,
+    handler: &H,
+    cfg: &WorkerConfig,
+    task: &ClaimedTask,
+) -> Result<Outcome> {
+    let work = handler.handle(task);
+    tokio::pin!(work);
+    let beat = (cfg.claim_ttl / 3).max(Duration::from_millis(10));
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut work => break outcome,
+            _ = tokio::time::sleep(beat) => {
+                if let Err(e) = store.heartbeat(task, cfg.claim_ttl).await {
+                    tracing::warn!(task = task.id.0, "heartbeat failed: {e}");
+                }
+            }
+        }
+    };
+    let now = now_ms();
+    let completion = match &outcome {
+        Outcome::Done => Completion::Done,
+        Outcome::Yield(d) => Completion::Requeue {
+            run_at: now.saturating_add(ms(*d)),
+            failure: None,
+        },
+        Outcome::Retry(e) => Completion::Requeue {
+            run_at: now.saturating_add(ms(cfg.backoff(task.attempts + 1))),
+            failure: Some(e.clone()),
+        },
+        Outcome::Fail(e) => Completion::Fail(e.clone()),
+    };
+    store.complete(task, completion).await?;
+    Ok(outcome)
+}
+
+/// Claim and run tasks until `stop` turns true. The task in hand when `stop`
+/// turns true is finished first.
+pub async fn run_worker<H: Handler>(
+    store: Store,
+    handler: Arc<H>,
+    cfg: WorkerConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    while !*stop.borrow() {
+        let signal = store.task_signal().await;
+        match store.claim(&cfg.owner, cfg.claim_ttl).await {
+            Ok(Some(task)) => {
+                if let Err(e) = run_claimed(&store, handler.as_ref(), &cfg, &task).await {
+                    tracing::warn!(task = task.id.0, kind = %task.kind, "recording task outcome failed: {e}");
+                }
+            }
+            Ok(None) => {
+                tokio::select! {
+                    _ = store.wait_for_tasks(signal, cfg.poll) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("claiming a task failed: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(cfg.poll) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+    }
+}

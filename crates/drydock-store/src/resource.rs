@@ -1,0 +1,169 @@
+//! Resource rows. A resource is inserted by the allocator (lease worker,
+//! through its blueprint); after that only its update worker writes it,
+//! through [`Tx::save_resource`], fenced like leases.
+
+use crate::lease::check_map;
+use crate::object_lock::{ObjectLock, fence_condition};
+use crate::row::{get, json, parsed};
+use crate::{Result, Store, StoreError, Tx, now_ms};
+use drydock_model::{BlueprintId, ObjectRef, ResourceId, ResourceStatus};
+use serde_json::{Map, Value};
+use sqlx::any::AnyRow;
+
+#[derive(Clone, Debug)]
+pub struct NewResource {
+    pub blueprint_id: BlueprintId,
+    pub resource_type: String,
+    /// `Pending` (activated later by its worker) or `Active`.
+    pub status: ResourceStatus,
+    pub attributes: Map<String, Value>,
+    pub until: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    pub id: ResourceId,
+    pub blueprint_id: BlueprintId,
+    pub resource_type: String,
+    pub status: ResourceStatus,
+    pub until: Option<i64>,
+    /// Blueprint-private state.
+    pub attributes: Map<String, Value>,
+    pub failure: Option<String>,
+    pub version: i64,
+    /// Last time a lease on it was released (the reclaim grace period
+    /// counts from here; spec T13676).
+    pub last_used_at: i64,
+    pub created_at: i64,
+    pub modified_at: i64,
+}
+
+impl Resource {
+    pub fn object(&self) -> ObjectRef {
+        ObjectRef::resource(self.id)
+    }
+}
+
+const COLUMNS: &str = "id, blueprint_id, type, status, until_at, attributes, failure, version, last_used_at, created_at, modified_at";
+
+fn from_row(row: &AnyRow) -> Result<Resource> {
+    Ok(Resource {
+        id: ResourceId(get(row, "id")?),
+        blueprint_id: BlueprintId(get(row, "blueprint_id")?),
+        resource_type: get(row, "type")?,
+        status: parsed(row, "status")?,
+        until: get(row, "until_at")?,
+        attributes: json(row, "attributes")?,
+        failure: get(row, "failure")?,
+        version: get(row, "version")?,
+        last_used_at: get(row, "last_used_at")?,
+        created_at: get(row, "created_at")?,
+        modified_at: get(row, "modified_at")?,
+    })
+}
+
+impl Tx {
+    pub async fn insert_resource(&mut self, new: &NewResource) -> Result<Resource> {
+        if !matches!(new.status, ResourceStatus::Pending | ResourceStatus::Active) {
+            return Err(StoreError::invalid("new resource status", new.status));
+        }
+        let attributes = check_map("resource attributes", &new.attributes)?;
+        let now = now_ms();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO resources (blueprint_id, type, status, until_at, attributes, version, fence, last_used_at, \
+               created_at, modified_at) VALUES ($1, $2, $3, $4, $5, 1, 0, $6, $6, $6) RETURNING id",
+        )
+        .bind(new.blueprint_id.0)
+        .bind(&new.resource_type)
+        .bind(new.status.as_str())
+        .bind(new.until)
+        .bind(attributes)
+        .bind(now)
+        .fetch_one(self.conn())
+        .await?;
+        self.resource(ResourceId(id)).await
+    }
+
+    pub async fn resource(&mut self, id: ResourceId) -> Result<Resource> {
+        let sql = format!("SELECT {COLUMNS} FROM resources WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.0)
+            .fetch_optional(self.conn())
+            .await?;
+        from_row(&row.ok_or(StoreError::NotFound {
+            what: "resource",
+            id: id.to_string(),
+        })?)
+    }
+
+    /// Write every mutable field of `resource`, fenced on its version and
+    /// the resource lock's token.
+    pub async fn save_resource(
+        &mut self,
+        resource: &Resource,
+        lock: &ObjectLock,
+    ) -> Result<Resource> {
+        let attributes = check_map("resource attributes", &resource.attributes)?;
+        let sql = format!(
+            "UPDATE resources SET status = $1, until_at = $2, attributes = $3, failure = $4, last_used_at = $5, \
+               version = version + 1, fence = $6, modified_at = $7 \
+             WHERE id = $8 AND version = $9 AND {}",
+            fence_condition(10, 6)
+        );
+        let n = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(resource.status.as_str())
+            .bind(resource.until)
+            .bind(attributes)
+            .bind(&resource.failure)
+            .bind(resource.last_used_at)
+            .bind(lock.token)
+            .bind(now_ms())
+            .bind(resource.id.0)
+            .bind(resource.version)
+            .bind(&lock.name)
+            .execute(self.conn())
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::Stale {
+                object: resource.object().key(),
+                token: lock.token,
+            });
+        }
+        self.resource(resource.id).await
+    }
+}
+
+impl Store {
+    pub async fn resource(&self, id: ResourceId) -> Result<Resource> {
+        let sql = format!("SELECT {COLUMNS} FROM resources WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.0)
+            .fetch_optional(self.read_pool())
+            .await?;
+        from_row(&row.ok_or(StoreError::NotFound {
+            what: "resource",
+            id: id.to_string(),
+        })?)
+    }
+
+    /// Resources, newest first; optionally of one blueprint and/or status.
+    pub async fn resources(
+        &self,
+        blueprint: Option<BlueprintId>,
+        status: Option<ResourceStatus>,
+        limit: i64,
+    ) -> Result<Vec<Resource>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM resources WHERE ($1 IS NULL OR blueprint_id = $1) AND ($2 IS NULL OR status = $2) \
+             ORDER BY id DESC LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(blueprint.map(|b| b.0))
+            .bind(status.map(|s| s.as_str()))
+            .bind(limit.clamp(1, 10_000))
+            .fetch_all(self.read_pool())
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+}

@@ -1,0 +1,405 @@
+//! Task queue semantics.
+
+use crate::support::{Backend, TestDb, wait_until};
+use anyhow::ensure;
+use drydock_model::{LeaseId, ObjectRef};
+use drydock_store::queue::{
+    ClaimedTask, Completion, Handler, NewTask, Outcome, TaskState, WorkerConfig, run_claimed,
+};
+use drydock_store::{StoreError, now_ms};
+use std::time::{Duration, Instant};
+
+backend_tests!(
+    scheduled_task_is_claimed_once_and_completed,
+    future_run_at_is_honoured,
+    update_tasks_of_one_object_coalesce,
+    expired_claim_is_taken_over_and_the_old_worker_cannot_complete,
+    heartbeat_keeps_a_claim_alive,
+    yield_requeues_without_counting_a_failure,
+    temporary_failures_back_off_then_fail_permanently,
+    permanent_failure_records_its_reason,
+    awaken_makes_a_waiting_task_runnable_now,
+    an_object_runs_one_task_at_a_time,
+    yield_merges_into_a_task_queued_meanwhile,
+    schedule_rolls_back_with_its_transaction,
+    waiting_worker_is_woken_by_notification_not_poll,
+    hand_back_returns_the_task_unchanged,
+    crashed_runs_count_and_stop_at_the_limit,
+);
+
+const TTL: Duration = Duration::from_secs(30);
+
+async fn scheduled_task_is_claimed_once_and_completed(db: &TestDb) -> anyhow::Result<()> {
+    let s = &db.store;
+    let id = s
+        .schedule(NewTask::new("test.echo").payload(serde_json::json!({"x": 1})))
+        .await?;
+    let t = s.claim("w1", TTL).await?.expect("a runnable task");
+    ensure!(t.id == id && t.kind == "test.echo" && t.payload["x"] == 1);
+    ensure!(
+        s.claim("w2", TTL).await?.is_none(),
+        "a claimed task must not be claimed twice"
+    );
+    s.complete(&t, Completion::Done).await?;
+    let row = s.task(id).await?;
+    ensure!(row.state == TaskState::Done && row.finished_at.is_some());
+    ensure!(s.claim("w2", TTL).await?.is_none());
+    Ok(())
+}
+
+async fn future_run_at_is_honoured(db: &TestDb) -> anyhow::Result<()> {
+    let s = &db.store;
+    let due = now_ms() + 300;
+    s.schedule(NewTask::new("test.later").run_at(due)).await?;
+    ensure!(
+        s.claim("w", TTL).await?.is_none(),
+        "a task must not run before its time"
+    );
+    ensure!(s.next_due().await? == Some(due));
+    let signal = s.task_signal().await;
+    s.wait_for_tasks(signal, Duration::from_secs(5)).await;
+    let mut t = s.claim("w", TTL).await?;
+    // The wait ends at the due time; allow for clock granularity.
+    while t.is_none() {
+        ensure!(
+            now_ms() < due + 2000,
+            "task not runnable 2 s after its time"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        t = s.claim("w", TTL).await?;
+    }
+    ensure!(now_ms() >= due, "claimed before run_at");
+    Ok(())
+}
+
+async fn update_tasks_of_one_object_coalesce(db: &TestDb) -> anyhow::Result<()> {
+    let s = &db.store;
+    let obj = ObjectRef::lease(LeaseId(7));
+    let later = now_ms() + 60_000;
+    let a = s
+        .schedule(NewTask::update(obj).run_at(later).priority(1))
+        .await?;
+    let b = s
+        .schedule(NewTask::update(obj).run_at(later - 1000).priority(5))
+        .await?;
+    let c = s
+        .schedule(NewTask::update(obj).run_at(later + 1000).priority(0))
+        .await?;
+    ensure!(
+        a == b && b == c,
+        "duplicates must coalesce into one queued task: {a} {b} {c}"
+    );
+    let row = s.task(a).await?;
+    ensure!(row.run_at == later - 1000, "earliest run_at wins");
+    ensure!(row.priority == 5, "highest priority wins");
+    ensure!(s.tasks_for(&obj.key()).await?.len() == 1);
+    // Another object is independent.
+    let d = s
+        .schedule(NewTask::update(ObjectRef::lease(LeaseId(8))))
+        .await?;
+    ensure!(d != a);
+    Ok(())
+}
+
+async fn expired_claim_is_taken_over_and_the_old_worker_cannot_complete(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let s = &db.store;
+    let id = s.schedule(NewTask::new("test.crash")).await?;
+    let old = s
+        .claim("dead-worker", Duration::from_millis(100))
+        .await?
+        .expect("task");
+    ensure!(
+        s.claim("w2", TTL).await?.is_none(),
+        "live claim must block others"
+    );
+    let mut new = None;
+    wait_until(Duration::from_secs(5), "claim expiry", async || {
+        new = s.claim("w2", TTL).await.unwrap();
+        new.is_some()
+    })
+    .await?;
+    let new = new.unwrap();
+    ensure!(
+        new.id == id && new.token > old.token,
+        "takeover must raise the token"
+    );
+    ensure!(
+        new.attempts == 1,
+        "the crashed run counts as an attempt, got {}",
+        new.attempts
+    );
+    let err = s.complete(&old, Completion::Done).await.unwrap_err();
+    ensure!(
+        matches!(err, StoreError::LostClaim { .. }),
+        "stale completion must fail loudly: {err}"
+    );
+    ensure!(
+        s.heartbeat(&old, TTL).await.is_err(),
+        "stale heartbeat must fail"
+    );
+    s.complete(&new, Completion::Done).await?;
+    ensure!(s.task(id).await?.state == TaskState::Done);
+    Ok(())
+}
+
+async fn heartbeat_keeps_a_claim_alive(db: &TestDb) -> anyhow::Result<()> {
+    let s = &db.store;
+    s.schedule(NewTask::new("test.long")).await?;
+    let ttl = Duration::from_millis(150);
+    let t = s.claim("w1", ttl).await?.expect("task");
+    let start = Instant::now();
+    while start.elapsed() < ttl * 4 {
+        s.heartbeat(&t, ttl).await?;
+        ensure!(
+            s.claim("w2", TTL).await?.is_none(),
+            "a heartbeating claim must not be taken over"
+        );
+        tokio::time::sleep(ttl / 4).await;
+    }
+    s.complete(&t, Completion::Done).await?;
+    Ok(())
+}
+
+async fn yield_requeues_without_counting_a_failure(db: &TestDb) -> anyhow::Result<()> {
+    let s = &db.store;
+    let id = s.schedule(NewTask::new("test.yield")).await?;
+    let t = s.claim("w", TTL).await?.expect("task");
+    let at = now_ms() + 60_000;
+    s.complete(
+        &t,
+        Completion::Requeue {
+            run_at: at,
+            failure: None,
+        },
+    )
+    .await?;
+    let row = s.task(id).await?;
+    ensure!(
+        row.state == TaskState::Queued
+            && row.run_at == at
+            && row.attempts == 0
+            && row.last_error.is_none()
+    );
+    ensure!(
+        s.claim("w", TTL).await?.is_none(),
+        "yielded task waits for its time"
+    );
+    Ok(())
+}
+
+struct Always(Outcome);
+
+impl Handler for Always {
+    async fn handle(&self, _task: &ClaimedTask) -> Outcome {
+        self.0.clone()
+    }
+}
+
+async fn temporary_failures_back_off_then_fail_permanently(db: &TestDb) -> anyhow::Result<()> {
+    let s = &db.store;
+    let id = s
+        .schedule(NewTask::new("test.flaky").max_attempts(3))
+        .await?;
+    let mut cfg = WorkerConfig::new("w");
+    cfg.retry_base = Duration::from_millis(40);
+    let handler = Always(Outcome::Retry("connection reset".into()));
+    let mut runs = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.task(id).await?.state != TaskState::Failed {
+        ensure!(Instant::now() < deadline, "task never failed for good");
+        if let Some(t) = s.claim("w", TTL).await? {
+            runs.push(Instant::now());
+            run_claimed(s, &handler, &cfg, &t).await?;
+            if runs.len() < 3 {
+                let row = s.task(id).await?;
+                ensure!(row.state == TaskState::Queued && row.attempts == runs.len() as i64);
+                let wait = row.run_at - now_ms();
+                let expect = 40 * (1 << (runs.len() - 1));
+                ensure!(
+                    wait > expect - 20 && wait <= expect,
+                    "backoff {wait} ms, expected about {expect} ms"
+                );
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let row = s.task(id).await?;
+    ensure!(runs.len() == 3, "ran {} times, expected 3", runs.len());
+    ensure!(row.attempts == 3 && row.last_error.as_deref() == Some("connection reset"));
+    ensure!(
+        cfg.backoff(1) == Duration::from_millis(40) && cfg.backoff(3) == Duration::from_millis(160)
+    );
+    cfg.retry_cap = Duration::from_millis(100);
+    ensure!(
+        cfg.backoff(30) == Duration::from_millis(100),
+        "backoff is capped"
+    );
+    Ok(())
+}
+
+async fn permanent_failure_records_its_reason(db: &TestDb) -> anyhow::Result<()> {
+    let s = &db.store;
+    let id = s.schedule(NewTask::new("test.bad")).await?;
+    let t = s.claim("w", TTL).await?.expect("task");
+    run_claimed(
+        s,
+        &Always(Outcome::Fail("no such blueprint".into())),
+        &WorkerConfig::new("w"),
+        &t,
+    )
+    .await?;
+    let row = s.task(id).await?;
+    ensure!(
+        row.state == TaskState::Failed && row.last_error.as_deref() == Some("no such blueprint")
+    );
+    ensure!(row.attempts == 0, "a permanent failure is not a retry");
+    ensure!(s.claim("w", TTL).await?.is_none());
+    Ok(())
+}
+
+async fn awaken_makes_a_waiting_task_runnable_now(db: &TestDb) -> anyhow::Result<()> {
+    let s = &db.store;
+    let id = s
+        .schedule(NewTask::new("test.wait").run_at(now_ms() + 3_600_000))
+        .await?;
+    ensure!(s.claim("w", TTL).await?.is_none());
+    ensure!(s.awaken(&[id]).await? == 1);
+    let t = s.claim("w", TTL).await?.expect("awakened task is runnable");
+    ensure!(t.id == id);
+    // Awakening a claimed or unknown task does nothing.
+    ensure!(s.awaken(&[id, drydock_model::TaskId(999_999)]).await? == 0);
+    Ok(())
+}
+
+async fn an_object_runs_one_task_at_a_time(db: &TestDb) -> anyhow::Result<()> {
+    let s = &db.store;
+    let obj = ObjectRef::lease(LeaseId(1));
+    let first = s.schedule(NewTask::update(obj)).await?;
+    let running = s.claim("w1", TTL).await?.expect("task");
+    ensure!(running.id == first);
+    let second = s.schedule(NewTask::update(obj)).await?;
+    ensure!(
+        second != first,
+        "a running task does not absorb new work: a new pass is queued"
+    );
+    ensure!(
+        s.claim("w2", TTL).await?.is_none(),
+        "the object's next pass waits for the running one"
+    );
+    s.complete(&running, Completion::Done).await?;
+    let next = s.claim("w2", TTL).await?.expect("next pass");
+    ensure!(next.id == second);
+    Ok(())
+}
+
+async fn yield_merges_into_a_task_queued_meanwhile(db: &TestDb) -> anyhow::Result<()> {
+    let s = &db.store;
+    let obj = ObjectRef::resource(drydock_model::ResourceId(3));
+    let first = s.schedule(NewTask::update(obj)).await?;
+    let t = s.claim("w", TTL).await?.expect("task");
+    let newer = s
+        .schedule(NewTask::update(obj).run_at(now_ms() + 50_000))
+        .await?;
+    let soon = now_ms() + 1000;
+    s.complete(
+        &t,
+        Completion::Requeue {
+            run_at: soon,
+            failure: None,
+        },
+    )
+    .await?;
+    let queued: Vec<_> = s
+        .tasks_for(&obj.key())
+        .await?
+        .into_iter()
+        .filter(|t| t.state == TaskState::Queued)
+        .collect();
+    ensure!(
+        queued.len() == 1 && queued[0].id == newer,
+        "exactly one queued task per object"
+    );
+    ensure!(
+        queued[0].run_at == soon,
+        "the merged task runs at the earlier time"
+    );
+    ensure!(s.task(first).await?.state == TaskState::Done);
+    Ok(())
+}
+
+async fn schedule_rolls_back_with_its_transaction(db: &TestDb) -> anyhow::Result<()> {
+    let s = &db.store;
+    let mut tx = s.begin().await?;
+    let id = tx.schedule(NewTask::new("test.never")).await?;
+    tx.rollback().await?;
+    ensure!(matches!(s.task(id).await, Err(StoreError::NotFound { .. })));
+    ensure!(s.claim("w", TTL).await?.is_none());
+    Ok(())
+}
+
+async fn waiting_worker_is_woken_by_notification_not_poll(db: &TestDb) -> anyhow::Result<()> {
+    // On PostgreSQL the producer is another connection pool, as another
+    // process would be: the wake-up must travel through LISTEN/NOTIFY.
+    let producer = match db.backend {
+        Backend::Postgres => db.connect_again().await,
+        Backend::Sqlite => db.store.clone(),
+    };
+    let s = db.store.clone();
+    let poll = Duration::from_secs(20);
+    // Let the listener connect before measuring.
+    drop(s.task_signal().await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiter = tokio::spawn(async move {
+        let signal = s.task_signal().await;
+        let start = Instant::now();
+        s.wait_for_tasks(signal, poll).await;
+        start.elapsed()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    producer.schedule(NewTask::new("test.wake")).await?;
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiter).await??;
+    ensure!(
+        waited < Duration::from_secs(5),
+        "woken after {waited:?}: the notification did not arrive"
+    );
+    Ok(())
+}
+
+async fn hand_back_returns_the_task_unchanged(db: &TestDb) -> anyhow::Result<()> {
+    let s = &db.store;
+    let id = s.schedule(NewTask::new("test.shutdown")).await?;
+    let t = s.claim("w", TTL).await?.expect("task");
+    s.hand_back(&t).await?;
+    let row = s.task(id).await?;
+    ensure!(row.state == TaskState::Queued && row.attempts == 0 && row.claim_owner.is_none());
+    ensure!(s.claim("w2", TTL).await?.map(|t| t.id) == Some(id));
+    Ok(())
+}
+
+async fn crashed_runs_count_and_stop_at_the_limit(db: &TestDb) -> anyhow::Result<()> {
+    let s = &db.store;
+    let id = s
+        .schedule(NewTask::new("test.poison").max_attempts(2))
+        .await?;
+    let short = Duration::from_millis(30);
+    s.claim("w", short).await?.expect("first run");
+    let mut claimed = 1;
+    wait_until(Duration::from_secs(5), "poison task to fail", async || {
+        if let Some(_t) = s.claim("w", short).await.unwrap() {
+            claimed += 1;
+        }
+        s.task(id).await.unwrap().state == TaskState::Failed
+    })
+    .await?;
+    ensure!(claimed == 2, "claimed {claimed} times, expected 2");
+    let row = s.task(id).await?;
+    ensure!(
+        row.last_error
+            .unwrap_or_default()
+            .contains("gave up after 2 attempts")
+    );
+    Ok(())
+}

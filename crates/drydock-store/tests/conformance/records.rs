@@ -1,0 +1,422 @@
+//! Blueprints with their audit trail, leases, resources, logs,
+//! authorizations and daemon heartbeats.
+
+use crate::support::TestDb;
+use anyhow::ensure;
+use drydock_model::{BlueprintId, LeaseStatus, ResourceStatus};
+use drydock_store::StoreError;
+use drydock_store::authorization::BlueprintAuthState;
+use drydock_store::lease::{LeaseFilter, NewLease};
+use drydock_store::log::{LogFilter, NewLog};
+use drydock_store::resource::NewResource;
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+
+backend_tests!(
+    blueprint_edits_are_audited_and_bad_input_changes_nothing,
+    leases_are_inserted_listed_and_saved_under_their_lock,
+    resources_are_inserted_and_saved_under_their_lock,
+    logs_are_queried_by_object_time_and_cursor,
+    authorization_decisions_are_recorded_and_declines_stick,
+    daemon_heartbeats_show_who_is_alive,
+);
+
+fn map(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+async fn blueprint_edits_are_audited_and_bad_input_changes_nothing(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let s = &db.store;
+    let bp = s
+        .create_blueprint(
+            "admin",
+            "local",
+            "host.local",
+            map(json!({"root": "/tmp/dd"})),
+        )
+        .await?;
+    ensure!(
+        bp.name == "local"
+            && bp.kind == "host.local"
+            && !bp.disabled
+            && bp.fields["root"] == "/tmp/dd"
+    );
+    let dup = s
+        .create_blueprint("admin", "local", "host.local", Map::new())
+        .await
+        .unwrap_err();
+    ensure!(dup.to_string().contains("already exists"), "{dup}");
+    let bp2 = s
+        .edit_blueprint(
+            "alice",
+            bp.id,
+            Some(bp.version),
+            Some("local-2"),
+            &map(json!({"root": "/srv", "limit": 3})),
+        )
+        .await?;
+    ensure!(bp2.name == "local-2" && bp2.fields["limit"] == 3 && bp2.version == bp.version + 1);
+    let stale = s
+        .edit_blueprint(
+            "bob",
+            bp.id,
+            Some(bp.version),
+            None,
+            &map(json!({"limit": 9})),
+        )
+        .await
+        .unwrap_err();
+    ensure!(
+        matches!(stale, StoreError::Stale { .. }),
+        "edit based on an old version must fail: {stale}"
+    );
+    let huge = map(json!({"blob": "x".repeat(70_000)}));
+    ensure!(matches!(
+        s.edit_blueprint("bob", bp.id, None, None, &huge).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    ensure!(matches!(
+        s.edit_blueprint("bob", bp.id, None, Some(" "), &Map::new())
+            .await,
+        Err(StoreError::Invalid { .. })
+    ));
+    ensure!(
+        s.blueprint(bp.id).await? == bp2,
+        "failed edits changed nothing"
+    );
+    let bp3 = s.set_blueprint_disabled("carol", bp.id, true).await?;
+    ensure!(bp3.disabled);
+    s.set_blueprint_disabled("carol", bp.id, true).await?; // no change, no audit row
+    let edits = s.blueprint_edits(bp.id).await?;
+    let fields: Vec<(&str, &str)> = edits
+        .iter()
+        .map(|e| (e.author.as_str(), e.field.as_str()))
+        .collect();
+    ensure!(
+        fields
+            == vec![
+                ("admin", "type"),
+                ("admin", "name"),
+                ("admin", "fields.root"),
+                ("alice", "fields.limit"),
+                ("alice", "fields.root"),
+                ("alice", "name"),
+                ("carol", "disabled")
+            ],
+        "{fields:?}"
+    );
+    let root_edit = edits
+        .iter()
+        .find(|e| e.author == "alice" && e.field == "fields.root")
+        .unwrap();
+    ensure!(
+        root_edit.old_value.as_deref() == Some("\"/tmp/dd\"")
+            && root_edit.new_value.as_deref() == Some("\"/srv\"")
+    );
+    ensure!(s.blueprint_by_name("local-2").await?.id == bp.id);
+    ensure!(
+        s.blueprints(Some("host.ssh")).await?.is_empty() && s.blueprints(None).await?.len() == 1
+    );
+    ensure!(matches!(
+        s.blueprint(BlueprintId(404)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    Ok(())
+}
+
+async fn leases_are_inserted_listed_and_saved_under_their_lock(db: &TestDb) -> anyhow::Result<()> {
+    let s = &db.store;
+    let new = NewLease {
+        resource_type: "host".into(),
+        blueprint_ids: vec![BlueprintId(1), BlueprintId(2)],
+        authorizing: "ci:plan/42".into(),
+        owner: Some("build/7".into()),
+        attributes: map(json!({"platform": "linux"})),
+        priority: 5,
+        until: Some(4_000_000_000_000),
+    };
+    let a = s.insert_lease(&new).await?;
+    ensure!(
+        a.status == LeaseStatus::Pending && a.blueprint_ids == new.blueprint_ids && a.priority == 5
+    );
+    ensure!(a.attributes["platform"] == "linux" && a.until == new.until && a.version == 1);
+    let b = s
+        .insert_lease(&NewLease {
+            owner: None,
+            ..new.clone()
+        })
+        .await?;
+    let bad = NewLease {
+        attributes: map(json!({"x": "y".repeat(70_000)})),
+        ..new.clone()
+    };
+    ensure!(matches!(
+        s.insert_lease(&bad).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    ensure!(matches!(
+        s.insert_lease(&NewLease {
+            resource_type: String::new(),
+            ..new.clone()
+        })
+        .await,
+        Err(StoreError::Invalid { .. })
+    ));
+
+    let lock = s
+        .try_lock(&a.object().key(), "worker", Duration::from_secs(30))
+        .await?
+        .unwrap();
+    let mut active = a.clone();
+    active.status = LeaseStatus::Active;
+    active.activated_at = Some(123);
+    active.waiting = Some(json!({"reason": "at-limit", "blueprint": 1}));
+    let mut tx = s.begin().await?;
+    let saved = tx.save_lease(&active, &lock).await?;
+    tx.commit().await?;
+    ensure!(
+        saved.status == LeaseStatus::Active
+            && saved.version == 2
+            && saved.waiting.as_ref().unwrap()["reason"] == "at-limit"
+    );
+
+    let all = s.leases(&LeaseFilter::default()).await?;
+    ensure!(
+        all.iter().map(|l| l.id).collect::<Vec<_>>() == vec![b.id, a.id],
+        "newest first"
+    );
+    let pending = s
+        .leases(&LeaseFilter {
+            statuses: vec![LeaseStatus::Pending],
+            ..Default::default()
+        })
+        .await?;
+    ensure!(pending.len() == 1 && pending[0].id == b.id);
+    let owned = s
+        .leases(&LeaseFilter {
+            owner: Some("build/7".into()),
+            ..Default::default()
+        })
+        .await?;
+    ensure!(owned.len() == 1 && owned[0].id == a.id);
+    let page = s
+        .leases(&LeaseFilter {
+            before: Some(b.id),
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await?;
+    ensure!(page.len() == 1 && page[0].id == a.id);
+    Ok(())
+}
+
+async fn resources_are_inserted_and_saved_under_their_lock(db: &TestDb) -> anyhow::Result<()> {
+    let s = &db.store;
+    let bp = s
+        .create_blueprint("admin", "bp", "host.local", Map::new())
+        .await?;
+    let mut tx = s.begin().await?;
+    let r = tx
+        .insert_resource(&NewResource {
+            blueprint_id: bp.id,
+            resource_type: "host".into(),
+            status: ResourceStatus::Pending,
+            attributes: map(json!({"dir": "/tmp/r1"})),
+            until: None,
+        })
+        .await?;
+    tx.commit().await?;
+    ensure!(r.status == ResourceStatus::Pending && r.attributes["dir"] == "/tmp/r1");
+    let mut tx = s.begin().await?;
+    let bad = tx
+        .insert_resource(&NewResource {
+            blueprint_id: bp.id,
+            resource_type: "host".into(),
+            status: ResourceStatus::Destroyed,
+            attributes: Map::new(),
+            until: None,
+        })
+        .await;
+    ensure!(matches!(bad, Err(StoreError::Invalid { .. })));
+    drop(tx);
+    let lock = s
+        .try_lock(&r.object().key(), "w", Duration::from_secs(30))
+        .await?
+        .unwrap();
+    let mut next = r.clone();
+    next.status = ResourceStatus::Active;
+    let mut tx = s.begin().await?;
+    let saved = tx.save_resource(&next, &lock).await?;
+    tx.commit().await?;
+    ensure!(saved.status == ResourceStatus::Active && saved.version == r.version + 1);
+    ensure!(
+        s.resources(Some(bp.id), Some(ResourceStatus::Active), 10)
+            .await?
+            .len()
+            == 1
+    );
+    ensure!(
+        s.resources(None, Some(ResourceStatus::Pending), 10)
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}
+
+async fn logs_are_queried_by_object_time_and_cursor(db: &TestDb) -> anyhow::Result<()> {
+    let s = &db.store;
+    use drydock_model::{LeaseId, ResourceId};
+    let start = drydock_store::now_ms();
+    let a = s.log(NewLog::new("lease.queued").lease(LeaseId(1))).await?;
+    let b = s
+        .log(
+            NewLog::new("lease.acquired")
+                .lease(LeaseId(1))
+                .resource(ResourceId(2))
+                .blueprint(BlueprintId(3)),
+        )
+        .await?;
+    let c = s
+        .log(
+            NewLog::new("resource.reclaim")
+                .resource(ResourceId(2))
+                .data(json!({"by": "lease:9"})),
+        )
+        .await?;
+    let d = s
+        .log(
+            NewLog::new("lease.output")
+                .lease(LeaseId(5))
+                .data(json!({"text": "z".repeat(100_000)})),
+        )
+        .await?;
+    let ids =
+        |v: Vec<drydock_store::log::LogEntry>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    ensure!(
+        ids(s
+            .logs(&LogFilter {
+                lease: Some(LeaseId(1)),
+                ..Default::default()
+            })
+            .await?)
+            == vec![a, b]
+    );
+    ensure!(
+        ids(s
+            .logs(&LogFilter {
+                resource: Some(ResourceId(2)),
+                ..Default::default()
+            })
+            .await?)
+            == vec![b, c]
+    );
+    ensure!(
+        ids(s
+            .logs(&LogFilter {
+                blueprint: Some(BlueprintId(3)),
+                ..Default::default()
+            })
+            .await?)
+            == vec![b]
+    );
+    ensure!(
+        ids(s
+            .logs(&LogFilter {
+                after: Some(b),
+                ..Default::default()
+            })
+            .await?)
+            == vec![c, d]
+    );
+    ensure!(
+        ids(s
+            .logs(&LogFilter {
+                limit: Some(2),
+                ..Default::default()
+            })
+            .await?)
+            == vec![a, b]
+    );
+    ensure!(
+        s.logs(&LogFilter {
+            since: Some(start),
+            ..Default::default()
+        })
+        .await?
+        .len()
+            == 4
+    );
+    ensure!(
+        s.logs(&LogFilter {
+            until: Some(start - 1),
+            ..Default::default()
+        })
+        .await?
+        .is_empty()
+    );
+    let all = s.logs(&LogFilter::default()).await?;
+    ensure!(all[2].data["by"] == "lease:9" && all[2].kind == "resource.reclaim");
+    ensure!(
+        all[3].data["truncated"] == true,
+        "oversized data is replaced, the event kept"
+    );
+    ensure!(matches!(
+        s.log(NewLog::new("")).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    Ok(())
+}
+
+async fn authorization_decisions_are_recorded_and_declines_stick(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let s = &db.store;
+    let bp = s
+        .create_blueprint("admin", "hosts", "host.ssh", Map::new())
+        .await?;
+    let a = s.request_authorization("ci:plan/1", bp.id).await?;
+    ensure!(
+        a.blueprint_state == BlueprintAuthState::Requested
+            && a.object_active
+            && a.decided_by.is_none()
+    );
+    ensure!(!s.is_authorized("ci:plan/1", bp.id).await?);
+    let a = s
+        .decide_authorization(a.id, BlueprintAuthState::Authorized, "admin:root")
+        .await?;
+    ensure!(a.decided_by.as_deref() == Some("admin:root") && a.decided_at.is_some());
+    ensure!(s.is_authorized("ci:plan/1", bp.id).await?);
+    s.decide_authorization(a.id, BlueprintAuthState::Declined, "admin:root")
+        .await?;
+    let again = s.request_authorization("ci:plan/1", bp.id).await?;
+    ensure!(
+        again.id == a.id && again.blueprint_state == BlueprintAuthState::Declined,
+        "a decline sticks"
+    );
+    ensure!(s.authorizations(Some(bp.id), None).await?.len() == 1);
+    ensure!(s.authorizations(None, Some("nobody")).await?.is_empty());
+    ensure!(matches!(
+        s.decide_authorization(
+            drydock_model::AuthorizationId(77),
+            BlueprintAuthState::Authorized,
+            "x"
+        )
+        .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    Ok(())
+}
+
+async fn daemon_heartbeats_show_who_is_alive(db: &TestDb) -> anyhow::Result<()> {
+    let s = &db.store;
+    s.daemon_heartbeat("d1", "host-a", 100).await?;
+    s.daemon_heartbeat("d2", "host-b", 200).await?;
+    s.daemon_heartbeat("d1", "host-a", 100).await?;
+    ensure!(s.live_daemons(Duration::from_secs(10)).await?.len() == 2);
+    s.daemon_stopped("d2").await?;
+    let live = s.live_daemons(Duration::from_secs(10)).await?;
+    ensure!(live.len() == 1 && live[0].id == "d1" && live[0].pid == 100);
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! The two dialects' migrations define the same schema, and migrating is
+//! idempotent.
+
+use crate::support::{Backend, TestDb, run};
+use anyhow::ensure;
+use std::sync::{Arc, Mutex};
+
+backend_tests!(migrating_again_applies_nothing);
+
+async fn migrating_again_applies_nothing(db: &TestDb) -> anyhow::Result<()> {
+    let s = &db.store;
+    ensure!(s.applied_migrations().await? == s.known_migrations());
+    ensure!(s.migrate().await? == 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_and_postgres_schemas_have_the_same_tables_and_columns() {
+    let seen: Arc<Mutex<Vec<Vec<(String, String)>>>> = Arc::default();
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let seen = seen.clone();
+        run(backend, async move |db: &TestDb| {
+            seen.lock().unwrap().push(db.store.schema_columns().await?);
+            Ok(())
+        })
+        .await;
+    }
+    let seen = seen.lock().unwrap();
+    if seen.len() == 2 {
+        assert!(seen[0].len() > 50, "schema looks empty: {:?}", seen[0]);
+        let only_sqlite: Vec<_> = seen[0].iter().filter(|c| !seen[1].contains(c)).collect();
+        let only_pg: Vec<_> = seen[1].iter().filter(|c| !seen[0].contains(c)).collect();
+        assert!(
+            only_sqlite.is_empty() && only_pg.is_empty(),
+            "only in SQLite: {only_sqlite:?}; only in PostgreSQL: {only_pg:?}"
+        );
+    }
+}

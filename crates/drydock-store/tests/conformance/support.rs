@@ -1,0 +1,201 @@
+//! Test databases: a fresh SQLite file or a fresh PostgreSQL database per
+//! test, removed afterwards.
+//!
+//! PostgreSQL comes from `DRYDOCK_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`). When it is unreachable the
+//! PostgreSQL tests fail under `CI=true` and are skipped, loudly, elsewhere.
+
+use drydock_store::Store;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh database for one test.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    pub store: Store,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// Another independent handle on the same database (its own pools), as
+    /// another process would have.
+    pub async fn connect_again(&self) -> Store {
+        Store::open(&self.url).await.expect("second connection")
+    }
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("DRYDOCK_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+async fn create(backend: Backend) -> Option<TestDb> {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let url = format!("sqlite://{}", dir.path().join("drydock.db").display());
+            let store = Store::open(&url).await.expect("open sqlite");
+            Some(TestDb {
+                backend,
+                url,
+                store,
+                _dir: Some(dir),
+            })
+        }
+        Backend::Postgres => {
+            let admin_url = postgres_url();
+            let admin = match sqlx_admin(&admin_url).await {
+                Ok(c) => c,
+                Err(e) => {
+                    if in_ci() {
+                        panic!("PostgreSQL at {admin_url} is unreachable under CI=true: {e}");
+                    }
+                    eprintln!(
+                        "\n!!! SKIPPING PostgreSQL test: {admin_url} unreachable ({e}); set DRYDOCK_TEST_POSTGRES_URL\n"
+                    );
+                    return None;
+                }
+            };
+            let name = format!(
+                "drydock_t_{}_{}_{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .subsec_nanos()
+            );
+            admin.execute_sql(&format!("CREATE DATABASE {name}")).await;
+            let url = replace_database(&admin_url, &name);
+            let store = Store::open(&url).await.expect("open postgres");
+            Some(TestDb {
+                backend,
+                url,
+                store,
+                _dir: None,
+            })
+        }
+    }
+}
+
+async fn drop_db(db: TestDb) {
+    db.store.close().await;
+    if db.backend == Backend::Postgres {
+        let name = db
+            .url
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .split('?')
+            .next()
+            .unwrap()
+            .to_owned();
+        if let Ok(admin) = sqlx_admin(&postgres_url()).await {
+            admin
+                .execute_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
+    }
+}
+
+struct Admin(sqlx::PgConnection);
+
+async fn sqlx_admin(url: &str) -> Result<Admin, sqlx::Error> {
+    use sqlx::Connection;
+    let conn = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(url))
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    Ok(Admin(conn))
+}
+
+impl Admin {
+    async fn execute_sql(mut self, sql: &str) {
+        use sqlx::Executor;
+        self.0
+            .execute(sqlx::AssertSqlSafe(sql.to_owned()))
+            .await
+            .expect(sql);
+    }
+}
+
+fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    format!("{base}/{name}{query}")
+}
+
+/// Run `test` on a fresh database of `backend`, then remove the database.
+pub async fn run<F>(backend: Backend, test: F)
+where
+    F: AsyncFnOnce(&TestDb) -> anyhow::Result<()>,
+{
+    let Some(db) = create(backend).await else {
+        return;
+    };
+    let result = test(&db).await;
+    drop_db(db).await;
+    if let Err(e) = result {
+        panic!("{backend:?}: {e:?}");
+    }
+}
+
+/// Wait until `cond` holds, checking every few milliseconds, or fail after
+/// `deadline`.
+pub async fn wait_until<F>(deadline: Duration, what: &str, mut cond: F) -> anyhow::Result<()>
+where
+    F: AsyncFnMut() -> bool,
+{
+    let start = Instant::now();
+    while !cond().await {
+        if start.elapsed() > deadline {
+            anyhow::bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// Declare tests `async fn NAME(db: &TestDb) -> anyhow::Result<()>` of the
+/// enclosing module as conformance tests, once per backend.
+macro_rules! backend_tests {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    $crate::support::run($crate::support::Backend::Sqlite, super::$name).await
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    $crate::support::run($crate::support::Backend::Postgres, super::$name).await
+                }
+            )+
+        }
+    };
+}
