@@ -252,3 +252,77 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 }
+
+impl Tx {
+    /// Leases on `resource` that still hold or wait for it, read inside the
+    /// transaction (after the resource row was written or locked, so a lease
+    /// acquiring concurrently is either seen here or sees the new status).
+    pub async fn live_leases_on(&mut self, resource: ResourceId) -> Result<Vec<Lease>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM leases WHERE resource_id = $1 AND status IN ('pending', 'acquired', 'active') ORDER BY id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(resource.0)
+            .fetch_all(self.conn())
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+}
+
+impl Store {
+    /// Number of live (pending, acquired, active) leases on each resource.
+    pub async fn live_lease_counts(
+        &self,
+        resources: &[ResourceId],
+    ) -> Result<std::collections::HashMap<ResourceId, i64>> {
+        if resources.is_empty() {
+            return Ok(Default::default());
+        }
+        // Ids are integers, formatted, never text from input.
+        let ids = resources
+            .iter()
+            .map(|r| r.0.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT resource_id, COUNT(*) FROM leases WHERE resource_id IN ({ids}) \
+             AND status IN ('pending', 'acquired', 'active') GROUP BY resource_id"
+        );
+        let rows: Vec<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(self.read_pool())
+            .await?;
+        Ok(rows.into_iter().map(|(r, n)| (ResourceId(r), n)).collect())
+    }
+
+    /// When a lease on `resource` last changed (acquired, released,
+    /// destroyed): the resource's "last used" time for reclaim.
+    pub async fn last_lease_activity(&self, resource: ResourceId) -> Result<Option<i64>> {
+        Ok(
+            sqlx::query_scalar("SELECT MAX(modified_at) FROM leases WHERE resource_id = $1")
+                .bind(resource.0)
+                .fetch_one(self.read_pool())
+                .await?,
+        )
+    }
+
+    /// Number of leases in each status.
+    pub async fn lease_status_counts(&self) -> Result<Vec<(String, i64)>> {
+        Ok(
+            sqlx::query_as("SELECT status, COUNT(*) FROM leases GROUP BY status ORDER BY status")
+                .fetch_all(self.read_pool())
+                .await?,
+        )
+    }
+}
+
+impl Tx {
+    /// When a lease on `resource` last changed, read inside the transaction.
+    pub async fn last_lease_activity(&mut self, resource: ResourceId) -> Result<Option<i64>> {
+        Ok(
+            sqlx::query_scalar("SELECT MAX(modified_at) FROM leases WHERE resource_id = $1")
+                .bind(resource.0)
+                .fetch_one(self.conn())
+                .await?,
+        )
+    }
+}

@@ -18,6 +18,7 @@ pub mod command;
 mod connect;
 pub mod daemon;
 mod error;
+mod gc;
 pub mod lease;
 pub mod log;
 pub mod object_lock;
@@ -25,9 +26,11 @@ pub mod queue;
 pub mod resource;
 mod row;
 pub mod slot_lock;
+mod wakeup;
 
 pub use connect::{DEFAULT_DATABASE_URL, Dialect, redact_url};
 pub use error::{SlotConflict, StoreError};
+pub use gc::PruneReport;
 
 use sqlx::AnyPool;
 use sqlx::any::Any;

@@ -167,3 +167,61 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 }
+
+impl Tx {
+    /// Read a resource and, on PostgreSQL, lock its row until the
+    /// transaction ends: lease acquisition and resource release/reclaim
+    /// serialize on it (spec PHI312). SQLite transactions are serial anyway.
+    pub async fn resource_for_update(&mut self, id: ResourceId) -> Result<Resource> {
+        let lock = match self.dialect() {
+            crate::Dialect::Sqlite => "",
+            crate::Dialect::Postgres => " FOR UPDATE",
+        };
+        let sql = format!("SELECT {COLUMNS} FROM resources WHERE id = $1{lock}");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.0)
+            .fetch_optional(self.conn())
+            .await?;
+        from_row(&row.ok_or(StoreError::NotFound {
+            what: "resource",
+            id: id.to_string(),
+        })?)
+    }
+}
+
+impl Store {
+    /// Resources of any of `blueprints` in `status`, oldest first.
+    pub async fn resources_of(
+        &self,
+        blueprints: &[BlueprintId],
+        status: ResourceStatus,
+    ) -> Result<Vec<Resource>> {
+        if blueprints.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = blueprints
+            .iter()
+            .map(|b| b.0.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {COLUMNS} FROM resources WHERE blueprint_id IN ({ids}) AND status = $1 ORDER BY id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(status.as_str())
+            .fetch_all(self.read_pool())
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Number of resources in each status.
+    pub async fn resource_status_counts(&self) -> Result<Vec<(String, i64)>> {
+        Ok(
+            sqlx::query_as(
+                "SELECT status, COUNT(*) FROM resources GROUP BY status ORDER BY status",
+            )
+            .fetch_all(self.read_pool())
+            .await?,
+        )
+    }
+}

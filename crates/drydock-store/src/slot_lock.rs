@@ -139,3 +139,22 @@ impl Store {
         )
     }
 }
+
+impl Store {
+    /// Slot-lock keys that start with `prefix` (e.g. a blueprint's limit slots).
+    pub async fn slot_keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        let pattern = format!(
+            "{}%",
+            prefix
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        Ok(sqlx::query_scalar(
+            "SELECT lock_key FROM slot_locks WHERE lock_key LIKE $1 ESCAPE '\\' ORDER BY lock_key",
+        )
+        .bind(pattern)
+        .fetch_all(self.read_pool())
+        .await?)
+    }
+}

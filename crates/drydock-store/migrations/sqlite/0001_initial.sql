@@ -153,3 +153,15 @@ CREATE TABLE daemons (
     heartbeat_at BIGINT NOT NULL,
     stopped_at BIGINT
 );
+
+-- Wake-up edges: "waiter (an object) wants a pass when event happens".
+-- Firing an event schedules each waiter's update task at the waiter's
+-- rank (priority, then first-come first-served by run_at).
+CREATE TABLE wakeups (
+    event TEXT NOT NULL,
+    waiter TEXT NOT NULL,
+    priority BIGINT NOT NULL,
+    run_at BIGINT NOT NULL,
+    PRIMARY KEY (event, waiter)
+);
+CREATE INDEX wakeups_waiter ON wakeups(waiter);

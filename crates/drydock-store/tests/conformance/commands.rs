@@ -1,10 +1,10 @@
 //! The command queue.
 
-use crate::support::TestDb;
 use anyhow::ensure;
 use drydock_model::{CommandKind, LeaseId, ObjectRef, ResourceId};
 use drydock_store::StoreError;
 use drydock_store::queue::TaskState;
+use drydock_testkit::TestDb;
 use serde_json::json;
 use std::time::Duration;
 

@@ -1,9 +1,9 @@
 //! Object locks with fencing tokens.
 
-use crate::support::{TestDb, wait_until};
 use anyhow::ensure;
 use drydock_store::StoreError;
 use drydock_store::lease::NewLease;
+use drydock_testkit::{TestDb, wait_until};
 use std::time::Duration;
 
 backend_tests!(

@@ -6,7 +6,7 @@
 //! full link on a 2-core machine.
 
 #[macro_use]
-mod support;
+extern crate drydock_testkit;
 
 mod commands;
 mod locks;

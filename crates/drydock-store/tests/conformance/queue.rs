@@ -1,12 +1,12 @@
 //! Task queue semantics.
 
-use crate::support::{Backend, TestDb, wait_until};
 use anyhow::ensure;
 use drydock_model::{LeaseId, ObjectRef};
 use drydock_store::queue::{
     ClaimedTask, Completion, Handler, NewTask, Outcome, TaskState, WorkerConfig, run_claimed,
 };
 use drydock_store::{StoreError, now_ms};
+use drydock_testkit::{Backend, TestDb, wait_until};
 use std::time::{Duration, Instant};
 
 backend_tests!(

@@ -1,7 +1,6 @@
 //! Blueprints with their audit trail, leases, resources, logs,
 //! authorizations and daemon heartbeats.
 
-use crate::support::TestDb;
 use anyhow::ensure;
 use drydock_model::{BlueprintId, LeaseStatus, ResourceStatus};
 use drydock_store::StoreError;
@@ -9,6 +8,7 @@ use drydock_store::authorization::BlueprintAuthState;
 use drydock_store::lease::{LeaseFilter, NewLease};
 use drydock_store::log::{LogFilter, NewLog};
 use drydock_store::resource::NewResource;
+use drydock_testkit::TestDb;
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 

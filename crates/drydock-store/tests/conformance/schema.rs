@@ -1,8 +1,8 @@
 //! The two dialects' migrations define the same schema, and migrating is
 //! idempotent.
 
-use crate::support::{Backend, TestDb, run};
 use anyhow::ensure;
+use drydock_testkit::{Backend, TestDb, run};
 use std::sync::{Arc, Mutex};
 
 backend_tests!(migrating_again_applies_nothing);

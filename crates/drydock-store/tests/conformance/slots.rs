@@ -1,8 +1,8 @@
 //! Slot locks.
 
-use crate::support::TestDb;
 use anyhow::ensure;
 use drydock_store::StoreError;
+use drydock_testkit::TestDb;
 
 backend_tests!(
     slot_locks_are_all_or_nothing_and_name_their_holders,

@@ -2,12 +2,12 @@
 //! (as separate processes would have) against one real database, each test
 //! bounded in time, printing what it did.
 
-use crate::support::TestDb;
 use anyhow::ensure;
 use drydock_model::{ObjectRef, ResourceId, TaskId};
 use drydock_store::lease::NewLease;
 use drydock_store::queue::{ClaimedTask, Handler, NewTask, Outcome, WorkerConfig, run_worker};
 use drydock_store::{Store, StoreError};
+use drydock_testkit::TestDb;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -179,13 +179,14 @@ where
 
 /// Declare tests `async fn NAME(db: &TestDb) -> anyhow::Result<()>` of the
 /// enclosing module as conformance tests, once per backend.
+#[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),+ $(,)?) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
-                    $crate::support::run($crate::support::Backend::Sqlite, super::$name).await
+                    $crate::run($crate::Backend::Sqlite, super::$name).await
                 }
             )+
         }
@@ -193,7 +194,7 @@ macro_rules! backend_tests {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
-                    $crate::support::run($crate::support::Backend::Postgres, super::$name).await
+                    $crate::run($crate::Backend::Postgres, super::$name).await
                 }
             )+
         }

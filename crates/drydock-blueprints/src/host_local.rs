@@ -1,0 +1,150 @@
+//! `host.local`: the machine the daemon runs on. By default one resource
+//! with any number of leases; each lease gets its own directory under the
+//! blueprint's `root`, removed when the lease is destroyed.
+
+use async_trait::async_trait;
+use drydock_engine::blueprint::{
+    Acquisition, BlueprintError, BlueprintImpl, BlueprintResult, Context, FieldKind, FieldSpec,
+    ResourceTemplate,
+};
+use drydock_store::blueprint::Blueprint;
+use drydock_store::lease::Lease;
+use drydock_store::resource::Resource;
+use serde_json::{Map, Value, json};
+use std::path::PathBuf;
+
+pub struct HostLocal;
+
+const FIELDS: &[FieldSpec] = &[
+    FieldSpec {
+        name: "root",
+        kind: FieldKind::Text,
+        required: false,
+        default: Some("drydock-leases"),
+        description: "Directory under which each lease gets its own directory (relative paths are taken from the daemon's working directory)",
+        secret: false,
+    },
+    FieldSpec {
+        name: "limit",
+        kind: FieldKind::Count,
+        required: false,
+        default: Some("1"),
+        description: "Most resources (local host slots) at once",
+        secret: false,
+    },
+    FieldSpec {
+        name: "lease-limit",
+        kind: FieldKind::Count,
+        required: false,
+        default: None,
+        description: "Most leases on one resource at once (1 = exclusive); unset = unlimited",
+        secret: false,
+    },
+];
+
+fn lease_dir(resource: &Resource, lease: &Lease) -> BlueprintResult<PathBuf> {
+    let root = resource
+        .attributes
+        .get("root")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            BlueprintError::Permanent(format!("resource {} has no root directory", resource.id))
+        })?;
+    Ok(PathBuf::from(root).join(format!("lease-{}", lease.id)))
+}
+
+#[async_trait]
+impl BlueprintImpl for HostLocal {
+    fn type_name(&self) -> &'static str {
+        "host.local"
+    }
+
+    fn resource_type(&self) -> &'static str {
+        "host"
+    }
+
+    fn description(&self) -> &'static str {
+        "The machine the daemon runs on; each lease gets a directory of its own"
+    }
+
+    fn fields(&self) -> &'static [FieldSpec] {
+        FIELDS
+    }
+
+    async fn allocate(
+        &self,
+        ctx: &Context<'_>,
+        _lease: &Lease,
+    ) -> BlueprintResult<ResourceTemplate> {
+        let root = ctx
+            .blueprint
+            .fields
+            .get("root")
+            .and_then(Value::as_str)
+            .unwrap_or("drydock-leases");
+        let root = std::path::absolute(root).map_err(|e| {
+            BlueprintError::Permanent(format!("root directory {root:?} is not usable: {e}"))
+        })?;
+        let mut attributes = Map::new();
+        attributes.insert("root".into(), json!(root.to_string_lossy()));
+        Ok(ResourceTemplate {
+            attributes,
+            activate_now: true,
+            slot_locks: Vec::new(),
+        })
+    }
+
+    fn acquire(
+        &self,
+        _bp: &Blueprint,
+        _resource: &Resource,
+        _lease: &Lease,
+    ) -> BlueprintResult<Acquisition> {
+        Ok(Acquisition {
+            slot_locks: Vec::new(),
+            activate_now: false,
+        })
+    }
+
+    async fn activate_lease(
+        &self,
+        _ctx: &Context<'_>,
+        resource: &Resource,
+        lease: &Lease,
+    ) -> BlueprintResult<Map<String, Value>> {
+        let dir = lease_dir(resource, lease)?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| BlueprintError::Temporary(format!("creating {}: {e}", dir.display())))?;
+        let mut attrs = Map::new();
+        attrs.insert("path".into(), json!(dir.to_string_lossy()));
+        Ok(attrs)
+    }
+
+    async fn destroy_lease(
+        &self,
+        _ctx: &Context<'_>,
+        resource: &Resource,
+        lease: &Lease,
+    ) -> BlueprintResult<()> {
+        let dir = lease_dir(resource, lease)?;
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BlueprintError::Temporary(format!(
+                "removing {}: {e}",
+                dir.display()
+            ))),
+        }
+    }
+
+    fn should_allocate_supplemental(
+        &self,
+        bp: &Blueprint,
+        resource: &Resource,
+        _lease: &Lease,
+    ) -> bool {
+        // With a lease limit, prefer another slot over stacking on a busy one.
+        self.lease_limit(bp, resource).is_some()
+    }
+}

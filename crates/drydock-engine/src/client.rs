@@ -1,0 +1,237 @@
+//! What requesters and administrators do (CLI, API, web): queue leases and
+//! send commands. Nothing here writes a lease's or resource's state after
+//! creation — it enqueues a command and wakes the object's worker.
+
+use crate::blueprint::{FieldError, Registry, validate_fields};
+use crate::events::{self, log};
+use drydock_model::{BlueprintId, CommandId, CommandKind, LeaseId, ResourceId, ResourceStatus};
+use drydock_store::blueprint::Blueprint;
+use drydock_store::lease::{Lease, NewLease};
+use drydock_store::log::NewLog;
+use drydock_store::queue::NewTask;
+use drydock_store::{Store, StoreError, now_ms};
+use serde_json::{Map, Value, json};
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{what} {id} cannot be released: it is {status}")]
+    NotReleasable {
+        what: &'static str,
+        id: i64,
+        status: String,
+    },
+    #[error("lease {id} cannot be renewed: it is {status}")]
+    NotRenewable { id: i64, status: String },
+    #[error("unknown blueprint type {0:?} (known: {1})")]
+    UnknownType(String, String),
+    #[error("invalid blueprint fields: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    InvalidFields(Vec<FieldError>),
+    #[error("invalid lease request: {0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Longest `until` accepted: one year from now.
+pub const MAX_LEASE_MS: i64 = 366 * 86_400_000;
+
+/// Queue a lease for allocation: insert it, log it and schedule its update
+/// task in one transaction (spec §6.1).
+pub async fn request_lease(store: &Store, new: &NewLease) -> Result<Lease, ClientError> {
+    if let Some(until) = new.until
+        && (until <= now_ms() || until > now_ms() + MAX_LEASE_MS)
+    {
+        return Err(ClientError::InvalidRequest(format!(
+            "until {until} must be in the future and within a year"
+        )));
+    }
+    let mut tx = store.begin().await?;
+    let lease = tx.insert_lease(new).await?;
+    tx.log(
+        NewLog::new(log::LEASE_QUEUED)
+            .lease(lease.id)
+            .data(json!({ "type": lease.resource_type })),
+    )
+    .await?;
+    tx.schedule(
+        NewTask::update(lease.object())
+            .priority(lease.priority)
+            .run_at(lease.created_at),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(lease)
+}
+
+/// Ask a lease's worker to release it. Refused for leases that cannot be
+/// released (released, destroyed); a second request while one is pending
+/// is accepted and does nothing more when consumed.
+pub async fn release_lease(
+    store: &Store,
+    id: LeaseId,
+    author: &str,
+) -> Result<CommandId, ClientError> {
+    let lease = store.lease(id).await?;
+    if !lease.status.is_releasable() {
+        return Err(ClientError::NotReleasable {
+            what: "lease",
+            id: id.0,
+            status: lease.status.to_string(),
+        });
+    }
+    Ok(store
+        .enqueue_command(author, lease.object(), CommandKind::Release, json!({}))
+        .await?)
+}
+
+/// Ask a resource's worker to release it (and so its leases).
+pub async fn release_resource(
+    store: &Store,
+    id: ResourceId,
+    author: &str,
+) -> Result<CommandId, ClientError> {
+    let r = store.resource(id).await?;
+    if !r.status.is_releasable() {
+        return Err(ClientError::NotReleasable {
+            what: "resource",
+            id: id.0,
+            status: r.status.to_string(),
+        });
+    }
+    Ok(store
+        .enqueue_command(author, r.object(), CommandKind::Release, json!({}))
+        .await?)
+}
+
+/// Ask a lease's worker to move its expiry to `until` (epoch ms).
+pub async fn renew_lease(
+    store: &Store,
+    id: LeaseId,
+    until: i64,
+    author: &str,
+) -> Result<CommandId, ClientError> {
+    let lease = store.lease(id).await?;
+    if !lease.status.is_live() {
+        return Err(ClientError::NotRenewable {
+            id: id.0,
+            status: lease.status.to_string(),
+        });
+    }
+    if until <= now_ms() || until > now_ms() + MAX_LEASE_MS {
+        return Err(ClientError::InvalidRequest(format!(
+            "until {until} must be in the future and within a year"
+        )));
+    }
+    Ok(store
+        .enqueue_command(
+            author,
+            lease.object(),
+            CommandKind::Renew,
+            json!({ "until": until }),
+        )
+        .await?)
+}
+
+/// Send `reclaim` to every active resource (of one blueprint, if given).
+/// Each resource's worker decides whether it is still reclaimable.
+pub async fn reclaim(
+    store: &Store,
+    blueprint: Option<BlueprintId>,
+    author: &str,
+) -> Result<Vec<ResourceId>, ClientError> {
+    let mut sent = Vec::new();
+    for r in store
+        .resources(blueprint, Some(ResourceStatus::Active), 10_000)
+        .await?
+    {
+        store
+            .enqueue_command(
+                author,
+                r.object(),
+                CommandKind::Reclaim,
+                json!({ "reclaimer": author }),
+            )
+            .await?;
+        sent.push(r.id);
+    }
+    Ok(sent)
+}
+
+/// Create a blueprint after validating its fields against its type's
+/// declaration, then wake leases waiting for blueprints.
+pub async fn create_blueprint(
+    store: &Store,
+    registry: &Registry,
+    author: &str,
+    name: &str,
+    kind: &str,
+    fields: &Map<String, Value>,
+) -> Result<Blueprint, ClientError> {
+    let imp = registry.get(kind).ok_or_else(|| {
+        ClientError::UnknownType(
+            kind.to_owned(),
+            registry
+                .iter()
+                .map(|i| i.type_name())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    })?;
+    let fields = validate_fields(imp.fields(), fields).map_err(ClientError::InvalidFields)?;
+    let bp = store.create_blueprint(author, name, kind, fields).await?;
+    store.fire(events::BLUEPRINTS).await?;
+    Ok(bp)
+}
+
+/// Change a blueprint's fields (validated as a whole after the change).
+pub async fn edit_blueprint(
+    store: &Store,
+    registry: &Registry,
+    author: &str,
+    id: BlueprintId,
+    name: Option<&str>,
+    changes: &Map<String, Value>,
+) -> Result<Blueprint, ClientError> {
+    let bp = store.blueprint(id).await?;
+    let imp = registry.get(&bp.kind).ok_or_else(|| {
+        ClientError::UnknownType(
+            bp.kind.clone(),
+            registry
+                .iter()
+                .map(|i| i.type_name())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    })?;
+    let mut merged = bp.fields.clone();
+    for (k, v) in changes {
+        merged.insert(k.clone(), v.clone());
+    }
+    let valid = validate_fields(imp.fields(), &merged).map_err(ClientError::InvalidFields)?;
+    let mut delta = Map::new();
+    for (k, v) in valid {
+        if bp.fields.get(&k) != Some(&v) {
+            delta.insert(k, v);
+        }
+    }
+    let bp = store
+        .edit_blueprint(author, id, Some(bp.version), name, &delta)
+        .await?;
+    store.fire(events::BLUEPRINTS).await?;
+    Ok(bp)
+}
+
+/// Disable or enable a blueprint. Enabling wakes waiting leases.
+pub async fn set_blueprint_disabled(
+    store: &Store,
+    author: &str,
+    id: BlueprintId,
+    disabled: bool,
+) -> Result<Blueprint, ClientError> {
+    let bp = store.set_blueprint_disabled(author, id, disabled).await?;
+    if !disabled {
+        store.fire(events::BLUEPRINTS).await?;
+    }
+    Ok(bp)
+}

@@ -1,0 +1,121 @@
+//! The daemon loop: worker tasks claiming from the queue, a heartbeat so
+//! clients know a daemon is alive, and periodic garbage collection; stops
+//! cleanly (finishing the task in hand) when told to.
+
+use crate::Engine;
+use drydock_store::now_ms;
+use drydock_store::queue::{NewTask, Outcome, WorkerConfig, run_worker};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Task kind of garbage collection (one queued at a time, key `gc`).
+pub const GC_TASK: &str = "gc";
+
+/// A daemon counts as alive if it beat within this long.
+pub const ALIVE_WITHIN: Duration = Duration::from_secs(10);
+
+pub(crate) fn ms(d: Duration) -> i64 {
+    drydock_store::ms(d)
+}
+
+/// Daemon settings.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub workers: usize,
+    pub heartbeat: Duration,
+    pub poll: Duration,
+    pub claim_ttl: Duration,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            workers: 4,
+            heartbeat: Duration::from_secs(2),
+            poll: Duration::from_secs(1),
+            claim_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Run workers until `stop` turns true; then let each finish the task in
+/// hand, mark the daemon stopped and return.
+pub async fn run(
+    engine: Arc<Engine>,
+    cfg: DaemonConfig,
+    id: &str,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), drydock_store::StoreError> {
+    let store = engine.store.clone();
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    store
+        .daemon_heartbeat(id, &host, i64::from(std::process::id()))
+        .await?;
+    store
+        .schedule(NewTask::new(GC_TASK).object(GC_TASK))
+        .await?;
+    let mut workers = Vec::new();
+    for i in 0..cfg.workers.max(1) {
+        let mut wc = WorkerConfig::new(format!("{id}/w{i}"));
+        wc.poll = cfg.poll;
+        wc.claim_ttl = cfg.claim_ttl;
+        workers.push(tokio::spawn(run_worker(
+            store.clone(),
+            engine.clone(),
+            wc,
+            stop.clone(),
+        )));
+    }
+    let mut stop_beat = stop.clone();
+    while !*stop_beat.borrow() {
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.heartbeat) => {
+                if let Err(e) = store.daemon_heartbeat(id, &host, i64::from(std::process::id())).await {
+                    tracing::warn!("daemon heartbeat failed: {e}");
+                }
+            }
+            _ = stop_beat.changed() => {}
+        }
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    store.daemon_stopped(id).await
+}
+
+impl Engine {
+    /// Garbage collection: prune old rows of destroyed objects, and
+    /// reschedule any unfinished object that lost its task.
+    pub(crate) async fn gc_pass(&self) -> Outcome {
+        let cutoff = now_ms() - ms(self.cfg.retention);
+        loop {
+            match self.store.prune(cutoff, 1000).await {
+                Ok(r) if r.logs == 1000 || r.commands == 1000 || r.tasks == 1000 => continue,
+                Ok(r) => {
+                    if r.total() > 0 {
+                        tracing::info!(
+                            logs = r.logs,
+                            commands = r.commands,
+                            tasks = r.tasks,
+                            "pruned"
+                        );
+                    }
+                    break;
+                }
+                Err(e) => return Outcome::Retry(format!("pruning failed: {e}")),
+            }
+        }
+        match self.store.orphaned_objects(1000).await {
+            Ok(objects) => {
+                for o in objects {
+                    tracing::warn!(object = %o, "rescheduling an object that had no task");
+                    if let Err(e) = self.store.schedule(NewTask::update(o)).await {
+                        return Outcome::Retry(format!("rescheduling {o} failed: {e}"));
+                    }
+                }
+            }
+            Err(e) => return Outcome::Retry(format!("sweeping for lost tasks failed: {e}")),
+        }
+        Outcome::Yield(self.cfg.gc_interval)
+    }
+}

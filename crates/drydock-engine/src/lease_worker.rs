@@ -1,0 +1,331 @@
+//! The lease update worker: the one writer of a lease from `pending` to
+//! `destroyed` (spec §4.1, §6).
+
+use crate::blueprint::{BlueprintImpl, Context};
+use crate::events::{self, log};
+use crate::{Engine, Next, PassError, PassResult};
+use drydock_model::{CommandKind, LeaseId, LeaseStatus, ObjectRef};
+use drydock_store::lease::Lease;
+use drydock_store::log::NewLog;
+use drydock_store::object_lock::ObjectLock;
+use drydock_store::resource::Resource;
+use drydock_store::{StoreError, Tx, now_ms};
+use serde_json::json;
+use std::sync::Arc;
+
+/// What one step of a pass achieved.
+pub(crate) enum Step {
+    /// The status changed: look at the lease again in this pass.
+    Progress,
+    /// Stop here.
+    Wait(Next),
+}
+
+/// Change a lease's status, refusing any transition not in the model's table.
+pub(crate) fn transition(lease: &mut Lease, to: LeaseStatus) -> PassResult<()> {
+    if !lease.status.can_transition(to) {
+        return Err(PassError::Permanent(format!(
+            "internal error: lease {} cannot go from {} to {to}",
+            lease.id, lease.status
+        )));
+    }
+    lease.status = to;
+    Ok(())
+}
+
+pub(crate) fn lease_log(lease: &Lease, kind: &str) -> NewLog {
+    let mut l = NewLog::new(kind).lease(lease.id);
+    l.resource = lease.resource_id;
+    l
+}
+
+impl Engine {
+    pub(crate) async fn lease_pass(&self, id: LeaseId) -> PassResult<Next> {
+        let object = ObjectRef::lease(id);
+        let next = self
+            .locked(object, async |lock| {
+                let mut lease = self.store.lease(id).await?;
+                if lease.status.is_commandable() {
+                    lease = self.lease_commands(lease, lock).await?;
+                }
+                // A few steps per pass: pending -> acquired -> active, or
+                // released -> destroyed, without another trip through the queue.
+                for _ in 0..4 {
+                    let step = match lease.status {
+                        LeaseStatus::Pending => self.allocate(&mut lease, lock).await?,
+                        LeaseStatus::Acquired => self.activate_lease(&mut lease, lock).await?,
+                        LeaseStatus::Active => Step::Wait(lease.until.map_or(Next::Idle, Next::At)),
+                        LeaseStatus::Released | LeaseStatus::Broken => {
+                            self.destroy_lease(&mut lease, lock).await?;
+                            Step::Wait(Next::Idle)
+                        }
+                        LeaseStatus::Destroyed => Step::Wait(Next::Idle),
+                    };
+                    if let Step::Wait(next) = step {
+                        return Ok(next);
+                    }
+                }
+                Ok(Next::At(now_ms()))
+            })
+            .await?;
+        Ok(next.unwrap_or(Next::Contended))
+    }
+
+    /// Consume the lease's commands in order (and its expiry), in one
+    /// transaction with the resulting write. Idempotent: a release of a
+    /// lease already released does nothing.
+    async fn lease_commands(&self, lease: Lease, lock: &ObjectLock) -> PassResult<Lease> {
+        let now = now_ms();
+        let mut tx = self.store.begin().await?;
+        let commands = tx.pending_commands(lease.object()).await?;
+        let expired = lease.until.is_some_and(|u| u <= now);
+        if commands.is_empty() && !expired {
+            tx.rollback().await?;
+            return Ok(lease);
+        }
+        let mut next = lease.clone();
+        let mut release_by: Option<String> = None;
+        let mut reacquire = false;
+        for c in &commands {
+            match c.command {
+                CommandKind::Release
+                    if next.status == LeaseStatus::Acquired
+                        && c.payload.get("resource_gone").and_then(|r| r.as_i64())
+                            == next.resource_id.map(|r| r.0) =>
+                {
+                    reacquire = true;
+                }
+                CommandKind::Release => {
+                    release_by.get_or_insert_with(|| c.author.clone());
+                }
+                CommandKind::Renew => {
+                    if let Some(until) = c.payload.get("until").and_then(|u| u.as_i64())
+                        && next.status.is_live()
+                    {
+                        next.until = Some(until);
+                        tx.log(
+                            lease_log(&next, log::LEASE_RENEWED)
+                                .data(json!({ "until": until, "by": c.author })),
+                        )
+                        .await?;
+                    }
+                }
+                CommandKind::Reclaim => {}
+            }
+            tx.consume_command(c.id).await?;
+        }
+        if release_by.is_none() && next.until.is_some_and(|u| u <= now) {
+            tx.log(lease_log(&next, log::LEASE_EXPIRED).data(json!({ "until": next.until })))
+                .await?;
+            release_by = Some("expiry".into());
+        }
+        if reacquire && release_by.is_none() {
+            // Spec §4.1 reacquire: the resource went away before the lease
+            // was activated; start over instead of failing the requester.
+            let gone = next.resource_id;
+            transition(&mut next, LeaseStatus::Pending)?;
+            next.resource_id = None;
+            tx.release_slot_locks(&next.object().key()).await?;
+            tx.log(
+                lease_log(&lease, log::LEASE_REACQUIRE)
+                    .data(json!({ "resource": gone.map(|r| r.0) })),
+            )
+            .await?;
+        }
+        if let Some(by) = release_by
+            && next.status.is_live()
+        {
+            transition(&mut next, LeaseStatus::Released)?;
+            next.waiting = None;
+            tx.stop_waiting(next.object()).await?;
+            tx.log(lease_log(&next, log::LEASE_RELEASED).data(json!({ "by": by })))
+                .await?;
+        }
+        let saved = if next != lease {
+            tx.save_lease(&next, lock).await?
+        } else {
+            tx.check_fence(lock).await?;
+            next
+        };
+        tx.commit().await?;
+        Ok(saved)
+    }
+
+    /// The implementation and context for a resource's blueprint.
+    pub(crate) async fn implementation_of(
+        &self,
+        resource: &Resource,
+    ) -> PassResult<(drydock_store::blueprint::Blueprint, Arc<dyn BlueprintImpl>)> {
+        let bp = self.store.blueprint(resource.blueprint_id).await?;
+        match self.blueprints.get(&bp.kind) {
+            Some(imp) => Ok((bp, imp.clone())),
+            None => Err(PassError::Blueprint(
+                crate::blueprint::BlueprintError::Yield {
+                    after: self.cfg.safety_poll,
+                    reason: format!(
+                        "blueprint type {:?} is not available in this process",
+                        bp.kind
+                    ),
+                },
+            )),
+        }
+    }
+
+    /// `acquired` -> `active` (spec §6.2), or back to `pending` if the
+    /// resource died in between.
+    async fn activate_lease(&self, lease: &mut Lease, lock: &ObjectLock) -> PassResult<Step> {
+        let Some(rid) = lease.resource_id else {
+            return Err(PassError::Permanent(
+                "acquired lease has no resource".into(),
+            ));
+        };
+        let resource = self.store.resource(rid).await?;
+        match resource.status {
+            drydock_model::ResourceStatus::Pending => {
+                let events = vec![events::resource(rid)];
+                let mut tx = self.store.begin().await?;
+                tx.wait_on(lease.object(), lease.priority, lease.created_at, &events)
+                    .await?;
+                tx.check_fence(lock).await?;
+                tx.commit().await?;
+                // Re-check after registering: an activation in between
+                // would otherwise wake nobody.
+                if self.store.resource(rid).await?.status != drydock_model::ResourceStatus::Pending
+                {
+                    return Ok(Step::Progress);
+                }
+                Ok(Step::Wait(Next::At(
+                    now_ms() + crate::daemon::ms(self.cfg.safety_poll),
+                )))
+            }
+            drydock_model::ResourceStatus::Active => {
+                let (bp, imp) = self.implementation_of(&resource).await?;
+                let attrs = imp
+                    .activate_lease(
+                        &Context {
+                            store: &self.store,
+                            blueprint: &bp,
+                        },
+                        &resource,
+                        lease,
+                    )
+                    .await?;
+                let mut next = lease.clone();
+                next.attributes.extend(attrs);
+                transition(&mut next, LeaseStatus::Active)?;
+                next.activated_at = Some(now_ms());
+                next.waiting = None;
+                let mut tx = self.store.begin().await?;
+                tx.log(lease_log(&next, log::LEASE_ACTIVATED)).await?;
+                *lease = tx.save_lease(&next, lock).await?;
+                tx.commit().await?;
+                Ok(Step::Progress)
+            }
+            _ => {
+                // Reacquire (spec §4.1): drop the dead resource, start over.
+                let mut next = lease.clone();
+                transition(&mut next, LeaseStatus::Pending)?;
+                next.resource_id = None;
+                let mut tx = self.store.begin().await?;
+                tx.release_slot_locks(&lease.object().key()).await?;
+                tx.log(
+                    lease_log(lease, log::LEASE_REACQUIRE)
+                        .data(json!({ "resource": rid.0, "status": resource.status })),
+                )
+                .await?;
+                *lease = tx.save_lease(&next, lock).await?;
+                tx.commit().await?;
+                Ok(Step::Progress)
+            }
+        }
+    }
+
+    /// `released`/`broken` -> `destroyed` (spec §6.3, §6.5): blueprint hooks,
+    /// then one transaction that frees the lease's slot locks and wakes
+    /// whoever waits for the capacity.
+    async fn destroy_lease(&self, lease: &mut Lease, lock: &ObjectLock) -> PassResult<()> {
+        let mut resource_type = None;
+        if let Some(rid) = lease.resource_id {
+            let resource = self.store.resource(rid).await?;
+            let (bp, imp) = self.implementation_of(&resource).await?;
+            let ctx = Context {
+                store: &self.store,
+                blueprint: &bp,
+            };
+            if lease.status == LeaseStatus::Released {
+                imp.did_release_lease(&ctx, &resource, lease).await?;
+            }
+            imp.destroy_lease(&ctx, &resource, lease).await?;
+            resource_type = Some(resource.resource_type);
+        }
+        let mut next = lease.clone();
+        transition(&mut next, LeaseStatus::Destroyed)?;
+        next.waiting = None;
+        let mut tx = self.store.begin().await?;
+        tx.release_slot_locks(&lease.object().key()).await?;
+        tx.stop_waiting(lease.object()).await?;
+        tx.log(lease_log(&next, log::LEASE_DESTROYED)).await?;
+        *lease = tx.save_lease(&next, lock).await?;
+        if let Some(t) = resource_type {
+            tx.fire(&events::capacity(&t)).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Break a lease (spec §6.4), under its lock. Already finished leases are
+    /// left as they are.
+    pub(crate) async fn break_lease(&self, id: LeaseId, reason: &str) -> Result<(), StoreError> {
+        let result = self
+            .locked(ObjectRef::lease(id), async |lock| {
+                let lease = self.store.lease(id).await?;
+                if !lease.status.is_live() {
+                    return Ok(());
+                }
+                let mut next = lease.clone();
+                transition(&mut next, LeaseStatus::Broken)?;
+                next.failure = Some(reason.to_owned());
+                next.waiting = None;
+                let mut tx = self.store.begin().await?;
+                tx.stop_waiting(lease.object()).await?;
+                tx.log(lease_log(&next, log::LEASE_BROKEN).data(json!({ "reason": reason })))
+                    .await?;
+                tx.save_lease(&next, lock).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(Some(())) => Ok(()),
+            Ok(None) => Err(StoreError::Busy(format!(
+                "lease {id} is locked by another worker"
+            ))),
+            Err(PassError::Store(e)) => Err(e),
+            Err(e) => Err(StoreError::Busy(format!("{e:?}"))),
+        }
+    }
+}
+
+/// Register `waiter` for `events` and record why it waits, writing the
+/// lease only when the reason changed (no log spam while it waits).
+pub(crate) async fn record_wait(
+    tx: &mut Tx,
+    lease: &mut Lease,
+    lock: &ObjectLock,
+    reason: &events::WaitReason,
+    events: &[String],
+) -> PassResult<()> {
+    tx.wait_on(lease.object(), lease.priority, lease.created_at, events)
+        .await?;
+    let json = reason.to_json();
+    if lease.waiting.as_ref() != Some(&json) {
+        tx.log(lease_log(lease, log::LEASE_WAITING).data(json.clone()))
+            .await?;
+        let mut next = lease.clone();
+        next.waiting = Some(json);
+        *lease = tx.save_lease(&next, lock).await?;
+    } else {
+        tx.check_fence(lock).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! Drydock's lifecycle engine: the lease and resource update workers (the
+//! single writers of their objects), the allocator, garbage collection and
+//! the daemon loop.
+//!
+//! Every pass over an object takes the object's lock (contention is a short
+//! yield, never a failure), consumes its commands in order, advances its
+//! state machine (transitions checked against the model's tables) and writes
+//! fenced on the lock token and row version. Blueprint implementations are
+//! called through [`blueprint::BlueprintImpl`] and never write rows.
+//!
+//! This crate renders no output and parses no HTTP.
+
+pub mod blueprint;
+pub mod client;
+pub mod daemon;
+pub mod events;
+
+mod allocator;
+mod lease_worker;
+mod resource_worker;
+
+use blueprint::{BlueprintError, Registry};
+use drydock_model::{LeaseId, ObjectKind, ObjectRef, ResourceId};
+use drydock_store::queue::{ClaimedTask, DEFAULT_MAX_ATTEMPTS, Handler, Outcome};
+use drydock_store::{Store, StoreError, now_ms};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The authorizing object of the Drydock administrator (CLI leases): not
+/// checked against authorizations (spec §11).
+pub const ADMIN: &str = "drydock";
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Identity written as lock and claim owner (`host:pid`).
+    pub owner: String,
+    /// Object locks expire after this unless renewed (they are renewed while
+    /// a pass runs).
+    pub lock_ttl: Duration,
+    /// A waiting object is looked at again after this even if no event woke
+    /// it: the safety net, not the mechanism.
+    pub safety_poll: Duration,
+    /// Retry delay when another worker holds the object's lock.
+    pub contention_retry: Duration,
+    /// Retry delay while the database is unavailable (not counted).
+    pub store_retry: Duration,
+    /// An idle resource is reclaimable only after no lease touched it for
+    /// this long (spec §7.3: a hard-coded 3 minutes there).
+    pub reclaim_grace: Duration,
+    /// Logs and consumed commands of destroyed objects, and finished tasks,
+    /// are deleted after this.
+    pub retention: Duration,
+    /// How often garbage collection runs.
+    pub gc_interval: Duration,
+    /// Temporary failures of one object retried this many times, then it breaks.
+    pub max_attempts: i64,
+}
+
+impl EngineConfig {
+    pub fn new(owner: impl Into<String>) -> Self {
+        Self {
+            owner: owner.into(),
+            lock_ttl: Duration::from_secs(30),
+            safety_poll: Duration::from_secs(30),
+            contention_retry: Duration::from_millis(20),
+            store_retry: Duration::from_secs(1),
+            reclaim_grace: Duration::from_secs(180),
+            retention: Duration::from_secs(30 * 86_400),
+            gc_interval: Duration::from_secs(300),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+}
+
+/// The engine: runs update passes as the task queue hands them out.
+pub struct Engine {
+    pub store: Store,
+    pub blueprints: Arc<Registry>,
+    pub cfg: EngineConfig,
+}
+
+/// What an update pass decided about the object's next pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Nothing to do until a command or event arrives.
+    Idle,
+    /// Look again at this time (epoch ms) unless woken earlier.
+    At(i64),
+    /// Another worker holds the lock: try again shortly.
+    Contended,
+}
+
+/// Why a pass stopped early.
+#[derive(Debug)]
+pub(crate) enum PassError {
+    Store(StoreError),
+    Blueprint(BlueprintError),
+    /// The object cannot make progress: break it.
+    Permanent(String),
+}
+
+impl From<StoreError> for PassError {
+    fn from(e: StoreError) -> Self {
+        PassError::Store(e)
+    }
+}
+
+impl From<BlueprintError> for PassError {
+    fn from(e: BlueprintError) -> Self {
+        PassError::Blueprint(e)
+    }
+}
+
+pub(crate) type PassResult<T> = Result<T, PassError>;
+
+impl Engine {
+    pub fn new(store: Store, blueprints: Arc<Registry>, cfg: EngineConfig) -> Self {
+        Self {
+            store,
+            blueprints,
+            cfg,
+        }
+    }
+
+    /// Run one update pass over `object` now, in this process (the CLI's
+    /// `update-lease` / `update-resource`). Returns what the queue would do.
+    pub async fn update_now(&self, object: ObjectRef) -> Outcome {
+        self.pass(object, 0).await
+    }
+
+    async fn pass(&self, object: ObjectRef, attempts: i64) -> Outcome {
+        let result = match object.kind {
+            ObjectKind::Lease => self.lease_pass(LeaseId(object.id)).await,
+            ObjectKind::Resource => self.resource_pass(ResourceId(object.id)).await,
+            ObjectKind::Blueprint => {
+                return Outcome::Fail(format!("{object} has no update worker"));
+            }
+        };
+        self.outcome(object, attempts, result).await
+    }
+
+    /// Turn a pass result into a queue outcome: yields for waits and
+    /// contention, bounded retries for temporary failures, and a break for
+    /// permanent ones (spec §4.3, with transient errors retried instead of
+    /// breaking at once).
+    async fn outcome(&self, object: ObjectRef, attempts: i64, result: PassResult<Next>) -> Outcome {
+        let now = now_ms();
+        let reason = match result {
+            Ok(Next::Idle) => return Outcome::Done,
+            Ok(Next::At(t)) => {
+                return Outcome::Yield(Duration::from_millis(u64::try_from(t - now).unwrap_or(0)));
+            }
+            Ok(Next::Contended) => return Outcome::Yield(self.cfg.contention_retry),
+            Err(PassError::Store(StoreError::Stale { .. } | StoreError::LostClaim { .. })) => {
+                return Outcome::Yield(self.cfg.contention_retry);
+            }
+            Err(PassError::Store(StoreError::SlotLocked(_))) => {
+                return Outcome::Yield(self.cfg.contention_retry);
+            }
+            Err(PassError::Store(e)) if e.is_temporary() => {
+                tracing::warn!(%object, "database unavailable, retrying: {e}");
+                return Outcome::Yield(self.cfg.store_retry);
+            }
+            Err(PassError::Store(e @ StoreError::NotFound { .. })) => {
+                return Outcome::Fail(e.to_string());
+            }
+            Err(PassError::Blueprint(BlueprintError::Yield { after, .. })) => {
+                return Outcome::Yield(after);
+            }
+            Err(PassError::Store(e)) => Err(e.to_string()),
+            Err(PassError::Blueprint(BlueprintError::Temporary(m))) => Err(m),
+            Err(PassError::Blueprint(BlueprintError::Permanent(m)) | PassError::Permanent(m)) => {
+                Ok(m)
+            }
+        };
+        let reason = match reason {
+            Ok(permanent) => permanent,
+            Err(temporary) if attempts + 1 < self.cfg.max_attempts => {
+                return Outcome::Retry(temporary);
+            }
+            Err(temporary) => format!("gave up after {} attempts: {temporary}", attempts + 1),
+        };
+        match self.break_object(object, &reason).await {
+            // Broken: the next pass destroys it.
+            Ok(()) => Outcome::Yield(Duration::ZERO),
+            Err(e) if e.is_temporary() => Outcome::Yield(self.cfg.store_retry),
+            Err(e) => Outcome::Retry(format!("breaking {object} failed: {e}; cause: {reason}")),
+        }
+    }
+
+    async fn break_object(&self, object: ObjectRef, reason: &str) -> Result<(), StoreError> {
+        match object.kind {
+            ObjectKind::Lease => self.break_lease(LeaseId(object.id), reason).await,
+            ObjectKind::Resource => self.break_resource(ResourceId(object.id), reason).await,
+            ObjectKind::Blueprint => Ok(()),
+        }
+    }
+
+    /// Take the object's lock, renewing it while `work` runs; `None` when
+    /// another worker holds it.
+    pub(crate) async fn locked<T>(
+        &self,
+        object: ObjectRef,
+        work: impl AsyncFnOnce(&drydock_store::object_lock::ObjectLock) -> PassResult<T>,
+    ) -> PassResult<Option<T>> {
+        let Some(lock) = self
+            .store
+            .try_lock(&object.key(), &self.cfg.owner, self.cfg.lock_ttl)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut renewal = lock.clone();
+        let every = self.cfg.lock_ttl / 3;
+        let result = {
+            let fut = work(&lock);
+            tokio::pin!(fut);
+            loop {
+                tokio::select! {
+                    r = &mut fut => break r,
+                    _ = tokio::time::sleep(every) => {
+                        if let Err(e) = self.store.renew_lock(&mut renewal, self.cfg.lock_ttl).await {
+                            tracing::warn!(%object, "renewing the object lock failed: {e}");
+                        }
+                    }
+                }
+            }
+        };
+        if let Err(e) = self.store.unlock(lock).await {
+            tracing::warn!(%object, "unlocking failed (it expires by itself): {e}");
+        }
+        result.map(Some)
+    }
+}
+
+impl Handler for Engine {
+    async fn handle(&self, task: &ClaimedTask) -> Outcome {
+        match task.kind.as_str() {
+            "lease.update" | "resource.update" => {
+                match task.object_key.as_deref().and_then(ObjectRef::parse) {
+                    Some(object) => self.pass(object, task.attempts).await,
+                    None => Outcome::Fail(format!(
+                        "update task without a valid object: {:?}",
+                        task.object_key
+                    )),
+                }
+            }
+            daemon::GC_TASK => self.gc_pass().await,
+            other => Outcome::Fail(format!("unknown task kind {other:?}")),
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! Every transition of the lease and resource state machines.
+
+use crate::harness::{Harness, none};
+use anyhow::ensure;
+use drydock_engine::client;
+use drydock_model::{LeaseStatus, ResourceStatus};
+use drydock_store::log::LogFilter;
+use drydock_testkit::{TestDb, wait_until};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+backend_tests!(
+    lease_goes_pending_acquired_active_released_destroyed_on_a_new_resource,
+    lease_activation_failure_breaks_the_lease_with_its_reason,
+    temporary_failures_are_retried_then_succeed,
+    temporary_failures_that_persist_break_the_lease,
+    resource_activation_failure_breaks_it_and_the_lease_gets_another,
+    an_acquired_lease_whose_resource_goes_away_reacquires,
+    releasing_a_resource_releases_its_leases,
+    releasing_a_pending_lease_destroys_it,
+    expired_lease_is_released_and_renew_extends_it,
+    gc_prunes_only_destroyed_objects_and_reschedules_lost_tasks,
+);
+
+async fn lease_goes_pending_acquired_active_released_destroyed_on_a_new_resource(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let h = Harness::start(db, 2).await;
+    h.blueprint("pool", json!({"resource-activation": "ok"}))
+        .await?;
+    let lease = h.lease(none()).await?;
+    ensure!(lease.status == LeaseStatus::Pending);
+    let active = h.wait_status(lease.id, LeaseStatus::Active).await?;
+    let rid = active.resource_id.expect("resource");
+    ensure!(
+        active.acquired_at.is_some() && active.activated_at.is_some() && active.waiting.is_none()
+    );
+    let r = h.store.resource(rid).await?;
+    ensure!(
+        r.status == ResourceStatus::Active,
+        "resource pending -> active"
+    );
+    client::release_lease(&h.store, lease.id, "user:test").await?;
+    h.wait_status(lease.id, LeaseStatus::Destroyed).await?;
+    let logs = h.lease_logs(lease.id).await?;
+    for expected in [
+        "lease.queued",
+        "resource.allocated",
+        "lease.waiting",
+        "lease.acquired",
+        "lease.activated",
+        "lease.released",
+        "lease.destroyed",
+    ] {
+        ensure!(
+            logs.iter().any(|l| l == expected),
+            "missing {expected} in {logs:?}"
+        );
+    }
+    let released = h
+        .store
+        .logs(&LogFilter {
+            lease: Some(lease.id),
+            ..Default::default()
+        })
+        .await?;
+    let by = released
+        .iter()
+        .find(|l| l.kind == "lease.released")
+        .unwrap();
+    ensure!(
+        by.data["by"] == "user:test",
+        "the release records who asked"
+    );
+    ensure!(h.probe.did_release.lock().unwrap()[&lease.id.0] == 1);
+    ensure!(
+        h.store.resource(rid).await?.status == ResourceStatus::Active,
+        "the resource is kept for the next lease"
+    );
+    ensure!(
+        h.store
+            .slot_locks_of(&lease.object().key())
+            .await?
+            .is_empty()
+    );
+    // A second release of a destroyed lease is refused clearly.
+    let err = client::release_lease(&h.store, lease.id, "user:test")
+        .await
+        .unwrap_err();
+    ensure!(
+        err.to_string()
+            .contains("cannot be released: it is destroyed"),
+        "{err}"
+    );
+    h.stop().await;
+    Ok(())
+}
+
+async fn lease_activation_failure_breaks_the_lease_with_its_reason(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let h = Harness::start(db, 1).await;
+    h.blueprint("pool", json!({"lease-activation": "fail"}))
+        .await?;
+    let lease = h.lease(none()).await?;
+    let done = h.wait_status(lease.id, LeaseStatus::Destroyed).await?;
+    ensure!(
+        done.failure.as_deref() == Some("lease activation failed: disk full"),
+        "{:?}",
+        done.failure
+    );
+    let logs = h.lease_logs(lease.id).await?;
+    ensure!(
+        logs.contains(&"lease.broken".to_string())
+            && logs.last().map(String::as_str) == Some("lease.destroyed"),
+        "{logs:?}"
+    );
+    ensure!(
+        !logs.contains(&"lease.released".to_string()),
+        "acquired -> broken -> destroyed"
+    );
+    h.stop().await;
+    Ok(())
+}
+
+async fn temporary_failures_are_retried_then_succeed(db: &TestDb) -> anyhow::Result<()> {
+    let h = Harness::start(db, 1).await;
+    h.blueprint("pool", json!({"lease-activation": "flaky-2"}))
+        .await?;
+    let lease = h.lease(none()).await?;
+    let active = h.wait_status(lease.id, LeaseStatus::Active).await?;
+    ensure!(active.failure.is_none());
+    ensure!(
+        h.probe.lease_activations.load(Ordering::SeqCst) == 3,
+        "two transient failures, then success"
+    );
+    h.stop().await;
+    Ok(())
+}
+
+async fn temporary_failures_that_persist_break_the_lease(db: &TestDb) -> anyhow::Result<()> {
+    let h = Harness::start(db, 1).await;
+    h.blueprint("pool", json!({"lease-activation": "temporary"}))
+        .await?;
+    let lease = h.lease(none()).await?;
+    let done = h.wait_status(lease.id, LeaseStatus::Destroyed).await?;
+    let failure = done.failure.unwrap_or_default();
+    ensure!(
+        failure.contains("gave up after 4 attempts: connection reset"),
+        "{failure}"
+    );
+    ensure!(
+        h.probe.lease_activations.load(Ordering::SeqCst) == 4,
+        "bounded retries"
+    );
+    h.stop().await;
+    Ok(())
+}
+
+async fn resource_activation_failure_breaks_it_and_the_lease_gets_another(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let h = Harness::start(db, 2).await;
+    h.blueprint("pool", json!({"resource-activation": "fail-once"}))
+        .await?;
+    let lease = h.lease(none()).await?;
+    let active = h.wait_status(lease.id, LeaseStatus::Active).await?;
+    let first = h
+        .store
+        .resources(None, None, 10)
+        .await?
+        .into_iter()
+        .find(|r| Some(r.id) != active.resource_id)
+        .expect("a first resource");
+    let store = h.store.clone();
+    wait_until(
+        Duration::from_secs(10),
+        "broken resource destroyed",
+        async || store.resource(first.id).await.unwrap().status == ResourceStatus::Destroyed,
+    )
+    .await?;
+    let first = h.store.resource(first.id).await?;
+    ensure!(
+        first.failure.as_deref() == Some("first resource activation failed"),
+        "{:?}",
+        first.failure
+    );
+    let rlogs: Vec<String> = h
+        .store
+        .logs(&LogFilter {
+            resource: Some(first.id),
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .map(|l| l.kind)
+        .collect();
+    ensure!(
+        rlogs.contains(&"resource.broken".into()) && rlogs.contains(&"resource.destroyed".into()),
+        "{rlogs:?}"
+    );
+    h.stop().await;
+    Ok(())
+}
+
+async fn an_acquired_lease_whose_resource_goes_away_reacquires(db: &TestDb) -> anyhow::Result<()> {
+    let h = Harness::start(db, 2).await;
+    h.blueprint("pool", json!({"lease-activation": "hold", "limit": 2}))
+        .await?;
+    h.probe.hold.store(true, Ordering::SeqCst);
+    let lease = h.lease(none()).await?;
+    let acquired = h.wait_status(lease.id, LeaseStatus::Acquired).await?;
+    let first = acquired.resource_id.unwrap();
+    client::release_resource(&h.store, first, "admin").await?;
+    let store = h.store.clone();
+    wait_until(Duration::from_secs(10), "reacquire", async || {
+        store
+            .lease(lease.id)
+            .await
+            .unwrap()
+            .resource_id
+            .is_some_and(|r| r != first)
+    })
+    .await?;
+    h.probe.hold.store(false, Ordering::SeqCst);
+    let active = h.wait_status(lease.id, LeaseStatus::Active).await?;
+    ensure!(active.resource_id != Some(first));
+    let logs = h.lease_logs(lease.id).await?;
+    ensure!(
+        logs.contains(&"lease.reacquire".into()) && !logs.contains(&"lease.released".into()),
+        "{logs:?}"
+    );
+    ensure!(h.store.resource(first).await?.status == ResourceStatus::Destroyed);
+    h.stop().await;
+    Ok(())
+}
+
+async fn releasing_a_resource_releases_its_leases(db: &TestDb) -> anyhow::Result<()> {
+    let h = Harness::start(db, 2).await;
+    h.blueprint("pool", json!({"limit": 1})).await?;
+    let a = h.lease(none()).await?;
+    let b = h.lease(none()).await?;
+    let ra = h.wait_status(a.id, LeaseStatus::Active).await?.resource_id;
+    let rb = h.wait_status(b.id, LeaseStatus::Active).await?.resource_id;
+    ensure!(ra == rb, "unlimited leases share the one resource");
+    client::release_resource(&h.store, ra.unwrap(), "admin").await?;
+    h.wait_status(a.id, LeaseStatus::Destroyed).await?;
+    h.wait_status(b.id, LeaseStatus::Destroyed).await?;
+    let store = h.store.clone();
+    wait_until(Duration::from_secs(10), "resource destroyed", async || {
+        store.resource(ra.unwrap()).await.unwrap().status == ResourceStatus::Destroyed
+    })
+    .await?;
+    ensure!(h.probe.destroyed_resources.lock().unwrap().as_slice() == [ra.unwrap().0]);
+    ensure!(
+        client::release_resource(&h.store, ra.unwrap(), "admin")
+            .await
+            .is_err(),
+        "refused once destroyed"
+    );
+    h.stop().await;
+    Ok(())
+}
+
+async fn releasing_a_pending_lease_destroys_it(db: &TestDb) -> anyhow::Result<()> {
+    let h = Harness::start(db, 1).await;
+    // No blueprint: the lease waits.
+    let lease = h.lease(none()).await?;
+    h.wait_reason(lease.id, "no-blueprints").await?;
+    client::release_lease(&h.store, lease.id, "user").await?;
+    client::release_lease(&h.store, lease.id, "user").await?;
+    let done = h.wait_status(lease.id, LeaseStatus::Destroyed).await?;
+    ensure!(done.waiting.is_none() && done.resource_id.is_none());
+    let logs = h.lease_logs(lease.id).await?;
+    ensure!(
+        logs.iter().filter(|l| *l == "lease.released").count() == 1,
+        "{logs:?}"
+    );
+    ensure!(
+        h.store.waits_of(lease.object()).await?.is_empty(),
+        "no wait registration left behind"
+    );
+    h.stop().await;
+    Ok(())
+}
+
+async fn expired_lease_is_released_and_renew_extends_it(db: &TestDb) -> anyhow::Result<()> {
+    let h = Harness::start(db, 1).await;
+    h.blueprint("pool", json!({})).await?;
+    let mut new = drydock_store::lease::NewLease {
+        resource_type: "thing".into(),
+        authorizing: drydock_engine::ADMIN.into(),
+        until: Some(drydock_store::now_ms() + 400),
+        ..Default::default()
+    };
+    let short = client::request_lease(&h.store, &new).await?;
+    new.until = Some(drydock_store::now_ms() + 60_000);
+    let renewed = client::request_lease(&h.store, &new).await?;
+    h.wait_status(renewed.id, LeaseStatus::Active).await?;
+    let target = drydock_store::now_ms() + 120_000;
+    client::renew_lease(&h.store, renewed.id, target, "holder").await?;
+    let done = h.wait_status(short.id, LeaseStatus::Destroyed).await?;
+    let logs = h
+        .store
+        .logs(&LogFilter {
+            lease: Some(short.id),
+            ..Default::default()
+        })
+        .await?;
+    let released = logs
+        .iter()
+        .find(|l| l.kind == "lease.released")
+        .expect("released");
+    ensure!(released.data["by"] == "expiry", "{:?}", released.data);
+    ensure!(
+        released.epoch >= done.until.unwrap(),
+        "not released before its time"
+    );
+    let store = h.store.clone();
+    wait_until(Duration::from_secs(10), "renewal", async || {
+        store.lease(renewed.id).await.unwrap().until == Some(target)
+    })
+    .await?;
+    ensure!(h.store.lease(renewed.id).await?.status == LeaseStatus::Active);
+    ensure!(
+        client::renew_lease(&h.store, short.id, target, "holder")
+            .await
+            .is_err(),
+        "a destroyed lease cannot be renewed"
+    );
+    h.stop().await;
+    Ok(())
+}
+
+async fn gc_prunes_only_destroyed_objects_and_reschedules_lost_tasks(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let h = Harness::start(db, 1).await;
+    h.blueprint("pool", json!({})).await?;
+    let gone = h.lease(none()).await?;
+    let live = h.lease(none()).await?;
+    h.wait_status(gone.id, LeaseStatus::Active).await?;
+    h.wait_status(live.id, LeaseStatus::Active).await?;
+    client::release_lease(&h.store, gone.id, "u").await?;
+    h.wait_status(gone.id, LeaseStatus::Destroyed).await?;
+    let store = h.store.clone();
+    h.stop().await;
+    // Everything is older than "now + 1 s": only the destroyed lease's rows go.
+    let report = store.prune(drydock_store::now_ms() + 1000, 1000).await?;
+    ensure!(
+        report.logs > 0 && report.commands == 1 && report.tasks > 0,
+        "{report:?}"
+    );
+    // What is left of the destroyed lease's history is what it shares with
+    // its still-live resource.
+    let left = store
+        .logs(&LogFilter {
+            lease: Some(gone.id),
+            ..Default::default()
+        })
+        .await?;
+    ensure!(left.iter().all(|l| l.resource.is_some()), "{left:?}");
+    ensure!(!left.is_empty() && left.len() < 6);
+    ensure!(
+        !store
+            .logs(&LogFilter {
+                lease: Some(live.id),
+                ..Default::default()
+            })
+            .await?
+            .is_empty(),
+        "a live lease's logs are never pruned"
+    );
+    // A pending lease whose task vanished is found by the sweep.
+    let orphan = drydock_store::lease::NewLease {
+        resource_type: "thing".into(),
+        authorizing: "drydock".into(),
+        ..Default::default()
+    };
+    let orphan = store.insert_lease(&orphan).await?;
+    let swept = store.orphaned_objects(100).await?;
+    ensure!(swept == vec![orphan.object()], "{swept:?}");
+    Ok(())
+}
