@@ -1,9 +1,13 @@
 //! The `drydock` binary: command-line parsing and wiring only. Every
-//! command converts its flags into plain values and calls the store or
-//! engine; no lifecycle logic lives here.
+//! command converts its flags into plain values and calls the engine's
+//! client functions or the store; no lifecycle logic lives here.
+
+mod admin;
+mod lease_cmd;
+mod output;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use drydock_store::{DEFAULT_DATABASE_URL, Store, redact_url};
 use std::process::ExitCode;
 
@@ -30,6 +34,35 @@ struct Cli {
 enum Command {
     /// Apply pending schema migrations and report the schema version.
     Migrate,
+    /// Run update workers and garbage collection until SIGTERM or Ctrl-C.
+    Daemon(admin::DaemonArgs),
+    /// Create, list, show, edit, disable and enable blueprints.
+    #[command(subcommand)]
+    Blueprint(admin::BlueprintCmd),
+    /// Request a lease and wait until it is active (or list/show leases).
+    Lease(lease_cmd::LeaseArgs),
+    /// List or show resources.
+    #[command(subcommand)]
+    Resource(admin::ResourceCmd),
+    /// Ask leases to be released (through the command queue).
+    ReleaseLease(IdArgs),
+    /// Ask resources to be released, with their leases.
+    ReleaseResource(IdArgs),
+    /// Run one update pass over leases in the foreground.
+    UpdateLease(IdArgs),
+    /// Run one update pass over resources in the foreground.
+    UpdateResource(IdArgs),
+    /// Ask idle active resources to be reclaimed.
+    Reclaim(admin::ReclaimArgs),
+    /// Show log events, oldest first.
+    Log(admin::LogArgs),
+}
+
+#[derive(Args, Debug)]
+struct IdArgs {
+    /// Object id (repeatable).
+    #[arg(long = "id", required = true)]
+    ids: Vec<i64>,
 }
 
 fn main() -> ExitCode {
@@ -60,7 +93,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// Open the database named on the command line, migrating it if needed.
+pub(crate) async fn open(url: &str) -> anyhow::Result<Store> {
+    Store::open(url)
+        .await
+        .with_context(|| format!("opening {}", redact_url(url)))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let json = cli.json;
     match cli.command {
         Command::Migrate => {
             let store = Store::connect(&cli.database)
@@ -68,25 +109,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("opening {}", redact_url(&cli.database)))?;
             let applied = store.migrate().await?;
             let version = store.applied_migrations().await?;
-            if cli.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "database": redact_url(&cli.database),
-                        "dialect": store.dialect().as_str(),
-                        "applied": applied,
-                        "schema_version": version,
-                    })
-                );
-            } else {
-                println!(
-                    "{} ({}): applied {applied} migration(s); schema version {version}",
-                    redact_url(&cli.database),
-                    store.dialect().as_str()
-                );
-            }
+            output::print(
+                json,
+                &serde_json::json!({
+                    "database": redact_url(&cli.database),
+                    "dialect": store.dialect().as_str(),
+                    "applied": applied,
+                    "schema_version": version,
+                }),
+                || {
+                    format!(
+                        "{} ({}): applied {applied} migration(s); schema version {version}",
+                        redact_url(&cli.database),
+                        store.dialect().as_str()
+                    )
+                },
+            );
             store.close().await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Daemon(args) => admin::daemon(&open(&cli.database).await?, args).await,
+        Command::Blueprint(cmd) => admin::blueprint(&open(&cli.database).await?, cmd, json).await,
+        Command::Lease(args) => lease_cmd::lease(&open(&cli.database).await?, args, json).await,
+        Command::Resource(cmd) => admin::resource(&open(&cli.database).await?, cmd, json).await,
+        Command::ReleaseLease(ids) => {
+            admin::release(&open(&cli.database).await?, true, &ids.ids, json).await
+        }
+        Command::ReleaseResource(ids) => {
+            admin::release(&open(&cli.database).await?, false, &ids.ids, json).await
+        }
+        Command::UpdateLease(ids) => {
+            admin::update(&open(&cli.database).await?, true, &ids.ids, json).await
+        }
+        Command::UpdateResource(ids) => {
+            admin::update(&open(&cli.database).await?, false, &ids.ids, json).await
+        }
+        Command::Reclaim(args) => admin::reclaim(&open(&cli.database).await?, args, json).await,
+        Command::Log(args) => admin::log(&open(&cli.database).await?, args, json).await,
     }
 }

@@ -354,13 +354,10 @@ impl Engine {
         }
 
         // Steps 8–9: reclaim, but only when a limit is what blocks us.
-        if !at_limit.is_empty() {
-            if let Some(step) = self
-                .reclaim(lease, lock, candidates, &at_limit, &generic)
-                .await?
-            {
-                return Ok(step);
-            }
+        if !at_limit.is_empty()
+            && let Some(step) = self.reclaim(lease, lock, &at_limit, &generic).await?
+        {
+            return Ok(step);
         }
 
         // Step 10: wait.
@@ -387,7 +384,6 @@ impl Engine {
         &self,
         lease: &mut Lease,
         lock: &ObjectLock,
-        candidates: &[Candidate],
         at_limit: &[BlueprintId],
         generic: &[String],
     ) -> PassResult<Option<Step>> {
@@ -448,7 +444,6 @@ impl Engine {
             idle.push((last, r));
         }
         idle.sort_by_key(|(last, r)| (*last, r.id));
-        let _ = candidates;
         if let Some((last, victim)) = idle.first() {
             if last + grace > now {
                 // Reclaimable later: look again when its grace period ends.

@@ -126,3 +126,51 @@ pub fn describe_waiting(waiting: &Value) -> String {
         other => other.to_owned(),
     }
 }
+
+/// A one-line human rendering of a log event (CLI and web).
+pub fn describe_log(kind: &str, data: &Value) -> String {
+    let s = |k: &str| {
+        data.get(k)
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string())
+            })
+            .unwrap_or_default()
+    };
+    match kind {
+        log::LEASE_QUEUED => format!("queued for a {} resource", s("type")),
+        log::LEASE_WAITING => format!("waiting: {}", describe_waiting(data)),
+        log::LEASE_ACQUIRED => "acquired a resource".into(),
+        log::LEASE_ACTIVATED => "active".into(),
+        log::LEASE_REACQUIRE => format!(
+            "resource {} went away before activation; finding another",
+            s("resource")
+        ),
+        log::LEASE_RECLAIM => format!("asked to reclaim idle resource {}", s("resource")),
+        log::LEASE_RENEWED => format!("renewed until {} by {}", s("until"), s("by")),
+        log::LEASE_EXPIRED => "expired".into(),
+        log::LEASE_RELEASED => format!("released by {}", s("by")),
+        log::LEASE_BROKEN => format!("broken: {}", s("reason")),
+        log::LEASE_DESTROYED => "destroyed".into(),
+        log::RESOURCE_ALLOCATED => format!("resource allocated ({})", s("status")),
+        log::RESOURCE_ALLOCATION_FAILURE => format!("resource allocation failed: {}", s("error")),
+        log::RESOURCE_ACTIVATED => "resource active".into(),
+        log::RESOURCE_RECLAIMED => format!("resource reclaimed by {}", s("by")),
+        log::RESOURCE_RECLAIM_REFUSED => format!(
+            "reclaim by {} refused: resource in use or recently used",
+            s("by")
+        ),
+        log::RESOURCE_RELEASED => format!(
+            "resource released by {} ({} lease(s) released)",
+            s("by"),
+            s("leases")
+        ),
+        log::RESOURCE_BROKEN => format!("resource broken: {}", s("reason")),
+        log::RESOURCE_DESTROY_FAILURE => {
+            format!("resource cleanup failed (will retry): {}", s("error"))
+        }
+        log::RESOURCE_DESTROYED => "resource destroyed".into(),
+        other => format!("{other} {data}"),
+    }
+}

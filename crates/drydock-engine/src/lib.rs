@@ -211,22 +211,23 @@ impl Engine {
         else {
             return Ok(None);
         };
-        let mut renewal = lock.clone();
-        let every = self.cfg.lock_ttl / 3;
-        let result = {
-            let fut = work(&lock);
-            tokio::pin!(fut);
-            loop {
-                tokio::select! {
-                    r = &mut fut => break r,
-                    _ = tokio::time::sleep(every) => {
-                        if let Err(e) = self.store.renew_lock(&mut renewal, self.cfg.lock_ttl).await {
-                            tracing::warn!(%object, "renewing the object lock failed: {e}");
-                        }
+        // Renew from a task of its own: renewing inside a select! arm would
+        // pause `work`, and on SQLite a paused transaction holds the one
+        // writer connection the renewal needs — a deadlock.
+        let renewer = {
+            let (store, mut renewal, ttl) = (self.store.clone(), lock.clone(), self.cfg.lock_ttl);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    if let Err(e) = store.renew_lock(&mut renewal, ttl).await {
+                        tracing::warn!(%object, "renewing the object lock failed: {e}");
+                        return;
                     }
                 }
-            }
+            })
         };
+        let result = work(&lock).await;
+        renewer.abort();
         if let Err(e) = self.store.unlock(lock).await {
             tracing::warn!(%object, "unlocking failed (it expires by itself): {e}");
         }

@@ -12,11 +12,12 @@ pub const MAX_NAME_LEN: usize = 255;
 /// Largest serialized field map, in bytes.
 pub const MAX_FIELDS_LEN: usize = 64 * 1024;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Blueprint {
     pub id: BlueprintId,
     pub name: String,
     /// The implementation, e.g. `host.local`, `host.ssh`, `working-copy`.
+    #[serde(rename = "type")]
     pub kind: String,
     /// Implementation configuration. Secrets are never stored here (they
     /// live apart, referenced by id).
@@ -28,7 +29,7 @@ pub struct Blueprint {
 }
 
 /// One recorded change to a blueprint.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct BlueprintEdit {
     pub id: i64,
     pub blueprint: BlueprintId,

@@ -14,7 +14,7 @@ use serde_json::Value;
 use sqlx::any::AnyRow;
 
 /// A stored command.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Command {
     pub id: CommandId,
     pub author: String,

@@ -5,7 +5,7 @@ use crate::row::get;
 use crate::{Result, Store, now_ms};
 use std::time::Duration;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Daemon {
     pub id: String,
     pub host: String,

@@ -29,7 +29,7 @@ pub struct NewLease {
     pub until: Option<i64>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Lease {
     pub id: LeaseId,
     pub resource_type: String,

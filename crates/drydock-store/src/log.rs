@@ -49,13 +49,14 @@ impl NewLog {
 }
 
 /// A stored log event.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct LogEntry {
     pub id: LogId,
     pub epoch: i64,
     pub lease: Option<LeaseId>,
     pub resource: Option<ResourceId>,
     pub blueprint: Option<BlueprintId>,
+    #[serde(rename = "type")]
     pub kind: String,
     pub data: Value,
 }

@@ -688,19 +688,25 @@ pub async fn run_claimed<H: Handler>(
     cfg: &WorkerConfig,
     task: &ClaimedTask,
 ) -> Result<Outcome> {
-    let work = handler.handle(task);
-    tokio::pin!(work);
+    // Heartbeat from a task of its own, never by pausing the handler (on
+    // SQLite a paused handler may hold the one writer connection).
     let beat = (cfg.claim_ttl / 3).max(Duration::from_millis(10));
-    let outcome = loop {
-        tokio::select! {
-            outcome = &mut work => break outcome,
-            _ = tokio::time::sleep(beat) => {
-                if let Err(e) = store.heartbeat(task, cfg.claim_ttl).await {
+    let heartbeat = {
+        let (store, task, ttl) = (store.clone(), task.clone(), cfg.claim_ttl);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(beat).await;
+                if let Err(e) = store.heartbeat(&task, ttl).await {
                     tracing::warn!(task = task.id.0, "heartbeat failed: {e}");
+                    if matches!(e, StoreError::LostClaim { .. }) {
+                        return;
+                    }
                 }
             }
-        }
+        })
     };
+    let outcome = handler.handle(task).await;
+    heartbeat.abort();
     let now = now_ms();
     let completion = match &outcome {
         Outcome::Done => Completion::Done,

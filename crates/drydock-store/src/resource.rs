@@ -20,7 +20,7 @@ pub struct NewResource {
     pub until: Option<i64>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Resource {
     pub id: ResourceId,
     pub blueprint_id: BlueprintId,

@@ -1,0 +1,284 @@
+//! `drydock lease`: request a lease and wait until it is active, showing its
+//! log while it waits; `drydock lease list|show`.
+
+use crate::admin::{daemon_alive, engine, pairs, resolve_blueprint};
+use crate::output::{self, print};
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use drydock_engine::daemon::DaemonConfig;
+use drydock_engine::{ADMIN, client};
+use drydock_model::{LeaseId, LeaseStatus};
+use drydock_store::Store;
+use drydock_store::lease::{LeaseFilter, NewLease};
+use drydock_store::log::LogFilter;
+use drydock_store::queue::{WorkerConfig, run_worker};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct LeaseArgs {
+    #[command(subcommand)]
+    cmd: Option<LeaseCmd>,
+    #[command(flatten)]
+    request: RequestArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RequestArgs {
+    /// Resource type to lease (e.g. host).
+    #[arg(long = "type")]
+    kind: Option<String>,
+    /// Allowed blueprint, by id or name (repeatable; default: every enabled
+    /// blueprint of the type).
+    #[arg(long = "blueprint")]
+    blueprints: Vec<String>,
+    /// Attribute KEY=VALUE (repeatable).
+    #[arg(long = "attribute", value_name = "KEY=VALUE")]
+    attributes: Vec<String>,
+    /// Higher priorities are served first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i64,
+    /// Release the lease automatically after this long (e.g. 30m, 2h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    until: Option<Duration>,
+    /// Queue the lease, print its id and return without waiting.
+    #[arg(long)]
+    no_wait: bool,
+    /// Give up (and release the lease) if it is not active after this long.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+}
+
+#[derive(Subcommand, Debug)]
+enum LeaseCmd {
+    /// List leases, newest first.
+    List {
+        #[arg(long)]
+        status: Vec<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Show one lease.
+    Show { id: i64 },
+}
+
+pub async fn lease(store: &Store, args: LeaseArgs, json: bool) -> anyhow::Result<ExitCode> {
+    match args.cmd {
+        Some(LeaseCmd::List { status, limit }) => {
+            let statuses = status
+                .iter()
+                .map(|s| LeaseStatus::parse(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let leases = store
+                .leases(&LeaseFilter {
+                    statuses,
+                    limit: Some(limit),
+                    ..Default::default()
+                })
+                .await?;
+            print(json, &leases, || {
+                let mut lines = vec![format!(
+                    "{:>6}  {:<9}  {:<12}  {:>8}  detail",
+                    "id", "status", "type", "resource"
+                )];
+                lines.extend(leases.iter().map(output::lease_line));
+                lines.join("\n")
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(LeaseCmd::Show { id }) => {
+            let l = store.lease(LeaseId(id)).await?;
+            print(json, &l, || output::lease_detail(&l));
+            Ok(ExitCode::SUCCESS)
+        }
+        None => request(store, args.request, json).await,
+    }
+}
+
+async fn request(store: &Store, args: RequestArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let Some(kind) = args.kind else {
+        bail!("--type is required (e.g. drydock lease --type host)")
+    };
+    // Like the original (spec §13): refuse a lease nothing could ever satisfy.
+    let registry = drydock_blueprints::registry();
+    let of_type: Vec<_> = store
+        .blueprints(None)
+        .await?
+        .into_iter()
+        .filter(|b| {
+            registry
+                .get(&b.kind)
+                .is_some_and(|i| i.resource_type() == kind)
+        })
+        .collect();
+    if registry.for_resource_type(&kind).is_empty() {
+        let known: Vec<&str> = registry.iter().map(|i| i.resource_type()).collect();
+        bail!(
+            "no blueprint type builds {kind:?} resources (known resource types: {})",
+            known.join(", ")
+        );
+    }
+    let mut blueprint_ids = Vec::new();
+    for b in &args.blueprints {
+        let id = resolve_blueprint(store, b).await?;
+        if !of_type.iter().any(|bp| bp.id == id) {
+            bail!("blueprint {b:?} does not build {kind:?} resources");
+        }
+        if blueprint_ids.contains(&id) {
+            bail!("blueprint {b:?} given twice");
+        }
+        blueprint_ids.push(id);
+    }
+    if blueprint_ids.is_empty() && !of_type.iter().any(|b| !b.disabled) {
+        bail!(
+            "no enabled blueprint builds {kind:?} resources; create one with `drydock blueprint create`"
+        );
+    }
+    let new = NewLease {
+        resource_type: kind,
+        blueprint_ids,
+        authorizing: ADMIN.into(),
+        owner: Some(format!(
+            "cli:{}",
+            std::env::var("USER").unwrap_or_else(|_| "user".into())
+        )),
+        attributes: pairs(&args.attributes, "--attribute")?,
+        priority: args.priority,
+        until: args
+            .until
+            .map(|d| drydock_store::now_ms() + drydock_store::ms(d)),
+    };
+    let lease = client::request_lease(store, &new).await?;
+    if args.no_wait {
+        print(json, &lease, || lease.id.to_string());
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "Lease {} queued; waiting for it to become active...",
+        lease.id
+    );
+
+    // With no daemon alive, do the work here (spec §17.7's in-process mode).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    if !daemon_alive(store).await? {
+        eprintln!("(no drydock daemon is running: doing the work in this process)");
+        let engine = engine(store);
+        for i in 0..DaemonConfig::default().workers {
+            let mut wc = WorkerConfig::new(format!("{}/cli{i}", engine.cfg.owner));
+            wc.poll = Duration::from_millis(200);
+            workers.push(tokio::spawn(run_worker(
+                store.clone(),
+                engine.clone(),
+                wc,
+                stop_rx.clone(),
+            )));
+        }
+    }
+    let result = wait_active(store, lease.id, args.timeout).await;
+    let code = match result {
+        Ok(Waited::Active) => {
+            let l = store.lease(lease.id).await?;
+            print(json, &l, || l.id.to_string());
+            eprintln!(
+                "Lease {} is active. Release it with: drydock release-lease --id {}",
+                l.id, l.id
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Waited::Failed(l)) => {
+            eprintln!(
+                "drydock: lease {} is {}: {}",
+                l.id,
+                l.status,
+                l.failure.as_deref().unwrap_or("no reason recorded")
+            );
+            if json {
+                print(json, &l, String::new);
+            }
+            ExitCode::FAILURE
+        }
+        Ok(Waited::TimedOut) | Ok(Waited::Interrupted) => {
+            let interrupted = matches!(result, Ok(Waited::Interrupted));
+            let _ = client::release_lease(store, lease.id, "cli:interrupted").await;
+            if !workers.is_empty() {
+                // Let the in-process workers finish the release.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline
+                    && store.lease(lease.id).await?.status != LeaseStatus::Destroyed
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            if interrupted {
+                eprintln!("drydock: interrupted; released lease {}", lease.id);
+                ExitCode::from(130)
+            } else {
+                eprintln!(
+                    "drydock: lease {} not active after {}; released it",
+                    lease.id,
+                    humantime::format_duration(args.timeout.unwrap_or_default())
+                );
+                ExitCode::from(2)
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    let _ = stop_tx.send(true);
+    for w in workers {
+        let _ = w.await;
+    }
+    Ok(code)
+}
+
+enum Waited {
+    Active,
+    Failed(Box<drydock_store::lease::Lease>),
+    TimedOut,
+    Interrupted,
+}
+
+/// Wait for the lease to become active, printing its log events as they
+/// arrive. Ends early on Ctrl-C or the timeout.
+async fn wait_active(
+    store: &Store,
+    id: LeaseId,
+    timeout: Option<Duration>,
+) -> anyhow::Result<Waited> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut after = None;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let events = store
+            .logs(&LogFilter {
+                lease: Some(id),
+                after,
+                ..Default::default()
+            })
+            .await?;
+        for e in &events {
+            eprintln!(
+                "(Lease {id}) {}",
+                drydock_engine::events::describe_log(&e.kind, &e.data)
+            );
+            after = Some(e.id);
+        }
+        let l = store.lease(id).await?;
+        match l.status {
+            LeaseStatus::Active => return Ok(Waited::Active),
+            LeaseStatus::Broken | LeaseStatus::Released | LeaseStatus::Destroyed => {
+                return Ok(Waited::Failed(Box::new(l)));
+            }
+            LeaseStatus::Pending | LeaseStatus::Acquired => {}
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(Waited::TimedOut);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+            _ = &mut ctrl_c => return Ok(Waited::Interrupted),
+        }
+    }
+}
