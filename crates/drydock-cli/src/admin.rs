@@ -79,6 +79,12 @@ pub struct DaemonArgs {
     /// stopped answering before another daemon takes it over.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     claim_ttl: Duration,
+    /// An idle resource may be reclaimed once no lease touched it for this long.
+    #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
+    reclaim_grace: Duration,
+    /// Logs and consumed commands of destroyed objects are deleted after this long.
+    #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+    retention: Duration,
 }
 
 pub async fn daemon(store: &Store, args: DaemonArgs) -> anyhow::Result<ExitCode> {
@@ -87,6 +93,8 @@ pub async fn daemon(store: &Store, args: DaemonArgs) -> anyhow::Result<ExitCode>
     }
     let mut cfg = EngineConfig::new(owner());
     cfg.lock_ttl = args.claim_ttl;
+    cfg.reclaim_grace = args.reclaim_grace;
+    cfg.retention = args.retention;
     let engine = Arc::new(Engine::new(
         store.clone(),
         Arc::new(drydock_blueprints::registry()),
@@ -535,5 +543,32 @@ pub async fn log(store: &Store, args: LogArgs, json: bool) -> anyhow::Result<Exi
             println!("{}", output::log_line(e));
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct RenewArgs {
+    #[arg(long)]
+    id: i64,
+    /// New expiry, counted from now (e.g. 2h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    until: Duration,
+}
+
+pub async fn renew(store: &Store, args: RenewArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let author = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "admin".into())
+    );
+    let until = drydock_store::now_ms() + drydock_store::ms(args.until);
+    let command = client::renew_lease(store, LeaseId(args.id), until, &author).await?;
+    if !daemon_alive(store).await? {
+        settle(&engine(store), ObjectRef::lease(LeaseId(args.id))).await;
+    }
+    print(
+        json,
+        &json!({ "id": args.id, "until": until, "command": command }),
+        || format!("Lease {} renewed until {}", args.id, output::time(until)),
+    );
     Ok(ExitCode::SUCCESS)
 }

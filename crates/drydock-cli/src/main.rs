@@ -48,6 +48,8 @@ enum Command {
     ReleaseLease(IdArgs),
     /// Ask resources to be released, with their leases.
     ReleaseResource(IdArgs),
+    /// Move a lease's expiry (through the command queue).
+    RenewLease(admin::RenewArgs),
     /// Run one update pass over leases in the foreground.
     UpdateLease(IdArgs),
     /// Run one update pass over resources in the foreground.
@@ -138,6 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ReleaseResource(ids) => {
             admin::release(&open(&cli.database).await?, false, &ids.ids, json).await
         }
+        Command::RenewLease(args) => admin::renew(&open(&cli.database).await?, args, json).await,
         Command::UpdateLease(ids) => {
             admin::update(&open(&cli.database).await?, true, &ids.ids, json).await
         }

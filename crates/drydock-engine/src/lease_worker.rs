@@ -291,6 +291,8 @@ impl Engine {
                 tx.log(lease_log(&next, log::LEASE_BROKEN).data(json!({ "reason": reason })))
                     .await?;
                 tx.save_lease(&next, lock).await?;
+                // Its next pass destroys it.
+                tx.wake(lease.object()).await?;
                 tx.commit().await?;
                 Ok(())
             })

@@ -247,6 +247,8 @@ impl Engine {
                         )
                         .await?;
                         tx.fire(&events::resource(id)).await?;
+                        // Its next pass destroys it.
+                        tx.wake(saved.object()).await?;
                         tx.commit().await?;
                         Ok(())
                     }

@@ -19,6 +19,7 @@ backend_tests!(
     an_acquired_lease_whose_resource_goes_away_reacquires,
     releasing_a_resource_releases_its_leases,
     releasing_a_pending_lease_destroys_it,
+    a_broken_resource_releases_its_leases,
     expired_lease_is_released_and_renew_extends_it,
     gc_prunes_only_destroyed_objects_and_reschedules_lost_tasks,
 );
@@ -381,5 +382,61 @@ async fn gc_prunes_only_destroyed_objects_and_reschedules_lost_tasks(
     let orphan = store.insert_lease(&orphan).await?;
     let swept = store.orphaned_objects(100).await?;
     ensure!(swept == vec![orphan.object()], "{swept:?}");
+    Ok(())
+}
+
+async fn a_broken_resource_releases_its_leases(db: &TestDb) -> anyhow::Result<()> {
+    let h = Harness::start(db, 2).await;
+    h.blueprint("pool", json!({"limit": 1})).await?;
+    let lease = h.lease(none()).await?;
+    let rid = h
+        .wait_status(lease.id, LeaseStatus::Active)
+        .await?
+        .resource_id
+        .unwrap();
+    let engine = drydock_engine::Engine::new(
+        h.store.clone(),
+        h.registry.clone(),
+        crate::harness::config("operator"),
+    );
+    engine
+        .break_object(
+            drydock_model::ObjectRef::resource(rid),
+            "host failed its health check",
+        )
+        .await?;
+    let done = h.wait_status(lease.id, LeaseStatus::Destroyed).await?;
+    ensure!(done.failure.is_none(), "the lease was released, not broken");
+    let store = h.store.clone();
+    let destroyed = wait_until(
+        Duration::from_secs(10),
+        "broken resource destroyed",
+        async || store.resource(rid).await.unwrap().status == ResourceStatus::Destroyed,
+    )
+    .await;
+    if destroyed.is_err() {
+        h.dump().await;
+    }
+    destroyed?;
+    ensure!(
+        h.store.resource(rid).await?.failure.as_deref() == Some("host failed its health check")
+    );
+    let logs = h
+        .store
+        .logs(&LogFilter {
+            lease: Some(lease.id),
+            ..Default::default()
+        })
+        .await?;
+    let released = logs
+        .iter()
+        .find(|l| l.kind == "lease.released")
+        .expect("released");
+    ensure!(
+        released.data["by"] == format!("resource:{rid}"),
+        "released by its resource: {:?}",
+        released.data
+    );
+    h.stop().await;
     Ok(())
 }
