@@ -112,15 +112,15 @@ impl Tx {
     }
 
     pub async fn blueprint(&mut self, id: BlueprintId) -> Result<Blueprint> {
-        let sql = format!("SELECT {COLUMNS} FROM blueprints WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id.0)
-            .fetch_optional(self.conn())
-            .await?;
-        from_row(&row.ok_or(StoreError::NotFound {
-            what: "blueprint",
-            id: id.to_string(),
-        })?)
+        crate::row::by_id(
+            self.conn(),
+            COLUMNS,
+            "blueprints",
+            "blueprint",
+            id.0,
+            from_row,
+        )
+        .await
     }
 }
 
@@ -272,15 +272,15 @@ impl Store {
     }
 
     pub async fn blueprint(&self, id: BlueprintId) -> Result<Blueprint> {
-        let sql = format!("SELECT {COLUMNS} FROM blueprints WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id.0)
-            .fetch_optional(self.read_pool())
-            .await?;
-        from_row(&row.ok_or(StoreError::NotFound {
-            what: "blueprint",
-            id: id.to_string(),
-        })?)
+        crate::row::by_id(
+            self.read_pool(),
+            COLUMNS,
+            "blueprints",
+            "blueprint",
+            id.0,
+            from_row,
+        )
+        .await
     }
 
     pub async fn blueprint_by_name(&self, name: &str) -> Result<Blueprint> {

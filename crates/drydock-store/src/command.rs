@@ -49,6 +49,21 @@ fn from_row(row: &AnyRow) -> Result<Command> {
     })
 }
 
+async fn pending<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    executor: E,
+    target: ObjectRef,
+) -> Result<Vec<Command>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM commands WHERE target_kind = $1 AND target_id = $2 AND consumed = 0 ORDER BY id"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(target.kind.as_str())
+        .bind(target.id)
+        .fetch_all(executor)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
 impl Tx {
     /// Insert a command for `target` and wake its update task, in this
     /// transaction.
@@ -99,15 +114,7 @@ impl Tx {
     /// Unconsumed commands of `target`, oldest first, read inside this
     /// transaction.
     pub async fn pending_commands(&mut self, target: ObjectRef) -> Result<Vec<Command>> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM commands WHERE target_kind = $1 AND target_id = $2 AND consumed = 0 ORDER BY id"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(target.kind.as_str())
-            .bind(target.id)
-            .fetch_all(self.conn())
-            .await?;
-        rows.iter().map(from_row).collect()
+        pending(self.conn(), target).await
     }
 }
 
@@ -128,15 +135,7 @@ impl Store {
 
     /// Unconsumed commands of `target`, oldest first.
     pub async fn pending_commands(&self, target: ObjectRef) -> Result<Vec<Command>> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM commands WHERE target_kind = $1 AND target_id = $2 AND consumed = 0 ORDER BY id"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(target.kind.as_str())
-            .bind(target.id)
-            .fetch_all(self.read_pool())
-            .await?;
-        rows.iter().map(from_row).collect()
+        pending(self.read_pool(), target).await
     }
 
     /// Every command of `target` (consumed or not), oldest first.

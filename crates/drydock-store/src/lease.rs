@@ -148,15 +148,7 @@ impl Tx {
     }
 
     pub async fn lease(&mut self, id: LeaseId) -> Result<Lease> {
-        let sql = format!("SELECT {COLUMNS} FROM leases WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id.0)
-            .fetch_optional(self.conn())
-            .await?;
-        from_row(&row.ok_or(StoreError::NotFound {
-            what: "lease",
-            id: id.to_string(),
-        })?)
+        crate::row::by_id(self.conn(), COLUMNS, "leases", "lease", id.0, from_row).await
     }
 
     /// Write every mutable field of `lease`, fenced: only if the row is
@@ -210,15 +202,7 @@ impl Store {
     }
 
     pub async fn lease(&self, id: LeaseId) -> Result<Lease> {
-        let sql = format!("SELECT {COLUMNS} FROM leases WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id.0)
-            .fetch_optional(self.read_pool())
-            .await?;
-        from_row(&row.ok_or(StoreError::NotFound {
-            what: "lease",
-            id: id.to_string(),
-        })?)
+        crate::row::by_id(self.read_pool(), COLUMNS, "leases", "lease", id.0, from_row).await
     }
 
     /// Leases matching `filter`, newest first.

@@ -85,15 +85,15 @@ impl Tx {
     }
 
     pub async fn resource(&mut self, id: ResourceId) -> Result<Resource> {
-        let sql = format!("SELECT {COLUMNS} FROM resources WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id.0)
-            .fetch_optional(self.conn())
-            .await?;
-        from_row(&row.ok_or(StoreError::NotFound {
-            what: "resource",
-            id: id.to_string(),
-        })?)
+        crate::row::by_id(
+            self.conn(),
+            COLUMNS,
+            "resources",
+            "resource",
+            id.0,
+            from_row,
+        )
+        .await
     }
 
     /// Write every mutable field of `resource`, fenced on its version and
@@ -136,15 +136,15 @@ impl Tx {
 
 impl Store {
     pub async fn resource(&self, id: ResourceId) -> Result<Resource> {
-        let sql = format!("SELECT {COLUMNS} FROM resources WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id.0)
-            .fetch_optional(self.read_pool())
-            .await?;
-        from_row(&row.ok_or(StoreError::NotFound {
-            what: "resource",
-            id: id.to_string(),
-        })?)
+        crate::row::by_id(
+            self.read_pool(),
+            COLUMNS,
+            "resources",
+            "resource",
+            id.0,
+            from_row,
+        )
+        .await
     }
 
     /// Resources, newest first; optionally of one blueprint and/or status.

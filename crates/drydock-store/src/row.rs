@@ -47,3 +47,28 @@ pub(crate) fn to_json(v: &impl serde::Serialize) -> String {
     // Serializing plain data (maps, vectors, numbers, strings) cannot fail.
     serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
 }
+
+/// `SELECT {columns} FROM {table} WHERE id = $1` on any executor (a
+/// transaction's connection or the read pool), mapped by `map`; a missing
+/// row is [`StoreError::NotFound`] naming `what`.
+pub(crate) async fn by_id<'e, E, T>(
+    executor: E,
+    columns: &str,
+    table: &str,
+    what: &'static str,
+    id: i64,
+    map: fn(&AnyRow) -> Result<T, StoreError>,
+) -> Result<T, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let sql = format!("SELECT {columns} FROM {table} WHERE id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(executor)
+        .await?;
+    map(&row.ok_or(StoreError::NotFound {
+        what,
+        id: id.to_string(),
+    })?)
+}

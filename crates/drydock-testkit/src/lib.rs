@@ -200,3 +200,16 @@ macro_rules! backend_tests {
         }
     };
 }
+
+/// Small deterministic PRNG (xorshift) for stress tests: variety, not quality.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}

@@ -7,7 +7,7 @@ use anyhow::ensure;
 use drydock_engine::{ADMIN, client};
 use drydock_model::{LeaseStatus, ResourceId};
 use drydock_store::lease::{Lease, LeaseFilter, NewLease};
-use drydock_testkit::TestDb;
+use drydock_testkit::{Rng, TestDb};
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,16 +32,6 @@ fn spawn_daemon(url: &str) -> anyhow::Result<Child> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 /// Release a lease the test saw active; it may have moved on meanwhile.

@@ -7,7 +7,7 @@ use drydock_model::{ObjectRef, ResourceId, TaskId};
 use drydock_store::lease::NewLease;
 use drydock_store::queue::{ClaimedTask, Handler, NewTask, Outcome, WorkerConfig, run_worker};
 use drydock_store::{Store, StoreError};
-use drydock_testkit::TestDb;
+use drydock_testkit::{Rng, TestDb};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,17 +19,6 @@ backend_tests!(
 );
 
 const BOUND: Duration = Duration::from_secs(90);
-
-/// Small deterministic PRNG (xorshift); the tests need variety, not quality.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 #[derive(Default)]
 struct Recorder {
