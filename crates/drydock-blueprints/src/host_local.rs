@@ -138,6 +138,17 @@ impl BlueprintImpl for HostLocal {
         }
     }
 
+    async fn command_interface(
+        &self,
+        _ctx: &Context<'_>,
+        resource: &Resource,
+        lease: &Lease,
+    ) -> BlueprintResult<std::sync::Arc<dyn drydock_engine::blueprint::CommandInterface>> {
+        Ok(std::sync::Arc::new(crate::exec::LocalCommand {
+            dir: lease_dir(resource, lease)?,
+        }))
+    }
+
     fn should_allocate_supplemental(
         &self,
         bp: &Blueprint,

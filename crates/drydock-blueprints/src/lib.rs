@@ -2,14 +2,19 @@
 //! [`drydock_engine::blueprint::BlueprintImpl`]; none writes lease or
 //! resource rows (the engine does, from what they return).
 
+pub mod exec;
 mod host_local;
+mod host_ssh;
 
 pub use host_local::HostLocal;
+pub use host_ssh::HostSsh;
 
 use drydock_engine::blueprint::Registry;
 use std::sync::Arc;
 
 /// Every built-in implementation.
 pub fn registry() -> Registry {
-    Registry::new().with(Arc::new(HostLocal))
+    Registry::new()
+        .with(Arc::new(HostLocal))
+        .with(Arc::new(HostSsh))
 }

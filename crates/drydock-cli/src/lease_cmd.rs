@@ -9,7 +9,7 @@ use drydock_engine::daemon::DaemonConfig;
 use drydock_engine::{ADMIN, client};
 use drydock_model::{LeaseId, LeaseStatus};
 use drydock_store::Store;
-use drydock_store::lease::{LeaseFilter, NewLease};
+use drydock_store::lease::{Lease, LeaseFilter, NewLease};
 use drydock_store::log::LogFilter;
 use drydock_store::queue::{WorkerConfig, run_worker};
 use std::process::ExitCode;
@@ -96,12 +96,74 @@ pub async fn lease(store: &Store, args: LeaseArgs, json: bool) -> anyhow::Result
     }
 }
 
-async fn request(store: &Store, args: RequestArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let Some(kind) = args.kind else {
-        bail!("--type is required (e.g. drydock lease --type host)")
+/// Engine workers run in this process while no daemon is alive (spec
+/// §17.7's in-process mode), so the CLI works on a bare database.
+pub struct InProcess {
+    stop: tokio::sync::watch::Sender<bool>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl InProcess {
+    pub async fn start_if_no_daemon(store: &Store) -> anyhow::Result<InProcess> {
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let mut workers = Vec::new();
+        if !daemon_alive(store).await? {
+            eprintln!("(no drydock daemon is running: doing the work in this process)");
+            let engine = engine(store);
+            for i in 0..DaemonConfig::default().workers {
+                let mut wc = WorkerConfig::new(format!("{}/cli{i}", engine.cfg.owner));
+                wc.poll = Duration::from_millis(200);
+                workers.push(tokio::spawn(run_worker(
+                    store.clone(),
+                    engine.clone(),
+                    wc,
+                    rx.clone(),
+                )));
+            }
+        }
+        Ok(InProcess { stop, workers })
+    }
+
+    /// Release the lease; with in-process workers, wait (bounded) until it
+    /// is destroyed, since nobody else will do it.
+    pub async fn release(&self, store: &Store, id: LeaseId, author: &str) -> anyhow::Result<()> {
+        match client::release_lease(store, id, author).await {
+            Ok(_) | Err(client::ClientError::NotReleasable { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if !self.workers.is_empty() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline
+                && store.lease(id).await?.status != LeaseStatus::Destroyed
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for w in self.workers {
+            let _ = w.await;
+        }
+    }
+}
+
+/// Check the flags and queue the lease they describe.
+async fn queue(store: &Store, args: &RequestArgs) -> anyhow::Result<Lease> {
+    let Some(kind) = args.kind.clone() else {
+        bail!("--type is required (e.g. --type host)")
     };
     // Like the original (spec §13): refuse a lease nothing could ever satisfy.
     let registry = drydock_blueprints::registry();
+    if registry.for_resource_type(&kind).is_empty() {
+        let known: Vec<&str> = registry.iter().map(|i| i.resource_type()).collect();
+        bail!(
+            "no blueprint type builds {kind:?} resources (known resource types: {})",
+            known.join(", ")
+        );
+    }
     let of_type: Vec<_> = store
         .blueprints(None)
         .await?
@@ -112,13 +174,6 @@ async fn request(store: &Store, args: RequestArgs, json: bool) -> anyhow::Result
                 .is_some_and(|i| i.resource_type() == kind)
         })
         .collect();
-    if registry.for_resource_type(&kind).is_empty() {
-        let known: Vec<&str> = registry.iter().map(|i| i.resource_type()).collect();
-        bail!(
-            "no blueprint type builds {kind:?} resources (known resource types: {})",
-            known.join(", ")
-        );
-    }
     let mut blueprint_ids = Vec::new();
     for b in &args.blueprints {
         let id = resolve_blueprint(store, b).await?;
@@ -149,45 +204,26 @@ async fn request(store: &Store, args: RequestArgs, json: bool) -> anyhow::Result
             .until
             .map(|d| drydock_store::now_ms() + drydock_store::ms(d)),
     };
-    let lease = client::request_lease(store, &new).await?;
-    if args.no_wait {
-        print(json, &lease, || lease.id.to_string());
-        return Ok(ExitCode::SUCCESS);
-    }
+    Ok(client::request_lease(store, &new).await?)
+}
+
+/// Queue a lease as the flags say and wait for it. `Ok(Err(code))` when it
+/// did not become active (broken, timed out, interrupted): it has been
+/// released and `code` is the exit code to use.
+pub async fn acquire(
+    store: &Store,
+    args: &RequestArgs,
+    workers: &InProcess,
+    json: bool,
+) -> anyhow::Result<Result<Lease, ExitCode>> {
+    let lease = queue(store, args).await?;
     eprintln!(
         "Lease {} queued; waiting for it to become active...",
         lease.id
     );
-
-    // With no daemon alive, do the work here (spec §17.7's in-process mode).
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut workers = Vec::new();
-    if !daemon_alive(store).await? {
-        eprintln!("(no drydock daemon is running: doing the work in this process)");
-        let engine = engine(store);
-        for i in 0..DaemonConfig::default().workers {
-            let mut wc = WorkerConfig::new(format!("{}/cli{i}", engine.cfg.owner));
-            wc.poll = Duration::from_millis(200);
-            workers.push(tokio::spawn(run_worker(
-                store.clone(),
-                engine.clone(),
-                wc,
-                stop_rx.clone(),
-            )));
-        }
-    }
-    let result = wait_active(store, lease.id, args.timeout).await;
-    let code = match result {
-        Ok(Waited::Active) => {
-            let l = store.lease(lease.id).await?;
-            print(json, &l, || l.id.to_string());
-            eprintln!(
-                "Lease {} is active. Release it with: drydock release-lease --id {}",
-                l.id, l.id
-            );
-            ExitCode::SUCCESS
-        }
-        Ok(Waited::Failed(l)) => {
+    match wait_active(store, lease.id, args.timeout).await? {
+        Waited::Active => Ok(Ok(store.lease(lease.id).await?)),
+        Waited::Failed(l) => {
             eprintln!(
                 "drydock: lease {} is {}: {}",
                 l.id,
@@ -197,39 +233,45 @@ async fn request(store: &Store, args: RequestArgs, json: bool) -> anyhow::Result
             if json {
                 print(json, &l, String::new);
             }
-            ExitCode::FAILURE
+            Ok(Err(ExitCode::FAILURE))
         }
-        Ok(Waited::TimedOut) | Ok(Waited::Interrupted) => {
-            let interrupted = matches!(result, Ok(Waited::Interrupted));
-            let _ = client::release_lease(store, lease.id, "cli:interrupted").await;
-            if !workers.is_empty() {
-                // Let the in-process workers finish the release.
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while Instant::now() < deadline
-                    && store.lease(lease.id).await?.status != LeaseStatus::Destroyed
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-            if interrupted {
-                eprintln!("drydock: interrupted; released lease {}", lease.id);
-                ExitCode::from(130)
-            } else {
-                eprintln!(
-                    "drydock: lease {} not active after {}; released it",
-                    lease.id,
-                    humantime::format_duration(args.timeout.unwrap_or_default())
-                );
-                ExitCode::from(2)
-            }
+        Waited::Interrupted => {
+            workers.release(store, lease.id, "cli:interrupted").await?;
+            eprintln!("drydock: interrupted; released lease {}", lease.id);
+            Ok(Err(ExitCode::from(130)))
         }
-        Err(e) => return Err(e),
-    };
-    let _ = stop_tx.send(true);
-    for w in workers {
-        let _ = w.await;
+        Waited::TimedOut => {
+            workers.release(store, lease.id, "cli:timeout").await?;
+            let waited = humantime::format_duration(args.timeout.unwrap_or_default());
+            eprintln!(
+                "drydock: lease {} not active after {waited}; released it",
+                lease.id
+            );
+            Ok(Err(ExitCode::from(2)))
+        }
     }
-    Ok(code)
+}
+
+async fn request(store: &Store, args: RequestArgs, json: bool) -> anyhow::Result<ExitCode> {
+    if args.no_wait {
+        let lease = queue(store, &args).await?;
+        print(json, &lease, || lease.id.to_string());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let workers = InProcess::start_if_no_daemon(store).await?;
+    let result = acquire(store, &args, &workers, json).await;
+    workers.stop().await;
+    Ok(match result? {
+        Ok(l) => {
+            print(json, &l, || l.id.to_string());
+            eprintln!(
+                "Lease {} is active. Release it with: drydock release-lease --id {}",
+                l.id, l.id
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    })
 }
 
 enum Waited {

@@ -3,6 +3,7 @@
 //! client functions or the store; no lifecycle logic lives here.
 
 mod admin;
+mod exec_cmd;
 mod lease_cmd;
 mod output;
 
@@ -27,11 +28,11 @@ struct Cli {
     json: bool,
 
     #[command(subcommand)]
-    command: Command,
+    command: Cmd,
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {
+enum Cmd {
     /// Apply pending schema migrations and report the schema version.
     Migrate,
     /// Run update workers and garbage collection until SIGTERM or Ctrl-C.
@@ -58,6 +59,13 @@ enum Command {
     Reclaim(admin::ReclaimArgs),
     /// Show log events, oldest first.
     Log(admin::LogArgs),
+    /// Run a command on an active lease: drydock command --lease ID -- ARGV...
+    Command(exec_cmd::CommandArgs),
+    /// Lease, run a command, release: drydock run --type host -- ARGV...
+    Run(exec_cmd::RunArgs),
+    /// Store and list secrets (SSH private keys).
+    #[command(subcommand)]
+    Credential(exec_cmd::CredentialCmd),
 }
 
 #[derive(Args, Debug)]
@@ -105,7 +113,7 @@ pub(crate) async fn open(url: &str) -> anyhow::Result<Store> {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let json = cli.json;
     match cli.command {
-        Command::Migrate => {
+        Cmd::Migrate => {
             let store = Store::connect(&cli.database)
                 .await
                 .with_context(|| format!("opening {}", redact_url(&cli.database)))?;
@@ -130,24 +138,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store.close().await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Daemon(args) => admin::daemon(&open(&cli.database).await?, args).await,
-        Command::Blueprint(cmd) => admin::blueprint(&open(&cli.database).await?, cmd, json).await,
-        Command::Lease(args) => lease_cmd::lease(&open(&cli.database).await?, args, json).await,
-        Command::Resource(cmd) => admin::resource(&open(&cli.database).await?, cmd, json).await,
-        Command::ReleaseLease(ids) => {
+        Cmd::Daemon(args) => admin::daemon(&open(&cli.database).await?, args).await,
+        Cmd::Blueprint(cmd) => admin::blueprint(&open(&cli.database).await?, cmd, json).await,
+        Cmd::Lease(args) => lease_cmd::lease(&open(&cli.database).await?, args, json).await,
+        Cmd::Resource(cmd) => admin::resource(&open(&cli.database).await?, cmd, json).await,
+        Cmd::ReleaseLease(ids) => {
             admin::release(&open(&cli.database).await?, true, &ids.ids, json).await
         }
-        Command::ReleaseResource(ids) => {
+        Cmd::ReleaseResource(ids) => {
             admin::release(&open(&cli.database).await?, false, &ids.ids, json).await
         }
-        Command::RenewLease(args) => admin::renew(&open(&cli.database).await?, args, json).await,
-        Command::UpdateLease(ids) => {
+        Cmd::RenewLease(args) => admin::renew(&open(&cli.database).await?, args, json).await,
+        Cmd::UpdateLease(ids) => {
             admin::update(&open(&cli.database).await?, true, &ids.ids, json).await
         }
-        Command::UpdateResource(ids) => {
+        Cmd::UpdateResource(ids) => {
             admin::update(&open(&cli.database).await?, false, &ids.ids, json).await
         }
-        Command::Reclaim(args) => admin::reclaim(&open(&cli.database).await?, args, json).await,
-        Command::Log(args) => admin::log(&open(&cli.database).await?, args, json).await,
+        Cmd::Reclaim(args) => admin::reclaim(&open(&cli.database).await?, args, json).await,
+        Cmd::Log(args) => admin::log(&open(&cli.database).await?, args, json).await,
+        Cmd::Command(args) => exec_cmd::command(&open(&cli.database).await?, args).await,
+        Cmd::Run(args) => exec_cmd::run(&open(&cli.database).await?, args, json).await,
+        Cmd::Credential(cmd) => {
+            exec_cmd::credential(&open(&cli.database).await?, cmd, json).await
+        }
     }
 }

@@ -209,6 +209,79 @@ pub struct Acquisition {
     pub activate_now: bool,
 }
 
+/// A command to run on a leased resource.
+#[derive(Clone, Debug, Default)]
+pub struct CommandSpec {
+    /// Program and arguments: passed as words, never pasted into a shell
+    /// (where a shell is in the way, every word is quoted).
+    pub argv: Vec<String>,
+    /// Working directory relative to the lease's directory.
+    pub cwd: Option<String>,
+    pub env: Vec<(String, String)>,
+    /// Killed after this long.
+    pub timeout: Option<Duration>,
+}
+
+impl CommandSpec {
+    /// Check every part of the spec; the error names the bad part.
+    pub fn validate(&self) -> Result<Option<String>, InterfaceError> {
+        drydock_model::input::argv(&self.argv).map_err(InterfaceError::Invalid)?;
+        for (k, _) in &self.env {
+            drydock_model::input::env_name(k).map_err(InterfaceError::Invalid)?;
+        }
+        if self.env.iter().any(|(_, v)| v.contains('\0')) {
+            return Err(InterfaceError::Invalid(
+                "an environment value contains a NUL byte".into(),
+            ));
+        }
+        self.cwd
+            .as_deref()
+            .map(drydock_model::input::relative_path)
+            .transpose()
+            .map_err(InterfaceError::Invalid)
+    }
+}
+
+/// How running something on a resource failed (not a non-zero exit: that
+/// is a result).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum InterfaceError {
+    #[error("invalid command: {0}")]
+    Invalid(String),
+    /// The resource could not be reached (after bounded retries).
+    #[error("cannot reach the resource: {0}")]
+    Unreachable(String),
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Where a command's output goes.
+pub type Output<'a> = &'a mut (dyn tokio::io::AsyncWrite + Unpin + Send);
+
+/// Run commands on a leased resource (spec §10.4).
+#[async_trait]
+pub trait CommandInterface: Send + Sync {
+    /// Run `spec`, streaming its output; returns its exit code.
+    async fn run(
+        &self,
+        spec: &CommandSpec,
+        stdout: Output<'_>,
+        stderr: Output<'_>,
+    ) -> Result<i32, InterfaceError>;
+}
+
+/// Run a command and collect its output (for blueprints' own commands).
+pub async fn capture(
+    iface: &dyn CommandInterface,
+    spec: &CommandSpec,
+) -> Result<(i32, Vec<u8>, Vec<u8>), InterfaceError> {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = iface.run(spec, &mut out, &mut err).await?;
+    Ok((code, out, err))
+}
+
 /// What hooks may read: the store (never to write lease or resource rows)
 /// and the blueprint's configuration.
 pub struct Context<'a> {
@@ -336,6 +409,20 @@ pub trait BlueprintImpl: Send + Sync + 'static {
     /// working copy already at the requested commit).
     fn rank(&self, _resource: &Resource, _lease: &Lease) -> i64 {
         0
+    }
+
+    /// The command interface of an active lease on `resource`, rooted at
+    /// the lease's directory.
+    async fn command_interface(
+        &self,
+        _ctx: &Context<'_>,
+        _resource: &Resource,
+        _lease: &Lease,
+    ) -> BlueprintResult<Arc<dyn CommandInterface>> {
+        Err(BlueprintError::Permanent(format!(
+            "{} resources offer no command interface",
+            self.type_name()
+        )))
     }
 }
 

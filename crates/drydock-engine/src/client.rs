@@ -29,8 +29,71 @@ pub enum ClientError {
     InvalidFields(Vec<FieldError>),
     #[error("invalid lease request: {0}")]
     InvalidRequest(String),
+    #[error("lease {id} is {status}, not active: commands run only on active leases")]
+    NotActive { id: i64, status: String },
+    #[error("{0}")]
+    Interface(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The command interface of an active lease.
+pub async fn command_interface(
+    store: &Store,
+    registry: &Registry,
+    id: LeaseId,
+) -> Result<std::sync::Arc<dyn crate::blueprint::CommandInterface>, ClientError> {
+    let lease = store.lease(id).await?;
+    let (true, Some(rid)) = (
+        lease.status == drydock_model::LeaseStatus::Active,
+        lease.resource_id,
+    ) else {
+        return Err(ClientError::NotActive {
+            id: id.0,
+            status: lease.status.to_string(),
+        });
+    };
+    let resource = store.resource(rid).await?;
+    let bp = store.blueprint(resource.blueprint_id).await?;
+    let imp = registry
+        .get(&bp.kind)
+        .ok_or_else(|| ClientError::UnknownType(bp.kind.clone(), known(registry)))?;
+    imp.command_interface(
+        &crate::blueprint::Context {
+            store,
+            blueprint: &bp,
+        },
+        &resource,
+        &lease,
+    )
+    .await
+    .map_err(|e| ClientError::Interface(e.to_string()))
+}
+
+fn known(registry: &Registry) -> String {
+    registry
+        .iter()
+        .map(|i| i.type_name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Replace references by name with ids, refusing ones that do not exist:
+/// `credential` (a credential) and `host-blueprints` (blueprints).
+async fn resolve_references(
+    store: &Store,
+    fields: &mut Map<String, Value>,
+) -> Result<(), ClientError> {
+    if let Some(Value::String(c)) = fields.get("credential").cloned() {
+        let cred = store.credential(&c).await.map_err(|_| {
+            ClientError::InvalidFields(vec![FieldError {
+                field: "credential".into(),
+                message: format!("no credential {c:?} (see drydock credential list)"),
+            }])
+        })?;
+        fields.insert("credential".into(), Value::String(cred.id.to_string()));
+    }
+    Ok(())
 }
 
 /// Longest `until` accepted: one year from now.
@@ -178,7 +241,8 @@ pub async fn create_blueprint(
                 .join(", "),
         )
     })?;
-    let fields = validate_fields(imp.fields(), fields).map_err(ClientError::InvalidFields)?;
+    let mut fields = validate_fields(imp.fields(), fields).map_err(ClientError::InvalidFields)?;
+    resolve_references(store, &mut fields).await?;
     let bp = store.create_blueprint(author, name, kind, fields).await?;
     store.fire(events::BLUEPRINTS).await?;
     Ok(bp)
@@ -208,7 +272,8 @@ pub async fn edit_blueprint(
     for (k, v) in changes {
         merged.insert(k.clone(), v.clone());
     }
-    let valid = validate_fields(imp.fields(), &merged).map_err(ClientError::InvalidFields)?;
+    let mut valid = validate_fields(imp.fields(), &merged).map_err(ClientError::InvalidFields)?;
+    resolve_references(store, &mut valid).await?;
     let mut delta = Map::new();
     for (k, v) in valid {
         if bp.fields.get(&k) != Some(&v) {

@@ -5,6 +5,7 @@
 //! other crate consults it, and it can be tested in isolation.
 
 mod ids;
+pub mod input;
 mod status;
 
 pub use ids::{

@@ -16,6 +16,7 @@ pub mod authorization;
 pub mod blueprint;
 pub mod command;
 mod connect;
+pub mod credential;
 pub mod daemon;
 mod error;
 mod gc;
