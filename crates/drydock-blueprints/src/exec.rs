@@ -306,9 +306,9 @@ impl CommandInterface for SshCommand {
             if code == 255
                 && String::from_utf8_lossy(&err_buf).contains("Host key verification failed")
             {
-                return Err(InterfaceError::Unreachable(format!(
-                    "{}: host key verification failed (the host's key is not the pinned one)",
-                    self.target.host
+                return Err(InterfaceError::HostKey(format!(
+                    "{}:{} does not present the pinned key",
+                    self.target.host, self.target.port
                 )));
             }
             return Ok(code);

@@ -200,6 +200,7 @@ fn iface_error(e: InterfaceError) -> BlueprintError {
     match e {
         InterfaceError::Unreachable(m) => BlueprintError::Temporary(m),
         InterfaceError::TimedOut(d) => BlueprintError::Temporary(format!("timed out after {d:?}")),
+        e @ InterfaceError::HostKey(_) => BlueprintError::Permanent(e.to_string()),
         InterfaceError::Invalid(m) | InterfaceError::Failed(m) => BlueprintError::Permanent(m),
     }
 }

@@ -159,8 +159,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Log(args) => admin::log(&open(&cli.database).await?, args, json).await,
         Cmd::Command(args) => exec_cmd::command(&open(&cli.database).await?, args).await,
         Cmd::Run(args) => exec_cmd::run(&open(&cli.database).await?, args, json).await,
-        Cmd::Credential(cmd) => {
-            exec_cmd::credential(&open(&cli.database).await?, cmd, json).await
-        }
+        Cmd::Credential(cmd) => exec_cmd::credential(&open(&cli.database).await?, cmd, json).await,
     }
 }

@@ -251,6 +251,10 @@ pub enum InterfaceError {
     /// The resource could not be reached (after bounded retries).
     #[error("cannot reach the resource: {0}")]
     Unreachable(String),
+    /// The host is not who it should be (its key does not match): a
+    /// configuration or security problem, never retried.
+    #[error("host key verification failed: {0}")]
+    HostKey(String),
     #[error("timed out after {0:?}")]
     TimedOut(Duration),
     #[error("{0}")]

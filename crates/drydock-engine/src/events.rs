@@ -152,7 +152,10 @@ pub fn describe_log(kind: &str, data: &Value) -> String {
         log::LEASE_EXPIRED => "expired".into(),
         log::LEASE_RELEASED => format!("released by {}", s("by")),
         log::LEASE_BROKEN => format!("broken: {}", s("reason")),
-        log::LEASE_DESTROYED => "destroyed".into(),
+        log::LEASE_DESTROYED => match data.get("cleanup_failure").and_then(Value::as_str) {
+            Some(f) => format!("destroyed; its cleanup failed and was given up: {f}"),
+            None => "destroyed".into(),
+        },
         log::RESOURCE_ALLOCATED => format!("resource allocated ({})", s("status")),
         log::RESOURCE_ALLOCATION_FAILURE => format!("resource allocation failed: {}", s("error")),
         log::RESOURCE_ACTIVATED => "resource active".into(),

@@ -244,7 +244,6 @@ impl Engine {
     /// then one transaction that frees the lease's slot locks and wakes
     /// whoever waits for the capacity.
     async fn destroy_lease(&self, lease: &mut Lease, lock: &ObjectLock) -> PassResult<()> {
-        let mut resource_type = None;
         if let Some(rid) = lease.resource_id {
             let resource = self.store.resource(rid).await?;
             let (bp, imp) = self.implementation_of(&resource).await?;
@@ -256,15 +255,33 @@ impl Engine {
                 imp.did_release_lease(&ctx, &resource, lease).await?;
             }
             imp.destroy_lease(&ctx, &resource, lease).await?;
-            resource_type = Some(resource.resource_type);
         }
+        self.finish_destroy(lease, lock, None).await
+    }
+
+    /// The destroy transaction: `destroyed`, slot locks freed, waiters for
+    /// the capacity woken.
+    async fn finish_destroy(
+        &self,
+        lease: &mut Lease,
+        lock: &ObjectLock,
+        cleanup_failure: Option<&str>,
+    ) -> PassResult<()> {
+        let resource_type = match lease.resource_id {
+            Some(rid) => Some(self.store.resource(rid).await?.resource_type),
+            None => None,
+        };
         let mut next = lease.clone();
         transition(&mut next, LeaseStatus::Destroyed)?;
         next.waiting = None;
         let mut tx = self.store.begin().await?;
         tx.release_slot_locks(&lease.object().key()).await?;
         tx.stop_waiting(lease.object()).await?;
-        tx.log(lease_log(&next, log::LEASE_DESTROYED)).await?;
+        tx.log(
+            lease_log(&next, log::LEASE_DESTROYED)
+                .data(json!({ "cleanup_failure": cleanup_failure })),
+        )
+        .await?;
         *lease = tx.save_lease(&next, lock).await?;
         if let Some(t) = resource_type {
             tx.fire(&events::capacity(&t)).await?;
@@ -278,7 +295,12 @@ impl Engine {
     pub(crate) async fn break_lease(&self, id: LeaseId, reason: &str) -> Result<(), StoreError> {
         let result = self
             .locked(ObjectRef::lease(id), async |lock| {
-                let lease = self.store.lease(id).await?;
+                let mut lease = self.store.lease(id).await?;
+                if matches!(lease.status, LeaseStatus::Released | LeaseStatus::Broken) {
+                    // Its teardown kept failing: finish it, with the
+                    // failure logged, instead of retrying forever.
+                    return self.finish_destroy(&mut lease, lock, Some(reason)).await;
+                }
                 if !lease.status.is_live() {
                     return Ok(());
                 }

@@ -213,3 +213,110 @@ impl Rng {
         self.0 % n.max(1)
     }
 }
+
+/// A real OpenSSH server on 127.0.0.1 with a throwaway host key, accepting a
+/// throwaway client key for the current user. Killed when dropped.
+pub struct Sshd {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Sshd {
+    /// Start it and wait until it accepts connections. Fails under
+    /// `CI=true` if OpenSSH is missing; skips (returns `None`) otherwise.
+    pub async fn start() -> Option<Sshd> {
+        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let Some(sshd) = sshd else {
+            if in_ci() {
+                panic!("openssh-server is not installed under CI=true (.ci/run installs it)");
+            }
+            eprintln!(
+                "\n!!! SKIPPING SSH test: /usr/sbin/sshd not found (apt-get install openssh-server)\n"
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        for key in ["host_key", "client_key"] {
+            let ok = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.path().join(key))
+                .status()
+                .expect("ssh-keygen")
+                .success();
+            assert!(ok, "ssh-keygen failed");
+        }
+        std::fs::copy(
+            dir.path().join("client_key.pub"),
+            dir.path().join("authorized_keys"),
+        )
+        .expect("authorized_keys");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n\
+             StrictModes no\nUsePAM no\nLogLevel ERROR\nMaxStartups 100\nMaxSessions 100\n",
+            d = dir.path().display()
+        );
+        std::fs::write(dir.path().join("sshd_config"), config).expect("config");
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let child = std::process::Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(dir.path().join("sshd_config"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start sshd");
+        let s = Sshd { port, dir, child };
+        wait_until(Duration::from_secs(20), "sshd to listen", async || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await
+        .expect("sshd did not start");
+        Some(s)
+    }
+
+    /// The client's private key file (authorized for the current user).
+    pub fn client_key(&self) -> std::path::PathBuf {
+        self.dir.path().join("client_key")
+    }
+
+    /// The server's public host key line.
+    pub fn host_public_key(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("host_key.pub")).expect("host key")
+    }
+
+    /// The user the tests log in as.
+    pub fn user() -> String {
+        std::env::var("USER")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| {
+                String::from_utf8_lossy(
+                    &std::process::Command::new("whoami")
+                        .output()
+                        .expect("whoami")
+                        .stdout,
+                )
+                .trim()
+                .to_owned()
+            })
+    }
+
+    /// Stop the server now (a host going down).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

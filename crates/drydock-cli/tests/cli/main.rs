@@ -6,6 +6,7 @@
 extern crate drydock_testkit;
 
 mod crash;
+mod ssh;
 mod workflows;
 
 use std::process::{Command, Output};
