@@ -250,9 +250,17 @@ impl CommandInterface for SshCommand {
         let mut words: Vec<String> = vec!["cd".into(), "--".into(), dir];
         let cd = quote(&words.iter().map(String::as_str).collect::<Vec<_>>())?;
         words.clear();
+        // `env -- NAME=VALUE… PROGRAM ARGS…`: `--` ends env's options, so
+        // neither a value nor the program can be read as one.
+        if spec.argv[0].contains('=') {
+            return Err(InterfaceError::Invalid(format!(
+                "program name {:?} must not contain `=`",
+                spec.argv[0]
+            )));
+        }
         words.push("env".into());
-        words.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
         words.push("--".into());
+        words.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
         words.extend(spec.argv.iter().cloned());
         let remote = format!(
             "{cd} && exec {}",

@@ -5,9 +5,11 @@
 pub mod exec;
 mod host_local;
 mod host_ssh;
+mod working_copy;
 
 pub use host_local::HostLocal;
 pub use host_ssh::HostSsh;
+pub use working_copy::WorkingCopy;
 
 use drydock_engine::blueprint::Registry;
 use std::sync::Arc;
@@ -17,4 +19,5 @@ pub fn registry() -> Registry {
     Registry::new()
         .with(Arc::new(HostLocal))
         .with(Arc::new(HostSsh))
+        .with(Arc::new(WorkingCopy))
 }

@@ -353,18 +353,32 @@ pub async fn resource(store: &Store, cmd: ResourceCmd, json: bool) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
-/// Without a daemon, carry an object's update passes out here until it
-/// settles (the original's in-process mode, spec §17.7).
-pub async fn settle(engine: &Engine, object: ObjectRef) -> Outcome {
-    let mut last = Outcome::Done;
-    for _ in 0..50 {
-        last = engine.update_now(object).await;
-        match &last {
-            Outcome::Yield(d) if *d < Duration::from_secs(1) => tokio::time::sleep(*d).await,
-            _ => break,
+/// Without a daemon, carry out here everything that is due — the object's
+/// passes and whatever they cause (a resource's release cascading to its
+/// leases, a working copy releasing its host lease) — until nothing is
+/// runnable now or `limit` passes (the original's in-process mode, spec
+/// §17.7, extended to the cascade).
+pub async fn drain(engine: &Arc<Engine>, limit: Duration) {
+    let mut cfg = drydock_store::queue::WorkerConfig::new(format!("{}/cli", engine.cfg.owner));
+    cfg.retry_base = Duration::from_millis(200);
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        match engine.store.claim(&cfg.owner, cfg.claim_ttl).await {
+            Ok(Some(task)) => {
+                if let Err(e) =
+                    drydock_store::queue::run_claimed(&engine.store, engine.as_ref(), &cfg, &task)
+                        .await
+                {
+                    tracing::warn!("recording a task outcome failed: {e}");
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!("claiming a task failed: {e}");
+                break;
+            }
         }
     }
-    last
 }
 
 pub async fn release(
@@ -382,23 +396,21 @@ pub async fn release(
     let mut failed = false;
     let mut results = Vec::new();
     for &id in ids {
-        let (what, object, result) = if lease {
+        let (what, result) = if lease {
             (
                 "lease",
-                ObjectRef::lease(LeaseId(id)),
                 client::release_lease(store, LeaseId(id), &author).await,
             )
         } else {
             (
                 "resource",
-                ObjectRef::resource(ResourceId(id)),
                 client::release_resource(store, ResourceId(id), &author).await,
             )
         };
         match result {
             Ok(command) => {
                 if in_process {
-                    settle(&engine, object).await;
+                    drain(&engine, Duration::from_secs(60)).await;
                 }
                 if !json {
                     println!("Release of {what} {id} requested (command {command})");
@@ -481,7 +493,7 @@ pub async fn reclaim(store: &Store, args: ReclaimArgs, json: bool) -> anyhow::Re
     let mut results = Vec::new();
     for id in &sent {
         if in_process {
-            settle(&engine, ObjectRef::resource(*id)).await;
+            drain(&engine, Duration::from_secs(60)).await;
         }
         let status = store.resource(*id).await?.status;
         let reclaimed = matches!(status, ResourceStatus::Released | ResourceStatus::Destroyed);
@@ -563,7 +575,7 @@ pub async fn renew(store: &Store, args: RenewArgs, json: bool) -> anyhow::Result
     let until = drydock_store::now_ms() + drydock_store::ms(args.until);
     let command = client::renew_lease(store, LeaseId(args.id), until, &author).await?;
     if !daemon_alive(store).await? {
-        settle(&engine(store), ObjectRef::lease(LeaseId(args.id))).await;
+        drain(&engine(store), Duration::from_secs(60)).await;
     }
     print(
         json,

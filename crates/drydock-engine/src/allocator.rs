@@ -25,6 +25,10 @@ use std::sync::Arc;
 
 type Candidate = (Blueprint, Arc<dyn BlueprintImpl>);
 
+/// Resources built for one lease that may fail to activate before the
+/// lease itself breaks.
+const MAX_FAILED_ALLOCATIONS: usize = 3;
+
 /// How an attempt to acquire a lease on one resource ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Acquire {
@@ -220,20 +224,28 @@ impl Engine {
             }
         }
 
-        // Step 5: our own allocation is still activating.
+        // Step 5: our own allocation is still activating. Resources built
+        // for this lease that failed count against it: after a few, the
+        // lease breaks with their reason instead of building forever.
+        let mut failed = Vec::new();
         for rid in ids(lease.internal.get("allocated").unwrap_or(&Value::Null)) {
-            if let Ok(r) = self.store.resource(rid).await
-                && r.status == ResourceStatus::Pending
-            {
-                return self
-                    .wait_for_resource(
-                        lease,
-                        lock,
-                        WaitReason::WaitingForActivation { resource: rid },
-                        generic,
-                    )
-                    .await;
+            let Ok(r) = self.store.resource(rid).await else {
+                continue;
+            };
+            if r.status == ResourceStatus::Pending {
+                let reason = WaitReason::WaitingForActivation { resource: rid };
+                return self.wait_for_resource(lease, lock, reason, generic).await;
             }
+            if let Some(f) = r.failure {
+                failed.push(f);
+            }
+        }
+        if failed.len() >= MAX_FAILED_ALLOCATIONS {
+            return Err(PassError::Permanent(format!(
+                "{} resources built for this lease failed to activate; the last: {}",
+                failed.len(),
+                failed.last().map(String::as_str).unwrap_or_default()
+            )));
         }
 
         // Step 6: build a new resource under the blueprint's limit.
@@ -572,6 +584,7 @@ impl Engine {
             .await?;
         if acquisition.activate_now {
             tx.log(lease_log(&next, log::LEASE_ACTIVATED)).await?;
+            crate::lease_worker::wake_owner(&mut tx, &next).await?;
         }
         *lease = tx.save_lease(&next, lock).await?;
         tx.commit().await?;

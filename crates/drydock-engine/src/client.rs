@@ -93,6 +93,23 @@ async fn resolve_references(
         })?;
         fields.insert("credential".into(), Value::String(cred.id.to_string()));
     }
+    if let Some(Value::Array(list)) = fields.get("host-blueprints").cloned() {
+        let mut ids = Vec::new();
+        for item in list.iter().filter_map(Value::as_str) {
+            let found = match item.parse::<i64>() {
+                Ok(id) => store.blueprint(BlueprintId(id)).await,
+                Err(_) => store.blueprint_by_name(item).await,
+            };
+            let bp = found.map_err(|_| {
+                ClientError::InvalidFields(vec![FieldError {
+                    field: "host-blueprints".into(),
+                    message: format!("no blueprint {item:?}"),
+                }])
+            })?;
+            ids.push(Value::String(bp.id.to_string()));
+        }
+        fields.insert("host-blueprints".into(), Value::Array(ids));
+    }
     Ok(())
 }
 

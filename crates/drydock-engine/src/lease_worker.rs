@@ -33,6 +33,15 @@ pub(crate) fn transition(lease: &mut Lease, to: LeaseStatus) -> PassResult<()> {
     Ok(())
 }
 
+/// Wake the lease's owner if it is an object (a working copy waiting for
+/// its host lease): the wake-up edge of nested leases.
+pub(crate) async fn wake_owner(tx: &mut Tx, lease: &Lease) -> Result<(), StoreError> {
+    if let Some(owner) = lease.owner.as_deref().and_then(ObjectRef::parse) {
+        tx.wake(owner).await?;
+    }
+    Ok(())
+}
+
 pub(crate) fn lease_log(lease: &Lease, kind: &str) -> NewLog {
     let mut l = NewLog::new(kind).lease(lease.id);
     l.resource = lease.resource_id;
@@ -217,6 +226,7 @@ impl Engine {
                 next.waiting = None;
                 let mut tx = self.store.begin().await?;
                 tx.log(lease_log(&next, log::LEASE_ACTIVATED)).await?;
+                wake_owner(&mut tx, &next).await?;
                 *lease = tx.save_lease(&next, lock).await?;
                 tx.commit().await?;
                 Ok(Step::Progress)
@@ -286,6 +296,7 @@ impl Engine {
         if let Some(t) = resource_type {
             tx.fire(&events::capacity(&t)).await?;
         }
+        wake_owner(&mut tx, &next).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -312,6 +323,7 @@ impl Engine {
                 tx.stop_waiting(lease.object()).await?;
                 tx.log(lease_log(&next, log::LEASE_BROKEN).data(json!({ "reason": reason })))
                     .await?;
+                wake_owner(&mut tx, &next).await?;
                 tx.save_lease(&next, lock).await?;
                 // Its next pass destroys it.
                 tx.wake(lease.object()).await?;

@@ -88,3 +88,95 @@ mod tests {
         );
     }
 }
+
+/// A repository name as configured on a working-copy blueprint and asked
+/// for by a lease: letters, digits, `.`, `_`, `-`; not starting with `-` or
+/// `.`; at most 64 bytes. It becomes a directory name.
+pub fn repository_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['-', '.'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "repository name {name:?} must be letters, digits, `.`, `_` or `-`, not starting with `-` or `.`"
+        ))
+    }
+}
+
+/// A commit id: 7 to 64 hexadecimal digits.
+pub fn commit(id: &str) -> Result<(), String> {
+    if (7..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(format!("commit {id:?} must be 7 to 64 hexadecimal digits"))
+    }
+}
+
+/// A branch or tag name, by git's rules (`git check-ref-format --branch`)
+/// and never option-like: no leading `-`, no `..`, `@{`, `//`, control
+/// characters, space or any of `~^:?*[\`, not ending in `/`, `.` or
+/// `.lock`, at most 255 bytes.
+pub fn git_ref(name: &str) -> Result<(), String> {
+    let bad = name.is_empty()
+        || name.len() > 255
+        || name.starts_with(['-', '/', '.'])
+        || name.ends_with(['/', '.'])
+        || name.ends_with(".lock")
+        || name.contains("..")
+        || name.contains("@{")
+        || name.contains("//")
+        || name.contains("/.")
+        || name == "@"
+        || name
+            .chars()
+            .any(|c| c.is_control() || c == ' ' || "~^:?*[\\".contains(c));
+    if bad {
+        Err(format!("{name:?} is not a valid branch or tag name"))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod git_tests {
+    use super::*;
+
+    #[test]
+    fn git_input_is_validated() {
+        assert!(repository_name("app").is_ok() && repository_name("my-lib.rs_2").is_ok());
+        for bad in ["", "-x", ".git", "../x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(repository_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(commit("deadbeef").is_ok() && commit(&"a".repeat(40)).is_ok());
+        assert!(
+            commit("abc").is_err()
+                && commit("--upload-pack=x").is_err()
+                && commit("g123456").is_err()
+        );
+        assert!(
+            git_ref("main").is_ok() && git_ref("feature/x-1").is_ok() && git_ref("v1.2.3").is_ok()
+        );
+        for bad in [
+            "--upload-pack=touch /tmp/x",
+            "-b",
+            "a..b",
+            "a b",
+            "x.lock",
+            "a/",
+            "@{u}",
+            "a~1",
+            "a^",
+            "a:b",
+            "a\nb",
+            ".hidden",
+            "x//y",
+        ] {
+            assert!(git_ref(bad).is_err(), "{bad:?}");
+        }
+    }
+}
