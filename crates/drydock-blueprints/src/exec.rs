@@ -124,12 +124,12 @@ impl std::fmt::Debug for SshTarget {
 
 /// A private directory holding the key and known_hosts files for one
 /// connection; removed (with the key) when dropped.
-struct SshFiles {
+pub(crate) struct SshFiles {
     dir: tempfile::TempDir,
 }
 
 impl SshFiles {
-    fn new(target: &SshTarget) -> Result<SshFiles, InterfaceError> {
+    pub(crate) fn new(target: &SshTarget) -> Result<SshFiles, InterfaceError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let io = |e: std::io::Error| InterfaceError::Failed(format!("preparing SSH files: {e}"));
@@ -149,40 +149,45 @@ impl SshFiles {
         Ok(SshFiles { dir })
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 }
 
+/// Options shared by `ssh` and `sftp` (which spells the port flag `-P`).
+pub(crate) fn ssh_options(
+    target: &SshTarget,
+    files: &SshFiles,
+    strict: &str,
+    port_flag: &str,
+) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = Vec::new();
+    let mut push = |s: &str| v.push(s.into());
+    push("-F");
+    push("/dev/null");
+    push("-i");
+    push(&files.path("key").to_string_lossy());
+    push(port_flag);
+    push(&target.port.to_string());
+    for o in [
+        "BatchMode=yes".to_owned(),
+        "IdentitiesOnly=yes".to_owned(),
+        "LogLevel=ERROR".to_owned(),
+        format!("StrictHostKeyChecking={strict}"),
+        format!("UserKnownHostsFile={}", files.path("known_hosts").display()),
+        format!("ConnectTimeout={}", target.connect_timeout.as_secs().max(1)),
+        "ServerAliveInterval=5".to_owned(),
+        "ServerAliveCountMax=3".to_owned(),
+    ] {
+        push("-o");
+        push(&o);
+    }
+    v
+}
+
 fn ssh_command(target: &SshTarget, files: &SshFiles, strict: &str) -> Command {
     let mut cmd = Command::new("ssh");
-    cmd.arg("-F")
-        .arg("/dev/null")
-        .arg("-i")
-        .arg(files.path("key"))
-        .arg("-p")
-        .arg(target.port.to_string())
-        .args([
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "LogLevel=ERROR",
-        ])
-        .arg("-o")
-        .arg(format!("StrictHostKeyChecking={strict}"))
-        .arg("-o")
-        .arg(format!(
-            "UserKnownHostsFile={}",
-            files.path("known_hosts").display()
-        ))
-        .arg("-o")
-        .arg(format!(
-            "ConnectTimeout={}",
-            target.connect_timeout.as_secs().max(1)
-        ))
-        .args(["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"])
+    cmd.args(ssh_options(target, files, strict, "-p"))
         .arg("-l")
         .arg(&target.user)
         .arg(&target.host)

@@ -149,6 +149,17 @@ impl BlueprintImpl for HostLocal {
         }))
     }
 
+    async fn filesystem_interface(
+        &self,
+        _ctx: &Context<'_>,
+        resource: &Resource,
+        lease: &Lease,
+    ) -> BlueprintResult<std::sync::Arc<dyn drydock_engine::blueprint::FilesystemInterface>> {
+        Ok(std::sync::Arc::new(crate::files::LocalFiles {
+            root: lease_dir(resource, lease)?,
+        }))
+    }
+
     fn should_allocate_supplemental(
         &self,
         bp: &Blueprint,

@@ -413,6 +413,18 @@ impl BlueprintImpl for HostSsh {
             attempts: 3,
         }))
     }
+
+    async fn filesystem_interface(
+        &self,
+        ctx: &Context<'_>,
+        resource: &Resource,
+        lease: &Lease,
+    ) -> BlueprintResult<Arc<dyn drydock_engine::blueprint::FilesystemInterface>> {
+        Ok(Arc::new(crate::files::SftpFiles {
+            target: target(ctx, resource).await?,
+            dir: lease_dir(ctx.blueprint, lease)?,
+        }))
+    }
 }
 
 #[cfg(test)]

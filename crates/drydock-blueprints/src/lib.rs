@@ -3,6 +3,7 @@
 //! resource rows (the engine does, from what they return).
 
 pub mod exec;
+pub mod files;
 mod host_local;
 mod host_ssh;
 mod working_copy;

@@ -14,7 +14,8 @@ use crate::exec::quote;
 use async_trait::async_trait;
 use drydock_engine::blueprint::{
     Acquisition, BlueprintError, BlueprintImpl, BlueprintResult, CommandInterface, CommandSpec,
-    Context, FieldKind, FieldSpec, InterfaceError, Output, ResourceTemplate, capture,
+    Context, DirEntry, FieldKind, FieldSpec, FilesystemInterface, InterfaceError, Output,
+    ResourceTemplate, capture,
 };
 use drydock_engine::{ADMIN, client};
 use drydock_model::input;
@@ -251,6 +252,36 @@ impl CommandInterface for InWorkingCopy {
     }
 }
 
+/// A host filesystem interface rooted in the working copy.
+struct FilesInWorkingCopy {
+    host: Arc<dyn FilesystemInterface>,
+    dir: String,
+}
+
+impl FilesInWorkingCopy {
+    fn path(&self, path: &str) -> Result<String, InterfaceError> {
+        let rel = input::relative_path(path).map_err(InterfaceError::Invalid)?;
+        Ok(if rel.is_empty() {
+            self.dir.clone()
+        } else {
+            format!("{}/{rel}", self.dir)
+        })
+    }
+}
+
+#[async_trait]
+impl FilesystemInterface for FilesInWorkingCopy {
+    async fn read(&self, path: &str, max_bytes: u64) -> Result<Vec<u8>, InterfaceError> {
+        self.host.read(&self.path(path)?, max_bytes).await
+    }
+    async fn write(&self, path: &str, data: &[u8]) -> Result<(), InterfaceError> {
+        self.host.write(&self.path(path)?, data).await
+    }
+    async fn list(&self, path: &str) -> Result<Vec<DirEntry>, InterfaceError> {
+        self.host.list(&self.path(path)?).await
+    }
+}
+
 #[async_trait]
 impl BlueprintImpl for WorkingCopy {
     fn type_name(&self) -> &'static str {
@@ -427,6 +458,37 @@ impl BlueprintImpl for WorkingCopy {
             .is_some_and(|r| r.contains_key(&req.repository))
     }
 
+    /// Prefer a working copy whose last lease was at the requested commit
+    /// (2) or on the requested branch (1): less to fetch and check out.
+    async fn rank(&self, ctx: &Context<'_>, resource: &Resource, lease: &Lease) -> i64 {
+        let Ok(req) = request(ctx.blueprint, lease) else {
+            return 0;
+        };
+        let filter = LeaseFilter {
+            resource: Some(resource.id),
+            limit: Some(1),
+            ..Default::default()
+        };
+        let Some(last) = ctx
+            .store
+            .leases(&filter)
+            .await
+            .ok()
+            .and_then(|l| l.into_iter().next())
+        else {
+            return 0;
+        };
+        match (&req.commit, &req.git_ref) {
+            (Some(c), _)
+                if text(&last.attributes, "head").is_some_and(|h| h.starts_with(c.as_str())) =>
+            {
+                2
+            }
+            (_, Some(r)) if text(&last.attributes, "ref") == Some(r.as_str()) => 1,
+            _ => 0,
+        }
+    }
+
     fn acquire(
         &self,
         _bp: &Blueprint,
@@ -552,6 +614,32 @@ impl BlueprintImpl for WorkingCopy {
             .map_err(|e| BlueprintError::Permanent(e.to_string()))?;
         Ok(Arc::new(InWorkingCopy {
             host: host_interface(ctx, &host).await?,
+            dir: format!("{WC_DIR}/{}", req.repository),
+        }))
+    }
+
+    async fn filesystem_interface(
+        &self,
+        ctx: &Context<'_>,
+        resource: &Resource,
+        lease: &Lease,
+    ) -> BlueprintResult<Arc<dyn FilesystemInterface>> {
+        let req = request(ctx.blueprint, lease)?;
+        let host_id = resource
+            .attributes
+            .get("host_lease")
+            .and_then(Value::as_i64)
+            .unwrap_or_default();
+        let host = ctx
+            .store
+            .lease(LeaseId(host_id))
+            .await
+            .map_err(|e| BlueprintError::Permanent(e.to_string()))?;
+        let files = client::filesystem_interface(ctx.store, &crate::registry(), host.id)
+            .await
+            .map_err(|e| BlueprintError::Permanent(e.to_string()))?;
+        Ok(Arc::new(FilesInWorkingCopy {
+            host: files,
             dir: format!("{WC_DIR}/{}", req.repository),
         }))
     }

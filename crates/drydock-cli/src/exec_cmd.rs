@@ -182,3 +182,79 @@ pub async fn credential(store: &Store, cmd: CredentialCmd, json: bool) -> anyhow
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Largest file `drydock file read` returns.
+const MAX_READ: u64 = 64 * 1024 * 1024;
+
+#[derive(Subcommand, Debug)]
+pub enum FileCmd {
+    /// Print a file of the lease's directory to stdout.
+    Read {
+        #[arg(long)]
+        lease: i64,
+        path: String,
+    },
+    /// Write stdin (or --from FILE) to a file of the lease's directory.
+    Write {
+        #[arg(long)]
+        lease: i64,
+        path: String,
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// List a directory of the lease's directory.
+    List {
+        #[arg(long)]
+        lease: i64,
+        #[arg(default_value = "")]
+        path: String,
+    },
+}
+
+pub async fn file(store: &Store, cmd: FileCmd, json: bool) -> anyhow::Result<ExitCode> {
+    let registry = drydock_blueprints::registry();
+    let lease = match &cmd {
+        FileCmd::Read { lease, .. }
+        | FileCmd::Write { lease, .. }
+        | FileCmd::List { lease, .. } => LeaseId(*lease),
+    };
+    let fs = client::filesystem_interface(store, &registry, lease).await?;
+    match cmd {
+        FileCmd::Read { path, .. } => {
+            let data = fs.read(&path, MAX_READ).await?;
+            use std::io::Write;
+            std::io::stdout().write_all(&data)?;
+        }
+        FileCmd::Write { path, from, .. } => {
+            let data = match from {
+                Some(f) => std::fs::read(&f).with_context(|| format!("reading {f}"))?,
+                None => {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(
+                        &mut std::io::Read::take(std::io::stdin(), MAX_READ + 1),
+                        &mut buf,
+                    )?;
+                    if buf.len() as u64 > MAX_READ {
+                        bail!("input is larger than {MAX_READ} bytes");
+                    }
+                    buf
+                }
+            };
+            fs.write(&path, &data).await?;
+            if !json {
+                eprintln!("Wrote {} bytes to {path}", data.len());
+            }
+        }
+        FileCmd::List { path, .. } => {
+            let entries = fs.list(&path).await?;
+            print(json, &entries, || {
+                entries
+                    .iter()
+                    .map(|e| format!("{}{}  {}", e.name, if e.dir { "/" } else { "" }, e.size))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

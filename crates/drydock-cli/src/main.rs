@@ -63,6 +63,9 @@ enum Cmd {
     Command(exec_cmd::CommandArgs),
     /// Lease, run a command, release: drydock run --type host -- ARGV...
     Run(exec_cmd::RunArgs),
+    /// Read, write and list files in an active lease's directory.
+    #[command(subcommand)]
+    File(exec_cmd::FileCmd),
     /// Store and list secrets (SSH private keys).
     #[command(subcommand)]
     Credential(exec_cmd::CredentialCmd),
@@ -159,6 +162,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Log(args) => admin::log(&open(&cli.database).await?, args, json).await,
         Cmd::Command(args) => exec_cmd::command(&open(&cli.database).await?, args).await,
         Cmd::Run(args) => exec_cmd::run(&open(&cli.database).await?, args, json).await,
+        Cmd::File(cmd) => exec_cmd::file(&open(&cli.database).await?, cmd, json).await,
         Cmd::Credential(cmd) => exec_cmd::credential(&open(&cli.database).await?, cmd, json).await,
     }
 }

@@ -172,12 +172,22 @@ impl Engine {
             let (bp, imp) = &candidates[ci];
             if r.resource_type == lease.resource_type && imp.can_acquire(bp, &r, lease) {
                 let n = counts.get(&r.id).copied().unwrap_or(0);
-                out.push((r, ci, n));
+                let rank = imp
+                    .rank(
+                        &Context {
+                            store: &self.store,
+                            blueprint: bp,
+                        },
+                        &r,
+                        lease,
+                    )
+                    .await;
+                out.push((r, ci, n, rank));
             }
         }
         // Deterministic ranking: affinity, then fewest leases, then oldest.
-        out.sort_by_key(|(r, ci, n)| (-candidates[*ci].1.rank(r, lease), *n, r.id));
-        Ok(out)
+        out.sort_by_key(|(r, _, n, rank)| (-rank, *n, r.id));
+        Ok(out.into_iter().map(|(r, ci, n, _)| (r, ci, n)).collect())
     }
 
     /// Steps 2–4: lease any free acquirable resource.

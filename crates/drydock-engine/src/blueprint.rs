@@ -286,6 +286,27 @@ pub async fn capture(
     Ok((code, out, err))
 }
 
+/// One entry of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DirEntry {
+    pub name: String,
+    pub dir: bool,
+    pub size: u64,
+}
+
+/// Read, write and list files inside a lease's directory (spec §10.4).
+/// Paths are relative to that directory and can never leave it (no `..`,
+/// no absolute paths, no escape through symbolic links).
+#[async_trait]
+pub trait FilesystemInterface: Send + Sync {
+    /// A whole file; refused if larger than `max_bytes`.
+    async fn read(&self, path: &str, max_bytes: u64) -> Result<Vec<u8>, InterfaceError>;
+    /// Create or replace a file (and its parent directories).
+    async fn write(&self, path: &str, data: &[u8]) -> Result<(), InterfaceError>;
+    /// A directory's entries, by name.
+    async fn list(&self, path: &str) -> Result<Vec<DirEntry>, InterfaceError>;
+}
+
 /// What hooks may read: the store (never to write lease or resource rows)
 /// and the blueprint's configuration.
 pub struct Context<'a> {
@@ -411,8 +432,22 @@ pub trait BlueprintImpl: Send + Sync + 'static {
 
     /// Affinity: higher ranks are tried first among free resources (e.g. a
     /// working copy already at the requested commit).
-    fn rank(&self, _resource: &Resource, _lease: &Lease) -> i64 {
+    async fn rank(&self, _ctx: &Context<'_>, _resource: &Resource, _lease: &Lease) -> i64 {
         0
+    }
+
+    /// The filesystem interface of an active lease on `resource`, rooted at
+    /// the lease's directory.
+    async fn filesystem_interface(
+        &self,
+        _ctx: &Context<'_>,
+        _resource: &Resource,
+        _lease: &Lease,
+    ) -> BlueprintResult<Arc<dyn FilesystemInterface>> {
+        Err(BlueprintError::Permanent(format!(
+            "{} resources offer no filesystem interface",
+            self.type_name()
+        )))
     }
 
     /// The command interface of an active lease on `resource`, rooted at

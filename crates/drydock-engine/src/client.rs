@@ -70,6 +70,39 @@ pub async fn command_interface(
     .map_err(|e| ClientError::Interface(e.to_string()))
 }
 
+/// The filesystem interface of an active lease.
+pub async fn filesystem_interface(
+    store: &Store,
+    registry: &Registry,
+    id: LeaseId,
+) -> Result<std::sync::Arc<dyn crate::blueprint::FilesystemInterface>, ClientError> {
+    let lease = store.lease(id).await?;
+    let (true, Some(rid)) = (
+        lease.status == drydock_model::LeaseStatus::Active,
+        lease.resource_id,
+    ) else {
+        return Err(ClientError::NotActive {
+            id: id.0,
+            status: lease.status.to_string(),
+        });
+    };
+    let resource = store.resource(rid).await?;
+    let bp = store.blueprint(resource.blueprint_id).await?;
+    let imp = registry
+        .get(&bp.kind)
+        .ok_or_else(|| ClientError::UnknownType(bp.kind.clone(), known(registry)))?;
+    imp.filesystem_interface(
+        &crate::blueprint::Context {
+            store,
+            blueprint: &bp,
+        },
+        &resource,
+        &lease,
+    )
+    .await
+    .map_err(|e| ClientError::Interface(e.to_string()))
+}
+
 fn known(registry: &Registry) -> String {
     registry
         .iter()

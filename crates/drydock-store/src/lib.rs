@@ -114,6 +114,7 @@ impl Store {
             tx,
             store: self.clone(),
             wake_workers: false,
+            deferred_fires: Vec::new(),
         })
     }
 
@@ -133,6 +134,9 @@ pub struct Tx {
     tx: sqlx::Transaction<'static, Any>,
     store: Store,
     wake_workers: bool,
+    /// Wake-up events to fire once this transaction has committed (see
+    /// [`Tx::fire`]).
+    deferred_fires: Vec<String>,
 }
 
 impl Tx {
@@ -142,10 +146,25 @@ impl Tx {
             tx,
             store,
             wake_workers,
+            deferred_fires,
         } = self;
         tx.commit().await?;
         if wake_workers {
             store.inner.tasks_ready.notify_waiters();
+        }
+        if !deferred_fires.is_empty() {
+            // Best effort: if this fails, the waiters' safety poll finds the
+            // change (and the change itself is committed).
+            let fired = async {
+                let mut tx = store.begin().await?;
+                for event in &deferred_fires {
+                    tx.fire_now(event).await?;
+                }
+                tx.commit().await
+            };
+            if let Err(e) = Box::pin(fired).await {
+                tracing::warn!("waking waiters for {deferred_fires:?} failed: {e}");
+            }
         }
         Ok(())
     }

@@ -49,8 +49,30 @@ impl Tx {
         Ok(())
     }
 
-    /// Wake everybody waiting for `event`. Returns how many were woken.
-    pub async fn fire(&mut self, event: &str) -> Result<usize> {
+    /// Wake everybody waiting for `event`, as part of this transaction's
+    /// effect.
+    ///
+    /// On SQLite transactions are serial, so this fires right here. On
+    /// PostgreSQL (READ COMMITTED) firing inside the transaction could miss
+    /// a waiter that registers after this statement but scans before this
+    /// transaction commits; so the event is fired just after commit, when
+    /// any later registration's scan is sure to see the change.
+    pub async fn fire(&mut self, event: &str) -> Result<()> {
+        match self.dialect() {
+            crate::Dialect::Sqlite => {
+                self.fire_now(event).await?;
+            }
+            crate::Dialect::Postgres => {
+                if !self.deferred_fires.iter().any(|e| e == event) {
+                    self.deferred_fires.push(event.to_owned());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Wake everybody waiting for `event` now. Returns how many were woken.
+    pub(crate) async fn fire_now(&mut self, event: &str) -> Result<usize> {
         // One statement takes exactly the registrations it deletes: a
         // registration committed concurrently is either taken (and woken)
         // here or left for the next firing, never deleted unseen.
@@ -77,7 +99,7 @@ impl Tx {
 impl Store {
     pub async fn fire(&self, event: &str) -> Result<usize> {
         let mut tx = self.begin().await?;
-        let n = tx.fire(event).await?;
+        let n = tx.fire_now(event).await?;
         tx.commit().await?;
         Ok(n)
     }

@@ -260,7 +260,7 @@ impl Sshd {
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n\
-             StrictModes no\nUsePAM no\nLogLevel ERROR\nMaxStartups 100\nMaxSessions 100\n",
+             StrictModes no\nUsePAM no\nLogLevel ERROR\nMaxStartups 100\nMaxSessions 100\nSubsystem sftp internal-sftp\n",
             d = dir.path().display()
         );
         std::fs::write(dir.path().join("sshd_config"), config).expect("config");

@@ -128,6 +128,76 @@ async fn ssh_lease_runs_commands_with_exit_codes_quoting_and_large_output(
         "{}",
         stderr(&out)
     );
+    // Files over SFTP, inside the lease's directory only.
+    let payload = sshd.dir.path().join("payload");
+    std::fs::write(&payload, "file body\n")?;
+    let out = drydock(
+        url,
+        &[
+            "file",
+            "write",
+            "--lease",
+            &id,
+            "sub/dir/f.txt",
+            "--from",
+            &payload.to_string_lossy(),
+        ],
+    );
+    ensure!(out.status.success(), "{}", stderr(&out));
+    let out = drydock(url, &["file", "read", "--lease", &id, "sub/dir/f.txt"]);
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout) == "file body\n",
+        "{}",
+        stderr(&out)
+    );
+    let listing: serde_json::Value = serde_json::from_str(&stdout(&drydock(
+        url,
+        &["--json", "file", "list", "--lease", &id, "sub/dir"],
+    )))?;
+    ensure!(
+        listing[0]["name"] == "f.txt" && listing[0]["size"] == 10,
+        "{listing}"
+    );
+    let secret = sshd.dir.path().join("outside.txt");
+    std::fs::write(&secret, "secret")?;
+    command(
+        url,
+        &id,
+        &["ln", "-s", &sshd.dir.path().to_string_lossy(), "escape"],
+    );
+    for bad in ["../outside.txt", "escape/outside.txt", "/etc/passwd"] {
+        let out = drydock(url, &["file", "read", "--lease", &id, bad]);
+        ensure!(
+            !out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("secret"),
+            "{bad:?} must be refused"
+        );
+    }
+    // Disabling a host keeps its active lease working but gives it no new one.
+    let disabled = format!("disabled-hosts=127.0.0.1:{}", sshd.port);
+    ensure!(
+        drydock(url, &["blueprint", "edit", "builders", "--set", &disabled])
+            .status
+            .success()
+    );
+    ensure!(
+        command(url, &id, &["true"]).status.success(),
+        "an active lease survives its host being disabled"
+    );
+    let out = drydock(url, &["lease", "--type", "host", "--timeout", "1s"]);
+    ensure!(
+        out.status.code() == Some(2),
+        "no new lease on a disabled host: {}",
+        stderr(&out)
+    );
+    ensure!(
+        drydock(
+            url,
+            &["blueprint", "edit", "builders", "--set", "disabled-hosts="]
+        )
+        .status
+        .success()
+    );
+
     let out = drydock(url, &["release-lease", "--id", &id]);
     ensure!(out.status.success(), "{}", stderr(&out));
     ensure!(

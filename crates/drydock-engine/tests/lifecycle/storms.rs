@@ -72,6 +72,9 @@ async fn limits_hold_under_contention(db: &TestDb) -> anyhow::Result<()> {
     let mut max_live = 0;
     let mut served = std::collections::HashSet::new();
     while served.len() < LEASES {
+        if start.elapsed() >= Duration::from_secs(90) {
+            h.dump().await;
+        }
         ensure!(
             start.elapsed() < Duration::from_secs(90),
             "only {} of {LEASES} leases served",
