@@ -293,6 +293,9 @@ async fn wait_active(
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
+        // Status first, then the log: every event up to the status seen is
+        // printed before returning.
+        let l = store.lease(id).await?;
         let events = store
             .logs(&LogFilter {
                 lease: Some(id),
@@ -307,7 +310,6 @@ async fn wait_active(
             );
             after = Some(e.id);
         }
-        let l = store.lease(id).await?;
         match l.status {
             LeaseStatus::Active => return Ok(Waited::Active),
             LeaseStatus::Broken | LeaseStatus::Released | LeaseStatus::Destroyed => {
