@@ -17,7 +17,7 @@ use drydock_engine::blueprint::{
     Context, DirEntry, FieldKind, FieldSpec, FilesystemInterface, InterfaceError, Output,
     ResourceTemplate, capture,
 };
-use drydock_engine::{ADMIN, client};
+use drydock_engine::client;
 use drydock_model::input;
 use drydock_model::{BlueprintId, LeaseId, LeaseStatus};
 use drydock_store::blueprint::Blueprint;
@@ -341,9 +341,8 @@ impl BlueprintImpl for WorkingCopy {
                 let new = NewLease {
                     resource_type: "host".into(),
                     blueprint_ids: host_blueprints(ctx.blueprint),
-                    // Transitive authorization (issue 6) will make this the
-                    // working-copy blueprint; the administrator until then.
-                    authorizing: ADMIN.into(),
+                    // Checked as the working-copy blueprint itself (spec §11).
+                    authorizing: client::blueprint_object(ctx.blueprint.id),
                     owner: Some(resource.object().key()),
                     ..Default::default()
                 };

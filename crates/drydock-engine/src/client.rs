@@ -294,6 +294,7 @@ pub async fn create_blueprint(
     let mut fields = validate_fields(imp.fields(), fields).map_err(ClientError::InvalidFields)?;
     resolve_references(store, &mut fields).await?;
     let bp = store.create_blueprint(author, name, kind, fields).await?;
+    authorize_uses(store, &bp, author).await?;
     store.fire(events::BLUEPRINTS).await?;
     Ok(bp)
 }
@@ -333,8 +334,56 @@ pub async fn edit_blueprint(
     let bp = store
         .edit_blueprint(author, id, Some(bp.version), name, &delta)
         .await?;
+    authorize_uses(store, &bp, author).await?;
     store.fire(events::BLUEPRINTS).await?;
     Ok(bp)
+}
+
+/// The authorizing object of leases a blueprint takes for its own resources
+/// (a working copy's host lease): the blueprint itself (spec §11).
+pub fn blueprint_object(id: BlueprintId) -> String {
+    format!("blueprint:{id}")
+}
+
+/// A blueprint that leases from other blueprints (`host-blueprints`) is
+/// checked against authorizations as itself (spec §11, transitive). Naming
+/// them is a request; the administrator configuring it approves it at the
+/// same time — the CLI acts as the administrator — and the decision is
+/// recorded with who made it. Blueprints it no longer names become inactive.
+async fn authorize_uses(store: &Store, bp: &Blueprint, author: &str) -> Result<(), ClientError> {
+    let object = blueprint_object(bp.id);
+    let used: Vec<BlueprintId> = bp
+        .fields
+        .get("host-blueprints")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str()?.parse().ok())
+                .map(BlueprintId)
+                .collect()
+        })
+        .unwrap_or_default();
+    for auth in store.authorizations(None, Some(&object)).await? {
+        if !used.contains(&auth.blueprint) && auth.object_active {
+            store
+                .set_authorization_object_active(auth.id, false)
+                .await?;
+        }
+    }
+    for host in used {
+        let auth = store.request_authorization(&object, host).await?;
+        if auth.blueprint_state == drydock_store::authorization::BlueprintAuthState::Requested {
+            store
+                .decide_authorization(
+                    auth.id,
+                    drydock_store::authorization::BlueprintAuthState::Authorized,
+                    author,
+                )
+                .await?;
+        }
+    }
+    store.fire(&events::authorization(&object)).await?;
+    Ok(())
 }
 
 /// Disable or enable a blueprint. Enabling wakes waiting leases.

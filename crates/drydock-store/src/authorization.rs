@@ -123,6 +123,24 @@ impl Store {
         self.authorization(id).await
     }
 
+    /// Mark whether the object still asks for the blueprint (spec §11: an
+    /// object that stops listing a blueprint keeps the row, so a decision
+    /// survives re-adding it).
+    pub async fn set_authorization_object_active(
+        &self,
+        id: AuthorizationId,
+        active: bool,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE authorizations SET object_state = $1, modified_at = $2 WHERE id = $3")
+            .bind(if active { "active" } else { "inactive" })
+            .bind(now_ms())
+            .bind(id.0)
+            .execute(tx.conn())
+            .await?;
+        tx.commit().await
+    }
+
     pub async fn authorization(&self, id: AuthorizationId) -> Result<Authorization> {
         let sql = format!("SELECT {COLUMNS} FROM authorizations WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))

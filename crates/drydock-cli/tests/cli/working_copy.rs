@@ -128,6 +128,14 @@ async fn working_copy_is_reused_clean_at_the_next_commit_and_destroyed_with_its_
     let (repo, a, b) = repository(repos.path())?;
     let url = &db.url;
     setup(url, &sshd, &repo, None)?;
+    // The working copy's host leases are checked as the working-copy
+    // blueprint, authorized on the host blueprint by its configuring admin.
+    let auths = db.store.authorizations(None, Some("blueprint:2")).await?;
+    ensure!(auths.len() == 1 && auths[0].blueprint.0 == 1, "{auths:?}");
+    ensure!(
+        auths[0].blueprint_state == drydock_store::authorization::BlueprintAuthState::Authorized
+            && auths[0].decided_by.is_some()
+    );
     let out = wc_lease(url, &["repository=app", &format!("commit={a}")]);
     ensure!(out.status.success(), "{}", stderr(&out));
     let first = stdout(&out);
