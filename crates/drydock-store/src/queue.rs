@@ -553,8 +553,8 @@ impl Store {
     /// On PostgreSQL, forward `NOTIFY` from other processes to this process's
     /// waiting workers. Best effort: workers also poll.
     async fn ensure_listener(&self) {
-        if self.dialect() != Dialect::Postgres {
-            return;
+        if self.dialect() == Dialect::Sqlite {
+            return self.ensure_sqlite_watcher().await;
         }
         let weak = Arc::downgrade(&self.inner);
         let url = self.inner.url.clone();
@@ -588,6 +588,51 @@ impl Store {
                             return;
                         }
                         tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                });
+            })
+            .await;
+    }
+}
+
+impl Store {
+    /// On SQLite, notice commits by other processes (a CLI queueing a lease
+    /// for a daemon) by watching `PRAGMA data_version` on a connection of
+    /// its own: it changes when another connection commits. A cheap check
+    /// every 20 ms instead of the 1 s safety poll.
+    async fn ensure_sqlite_watcher(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let url = self.inner.url.clone();
+        self.inner
+            .listener
+            .get_or_init(|| async move {
+                tokio::spawn(async move {
+                    use sqlx::Connection;
+                    let url = if url.contains('?') {
+                        url
+                    } else {
+                        format!("{url}?mode=rwc")
+                    };
+                    let Ok(mut conn) = sqlx::AnyConnection::connect(&url).await else {
+                        tracing::warn!(
+                            "cannot watch the database for other processes' work; polling instead"
+                        );
+                        return;
+                    };
+                    let mut last: Option<i64> = None;
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let Some(inner) = weak.upgrade() else { return };
+                        let Ok(version) = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
+                            .fetch_one(&mut conn)
+                            .await
+                        else {
+                            continue;
+                        };
+                        if last.is_some_and(|l| l != version) {
+                            inner.tasks_ready.notify_waiters();
+                        }
+                        last = Some(version);
                     }
                 });
             })

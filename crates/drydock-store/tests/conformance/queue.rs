@@ -341,12 +341,10 @@ async fn schedule_rolls_back_with_its_transaction(db: &TestDb) -> anyhow::Result
 }
 
 async fn waiting_worker_is_woken_by_notification_not_poll(db: &TestDb) -> anyhow::Result<()> {
-    // On PostgreSQL the producer is another connection pool, as another
-    // process would be: the wake-up must travel through LISTEN/NOTIFY.
-    let producer = match db.backend {
-        Backend::Postgres => db.connect_again().await,
-        Backend::Sqlite => db.store.clone(),
-    };
+    // The producer is another store with its own connections, as another
+    // process would be: the wake-up must travel through LISTEN/NOTIFY
+    // (PostgreSQL) or the data_version watch (SQLite).
+    let producer = db.connect_again().await;
     let s = db.store.clone();
     let poll = Duration::from_secs(20);
     // Let the listener connect before measuring.
