@@ -59,7 +59,7 @@ const FIELDS: &[FieldSpec] = &[
         kind: FieldKind::Text,
         required: false,
         default: Some("instant"),
-        description: "instant|ok|fail|fail-once",
+        description: "instant|ok|fail|fail-once|hold",
         secret: false,
     },
     FieldSpec {
@@ -67,7 +67,7 @@ const FIELDS: &[FieldSpec] = &[
         kind: FieldKind::Text,
         required: false,
         default: Some("ok"),
-        description: "ok|fail|flaky-2|temporary|hold",
+        description: "ok|instant|fail|flaky-2|temporary|hold",
         secret: false,
     },
 ];
@@ -118,12 +118,24 @@ impl BlueprintImpl for Scripted {
             "fail-once" if n == 0 => Err(BlueprintError::Permanent(
                 "first resource activation failed".into(),
             )),
+            "hold" if self.0.hold.load(Ordering::SeqCst) => Err(BlueprintError::Yield {
+                after: Duration::from_millis(20),
+                reason: "held".into(),
+            }),
             _ => Ok(Map::new()),
         }
     }
     async fn destroy_resource(&self, _ctx: &Context<'_>, r: &Resource) -> BlueprintResult<()> {
         self.0.destroyed_resources.lock().unwrap().push(r.id.0);
         Ok(())
+    }
+    fn can_ever_allocate(&self, _bp: &Blueprint, lease: &Lease) -> BlueprintResult<bool> {
+        match lease.attributes.get("flavor").and_then(Value::as_str) {
+            Some("never") => Err(BlueprintError::Permanent(
+                "flavor \"never\" cannot be built".into(),
+            )),
+            _ => Ok(true),
+        }
     }
     fn can_acquire(&self, _bp: &Blueprint, r: &Resource, lease: &Lease) -> bool {
         lease
@@ -133,13 +145,14 @@ impl BlueprintImpl for Scripted {
     }
     fn acquire(
         &self,
-        _bp: &Blueprint,
+        bp: &Blueprint,
         _r: &Resource,
         _lease: &Lease,
     ) -> BlueprintResult<Acquisition> {
         Ok(Acquisition {
             slot_locks: vec![],
-            activate_now: false,
+            // "instant": pending -> active in one step (spec's activate-on-acquire).
+            activate_now: field(bp, "lease-activation") == "instant",
         })
     }
     async fn activate_lease(

@@ -20,6 +20,11 @@ backend_tests!(
     releasing_a_resource_releases_its_leases,
     releasing_a_pending_lease_destroys_it,
     a_broken_resource_releases_its_leases,
+    activate_on_acquire_goes_pending_to_active_in_one_step,
+    an_impossible_lease_breaks_while_pending_with_the_reason,
+    releasing_an_acquired_lease_destroys_it,
+    breaking_an_active_lease_destroys_it_with_the_reason,
+    releasing_a_pending_resource_destroys_it_and_its_waiting_lease_builds_another,
     expired_lease_is_released_and_renew_extends_it,
     gc_prunes_only_destroyed_objects_and_reschedules_lost_tasks,
 );
@@ -436,6 +441,135 @@ async fn a_broken_resource_releases_its_leases(db: &TestDb) -> anyhow::Result<()
         released.data["by"] == format!("resource:{rid}"),
         "released by its resource: {:?}",
         released.data
+    );
+    h.stop().await;
+    Ok(())
+}
+
+async fn activate_on_acquire_goes_pending_to_active_in_one_step(db: &TestDb) -> anyhow::Result<()> {
+    let h = Harness::start(db, 1).await;
+    h.blueprint("pool", json!({"lease-activation": "instant"}))
+        .await?;
+    let lease = h.lease(none()).await?;
+    let active = h.wait_status(lease.id, LeaseStatus::Active).await?;
+    ensure!(
+        active.acquired_at == active.activated_at,
+        "acquired and activated at once"
+    );
+    ensure!(
+        h.probe.lease_activations.load(Ordering::SeqCst) == 0,
+        "no separate activation step"
+    );
+    h.stop().await;
+    Ok(())
+}
+
+async fn releasing_an_acquired_lease_destroys_it(db: &TestDb) -> anyhow::Result<()> {
+    let h = Harness::start(db, 1).await;
+    h.blueprint("pool", json!({"lease-activation": "hold"}))
+        .await?;
+    h.probe.hold.store(true, Ordering::SeqCst);
+    let lease = h.lease(none()).await?;
+    h.wait_status(lease.id, LeaseStatus::Acquired).await?;
+    client::release_lease(&h.store, lease.id, "user").await?;
+    let done = h.wait_status(lease.id, LeaseStatus::Destroyed).await?;
+    ensure!(done.activated_at.is_none() && done.failure.is_none());
+    let logs = h.lease_logs(lease.id).await?;
+    ensure!(
+        logs.contains(&"lease.released".into()) && !logs.contains(&"lease.activated".into()),
+        "{logs:?}"
+    );
+    ensure!(
+        h.store
+            .slot_locks_of(&lease.object().key())
+            .await?
+            .is_empty()
+    );
+    h.stop().await;
+    Ok(())
+}
+
+async fn breaking_an_active_lease_destroys_it_with_the_reason(db: &TestDb) -> anyhow::Result<()> {
+    let h = Harness::start(db, 1).await;
+    h.blueprint("pool", json!({})).await?;
+    let lease = h.lease(none()).await?;
+    h.wait_status(lease.id, LeaseStatus::Active).await?;
+    let engine = drydock_engine::Engine::new(
+        h.store.clone(),
+        h.registry.clone(),
+        crate::harness::config("operator"),
+    );
+    engine
+        .break_object(lease.object(), "the holder vanished")
+        .await?;
+    let done = h.wait_status(lease.id, LeaseStatus::Destroyed).await?;
+    ensure!(done.failure.as_deref() == Some("the holder vanished"));
+    let logs = h.lease_logs(lease.id).await?;
+    ensure!(
+        logs.contains(&"lease.broken".into()) && !logs.contains(&"lease.released".into()),
+        "{logs:?}"
+    );
+    ensure!(
+        h.probe
+            .did_release
+            .lock()
+            .unwrap()
+            .get(&lease.id.0)
+            .is_none(),
+        "a broken lease is not 'released'"
+    );
+    h.stop().await;
+    Ok(())
+}
+
+async fn releasing_a_pending_resource_destroys_it_and_its_waiting_lease_builds_another(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let h = Harness::start(db, 2).await;
+    h.blueprint("pool", json!({"resource-activation": "hold"}))
+        .await?;
+    h.probe.hold.store(true, Ordering::SeqCst);
+    let lease = h.lease(none()).await?;
+    let waiting = h.wait_reason(lease.id, "waiting-for-activation").await?;
+    let first = drydock_model::ResourceId(waiting.waiting.unwrap()["resource"].as_i64().unwrap());
+    ensure!(h.store.resource(first).await?.status == ResourceStatus::Pending);
+    client::release_resource(&h.store, first, "admin").await?;
+    let store = h.store.clone();
+    wait_until(
+        Duration::from_secs(10),
+        "pending resource destroyed",
+        async || store.resource(first).await.unwrap().status == ResourceStatus::Destroyed,
+    )
+    .await?;
+    h.probe.hold.store(false, Ordering::SeqCst);
+    let active = h.wait_status(lease.id, LeaseStatus::Active).await?;
+    ensure!(
+        active.resource_id.is_some_and(|r| r != first),
+        "woken by the destroyed resource, it built another"
+    );
+    h.stop().await;
+    Ok(())
+}
+
+async fn an_impossible_lease_breaks_while_pending_with_the_reason(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let h = Harness::start(db, 1).await;
+    h.blueprint("pool", json!({})).await?;
+    let lease = h.lease(json!({"flavor": "never"})).await?;
+    let done = h.wait_status(lease.id, LeaseStatus::Destroyed).await?;
+    let failure = done.failure.unwrap_or_default();
+    ensure!(
+        failure.contains("flavor \"never\" cannot be built"),
+        "{failure}"
+    );
+    ensure!(
+        done.resource_id.is_none() && done.acquired_at.is_none(),
+        "pending -> broken -> destroyed"
+    );
+    ensure!(
+        h.store.resources(None, None, 10).await?.is_empty(),
+        "nothing was built"
     );
     h.stop().await;
     Ok(())
