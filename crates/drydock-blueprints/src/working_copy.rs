@@ -171,6 +171,21 @@ async fn host_lease(ctx: &Context<'_>, resource: &Resource) -> BlueprintResult<O
     Ok(owned.into_iter().next())
 }
 
+/// The host lease recorded on an active working copy.
+async fn attached_host(ctx: &Context<'_>, resource: &Resource) -> BlueprintResult<Lease> {
+    let id = resource
+        .attributes
+        .get("host_lease")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| {
+            BlueprintError::Permanent(format!("working copy {} has no host lease", resource.id))
+        })?;
+    ctx.store
+        .lease(LeaseId(id))
+        .await
+        .map_err(|e| BlueprintError::Temporary(e.to_string()))
+}
+
 async fn host_interface(
     ctx: &Context<'_>,
     host: &Lease,
@@ -508,18 +523,7 @@ impl BlueprintImpl for WorkingCopy {
         lease: &Lease,
     ) -> BlueprintResult<Map<String, Value>> {
         let req = request(ctx.blueprint, lease)?;
-        let host_id = resource
-            .attributes
-            .get("host_lease")
-            .and_then(Value::as_i64)
-            .ok_or_else(|| {
-                BlueprintError::Permanent(format!("working copy {} has no host lease", resource.id))
-            })?;
-        let host = ctx
-            .store
-            .lease(LeaseId(host_id))
-            .await
-            .map_err(|e| BlueprintError::Temporary(e.to_string()))?;
+        let host = attached_host(ctx, resource).await?;
         let iface = host_interface(ctx, &host).await?;
         let dir = format!("{WC_DIR}/{}", req.repository);
         let t = git_timeout(ctx.blueprint);
@@ -601,16 +605,7 @@ impl BlueprintImpl for WorkingCopy {
         lease: &Lease,
     ) -> BlueprintResult<Arc<dyn CommandInterface>> {
         let req = request(ctx.blueprint, lease)?;
-        let host_id = resource
-            .attributes
-            .get("host_lease")
-            .and_then(Value::as_i64)
-            .unwrap_or_default();
-        let host = ctx
-            .store
-            .lease(LeaseId(host_id))
-            .await
-            .map_err(|e| BlueprintError::Permanent(e.to_string()))?;
+        let host = attached_host(ctx, resource).await?;
         Ok(Arc::new(InWorkingCopy {
             host: host_interface(ctx, &host).await?,
             dir: format!("{WC_DIR}/{}", req.repository),
@@ -624,16 +619,7 @@ impl BlueprintImpl for WorkingCopy {
         lease: &Lease,
     ) -> BlueprintResult<Arc<dyn FilesystemInterface>> {
         let req = request(ctx.blueprint, lease)?;
-        let host_id = resource
-            .attributes
-            .get("host_lease")
-            .and_then(Value::as_i64)
-            .unwrap_or_default();
-        let host = ctx
-            .store
-            .lease(LeaseId(host_id))
-            .await
-            .map_err(|e| BlueprintError::Permanent(e.to_string()))?;
+        let host = attached_host(ctx, resource).await?;
         let files = client::filesystem_interface(ctx.store, &crate::registry(), host.id)
             .await
             .map_err(|e| BlueprintError::Permanent(e.to_string()))?;

@@ -37,12 +37,20 @@ pub enum ClientError {
     Store(#[from] StoreError),
 }
 
-/// The command interface of an active lease.
-pub async fn command_interface(
+/// An active lease with its resource, blueprint and implementation: what
+/// an interface is built from.
+struct ActiveLease<'r> {
+    lease: Lease,
+    resource: drydock_store::resource::Resource,
+    blueprint: Blueprint,
+    imp: &'r std::sync::Arc<dyn crate::blueprint::BlueprintImpl>,
+}
+
+async fn active_lease<'r>(
     store: &Store,
-    registry: &Registry,
+    registry: &'r Registry,
     id: LeaseId,
-) -> Result<std::sync::Arc<dyn crate::blueprint::CommandInterface>, ClientError> {
+) -> Result<ActiveLease<'r>, ClientError> {
     let lease = store.lease(id).await?;
     let (true, Some(rid)) = (
         lease.status == drydock_model::LeaseStatus::Active,
@@ -54,20 +62,33 @@ pub async fn command_interface(
         });
     };
     let resource = store.resource(rid).await?;
-    let bp = store.blueprint(resource.blueprint_id).await?;
+    let blueprint = store.blueprint(resource.blueprint_id).await?;
     let imp = registry
-        .get(&bp.kind)
-        .ok_or_else(|| ClientError::UnknownType(bp.kind.clone(), known(registry)))?;
-    imp.command_interface(
-        &crate::blueprint::Context {
-            store,
-            blueprint: &bp,
-        },
-        &resource,
-        &lease,
-    )
-    .await
-    .map_err(|e| ClientError::Interface(e.to_string()))
+        .get(&blueprint.kind)
+        .ok_or_else(|| ClientError::UnknownType(blueprint.kind.clone(), known(registry)))?;
+    Ok(ActiveLease {
+        lease,
+        resource,
+        blueprint,
+        imp,
+    })
+}
+
+/// The command interface of an active lease.
+pub async fn command_interface(
+    store: &Store,
+    registry: &Registry,
+    id: LeaseId,
+) -> Result<std::sync::Arc<dyn crate::blueprint::CommandInterface>, ClientError> {
+    let a = active_lease(store, registry, id).await?;
+    let ctx = crate::blueprint::Context {
+        store,
+        blueprint: &a.blueprint,
+    };
+    a.imp
+        .command_interface(&ctx, &a.resource, &a.lease)
+        .await
+        .map_err(|e| ClientError::Interface(e.to_string()))
 }
 
 /// The filesystem interface of an active lease.
@@ -76,31 +97,15 @@ pub async fn filesystem_interface(
     registry: &Registry,
     id: LeaseId,
 ) -> Result<std::sync::Arc<dyn crate::blueprint::FilesystemInterface>, ClientError> {
-    let lease = store.lease(id).await?;
-    let (true, Some(rid)) = (
-        lease.status == drydock_model::LeaseStatus::Active,
-        lease.resource_id,
-    ) else {
-        return Err(ClientError::NotActive {
-            id: id.0,
-            status: lease.status.to_string(),
-        });
+    let a = active_lease(store, registry, id).await?;
+    let ctx = crate::blueprint::Context {
+        store,
+        blueprint: &a.blueprint,
     };
-    let resource = store.resource(rid).await?;
-    let bp = store.blueprint(resource.blueprint_id).await?;
-    let imp = registry
-        .get(&bp.kind)
-        .ok_or_else(|| ClientError::UnknownType(bp.kind.clone(), known(registry)))?;
-    imp.filesystem_interface(
-        &crate::blueprint::Context {
-            store,
-            blueprint: &bp,
-        },
-        &resource,
-        &lease,
-    )
-    .await
-    .map_err(|e| ClientError::Interface(e.to_string()))
+    a.imp
+        .filesystem_interface(&ctx, &a.resource, &a.lease)
+        .await
+        .map_err(|e| ClientError::Interface(e.to_string()))
 }
 
 fn known(registry: &Registry) -> String {
