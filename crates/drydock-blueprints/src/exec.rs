@@ -282,38 +282,64 @@ impl CommandInterface for SshCommand {
             let mut child = cmd
                 .spawn()
                 .map_err(|e| InterfaceError::Failed(format!("running ssh: {e}")))?;
-            // Buffer stderr until we know whether ssh itself failed to
-            // connect (then retry) or the command ran (then pass it on).
-            let mut err_buf = Vec::new();
+            // stderr streams live, except while it could still be ssh's own
+            // connection error ("ssh: connect to host …"): that is held
+            // back so a failed connection can be retried without noise.
+            let written = std::sync::atomic::AtomicU64::new(0);
+            let mut err_buf = Vec::new(); // the first 8 KiB, for diagnosis
+            let mut held = Vec::new();
+            let mut live = false;
             let mut child_err = child.stderr.take();
-            let status = {
+            let code = {
                 let mut out_count = CountingWriter {
                     inner: &mut *stdout,
-                    written: 0,
+                    written: &written,
                 };
                 let piped_err = async {
-                    if let Some(e) = child_err.as_mut() {
-                        let _ = e.read_to_end(&mut err_buf).await;
+                    use tokio::io::AsyncWriteExt;
+                    let Some(e) = child_err.as_mut() else {
+                        return Ok(());
+                    };
+                    let mut chunk = [0u8; 8192];
+                    loop {
+                        let n = e.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return Ok::<(), std::io::Error>(());
+                        }
+                        if err_buf.len() < 8192 {
+                            err_buf.extend_from_slice(&chunk[..n.min(8192 - err_buf.len())]);
+                        }
+                        if live {
+                            stderr.write_all(&chunk[..n]).await?;
+                            continue;
+                        }
+                        held.extend_from_slice(&chunk[..n]);
+                        let could_be_ssh =
+                            SSH_PREFIX.starts_with(&held[..held.len().min(SSH_PREFIX.len())]);
+                        if !could_be_ssh || written.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                            stderr.write_all(&held).await?;
+                            held.clear();
+                            live = true;
+                        }
                     }
                 };
                 let run = drive_stdout(&mut child, spec.timeout, &mut out_count);
-                let (status, ()) = tokio::join!(run, piped_err);
-                (status?, out_count.written)
+                let (status, piped) = tokio::join!(run, piped_err);
+                piped.map_err(|e| InterfaceError::Failed(format!("writing stderr: {e}")))?;
+                status?
             };
-            let (code, written) = status;
             let connect_failure = code == 255
-                && written == 0
-                && String::from_utf8_lossy(&err_buf)
-                    .trim_start()
-                    .starts_with("ssh:");
+                && !live
+                && written.load(std::sync::atomic::Ordering::Relaxed) == 0
+                && held.starts_with(SSH_PREFIX);
             if connect_failure {
-                last = String::from_utf8_lossy(&err_buf).trim().to_owned();
+                last = String::from_utf8_lossy(&held).trim().to_owned();
                 tracing::warn!(host = %self.target.host, attempt, "ssh connection failed: {last}");
                 continue;
             }
             use tokio::io::AsyncWriteExt;
             stderr
-                .write_all(&err_buf)
+                .write_all(&held)
                 .await
                 .map_err(|e| InterfaceError::Failed(format!("writing stderr: {e}")))?;
             if code == 255
@@ -333,9 +359,12 @@ impl CommandInterface for SshCommand {
     }
 }
 
+/// How ssh's own error messages begin.
+const SSH_PREFIX: &[u8] = b"ssh: ";
+
 struct CountingWriter<'a> {
     inner: &'a mut (dyn tokio::io::AsyncWrite + Unpin + Send),
-    written: u64,
+    written: &'a std::sync::atomic::AtomicU64,
 }
 
 impl tokio::io::AsyncWrite for CountingWriter<'_> {
@@ -347,7 +376,8 @@ impl tokio::io::AsyncWrite for CountingWriter<'_> {
         let this = &mut *self;
         let r = std::pin::Pin::new(&mut *this.inner).poll_write(cx, buf);
         if let std::task::Poll::Ready(Ok(n)) = &r {
-            this.written += *n as u64;
+            this.written
+                .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
         }
         r
     }
