@@ -89,7 +89,9 @@ impl Engine {
     pub(crate) async fn gc_pass(&self) -> Outcome {
         let cutoff = now_ms() - ms(self.cfg.retention);
         loop {
-            match self.store.prune(cutoff, 1000).await {
+            // Finished tasks are only history: a day is enough.
+            let task_cutoff = cutoff.max(now_ms() - 86_400_000);
+            match self.store.prune(cutoff, task_cutoff, 1000).await {
                 Ok(r) if r.logs == 1000 || r.commands == 1000 || r.tasks == 1000 => continue,
                 Ok(r) => {
                     if r.total() > 0 {

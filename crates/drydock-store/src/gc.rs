@@ -19,9 +19,10 @@ impl PruneReport {
 }
 
 impl Store {
-    /// Delete up to `batch` rows of each kind older than `cutoff` (epoch ms).
-    /// Call again while it reports a full batch.
-    pub async fn prune(&self, cutoff: i64, batch: i64) -> Result<PruneReport> {
+    /// Delete up to `batch` rows of each kind: logs and consumed commands of
+    /// destroyed objects older than `cutoff`, finished tasks older than
+    /// `task_cutoff` (epoch ms). Call again while it reports a full batch.
+    pub async fn prune(&self, cutoff: i64, task_cutoff: i64, batch: i64) -> Result<PruneReport> {
         let mut tx = self.begin().await?;
         let logs = sqlx::query(
             "DELETE FROM logs WHERE id IN (SELECT id FROM logs WHERE epoch < $1 \
@@ -50,7 +51,7 @@ impl Store {
             "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE state IN ('done', 'failed') \
                AND finished_at < $1 ORDER BY id LIMIT $2)",
         )
-        .bind(cutoff)
+        .bind(task_cutoff)
         .bind(batch)
         .execute(tx.conn())
         .await?

@@ -353,7 +353,13 @@ async fn gc_prunes_only_destroyed_objects_and_reschedules_lost_tasks(
     let store = h.store.clone();
     h.stop().await;
     // Everything is older than "now + 1 s": only the destroyed lease's rows go.
-    let report = store.prune(drydock_store::now_ms() + 1000, 1000).await?;
+    let report = store
+        .prune(
+            drydock_store::now_ms() + 1000,
+            drydock_store::now_ms() + 1000,
+            1000,
+        )
+        .await?;
     ensure!(
         report.logs > 0 && report.commands == 1 && report.tasks > 0,
         "{report:?}"
