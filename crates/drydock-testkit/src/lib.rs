@@ -286,11 +286,6 @@ impl Sshd {
         self.dir.path().join("client_key")
     }
 
-    /// The server's public host key line.
-    pub fn host_public_key(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("host_key.pub")).expect("host key")
-    }
-
     /// The user the tests log in as.
     pub fn user() -> String {
         std::env::var("USER")
