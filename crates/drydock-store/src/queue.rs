@@ -378,27 +378,21 @@ impl Store {
         let now = now_ms();
         let mut tx = self.begin().await?;
         let n = match completion {
-            Completion::Done => sqlx::query(
-                "UPDATE tasks SET state = 'done', finished_at = $1, claim_owner = NULL, claim_expires_at = NULL \
-                 WHERE id = $2 AND claim_token = $3 AND state = 'claimed'",
-            )
-            .bind(now)
-            .bind(task.id.0)
-            .bind(task.token)
-            .execute(tx.conn())
-            .await?
-            .rows_affected(),
-            Completion::Fail(reason) => sqlx::query(
-                "UPDATE tasks SET state = 'failed', finished_at = $1, last_error = $2, claim_owner = NULL, \
-                 claim_expires_at = NULL WHERE id = $3 AND claim_token = $4 AND state = 'claimed'",
-            )
-            .bind(now)
-            .bind(reason)
-            .bind(task.id.0)
-            .bind(task.token)
-            .execute(tx.conn())
-            .await?
-            .rows_affected(),
+            Completion::Done => {
+                set_state(&mut tx, task, "done", Some(now), None, task.attempts, now).await?
+            }
+            Completion::Fail(reason) => {
+                set_state(
+                    &mut tx,
+                    task,
+                    "failed",
+                    Some(now),
+                    Some(reason),
+                    task.attempts,
+                    now,
+                )
+                .await?
+            }
             Completion::Requeue { run_at, failure } => {
                 let inc = i64::from(failure.is_some());
                 let row: Option<(i64, i64)> =
@@ -423,7 +417,16 @@ impl Store {
                     None => None,
                 };
                 if attempts >= max_attempts {
-                    set_state(&mut tx, task, "failed", Some(now), failure.as_deref(), attempts, *run_at).await?
+                    set_state(
+                        &mut tx,
+                        task,
+                        "failed",
+                        Some(now),
+                        failure.as_deref(),
+                        attempts,
+                        *run_at,
+                    )
+                    .await?
                 } else if let Some(other) = other {
                     // The object is queued again already: merge into that
                     // task. A yield takes the earlier time; a failure carries
@@ -445,9 +448,27 @@ impl Store {
                         .execute(tx.conn())
                         .await?;
                     let note = format!("coalesced into task {other}");
-                    set_state(&mut tx, task, "done", Some(now), Some(&note), attempts, *run_at).await?
+                    set_state(
+                        &mut tx,
+                        task,
+                        "done",
+                        Some(now),
+                        Some(&note),
+                        attempts,
+                        *run_at,
+                    )
+                    .await?
                 } else {
-                    set_state(&mut tx, task, "queued", None, failure.as_deref(), attempts, *run_at).await?
+                    set_state(
+                        &mut tx,
+                        task,
+                        "queued",
+                        None,
+                        failure.as_deref(),
+                        attempts,
+                        *run_at,
+                    )
+                    .await?
                 }
             }
         };
