@@ -20,7 +20,7 @@ async fn contention_is_not_an_error_and_expiry_allows_takeover_with_a_larger_tok
 ) -> anyhow::Result<()> {
     let s = &db.store;
     let a = s
-        .try_lock("lease:1", "a", Duration::from_millis(100))
+        .try_lock("lease:1", "a", Duration::from_millis(500))
         .await?
         .expect("free lock");
     ensure!(
