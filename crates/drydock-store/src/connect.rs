@@ -76,6 +76,23 @@ impl Store {
         let (write, read) = match dialect {
             Dialect::Sqlite => {
                 let url = sqlite_url(url)?;
+                // A new database file holds credentials later: create it
+                // readable by its owner only (an existing file keeps the
+                // mode its owner gave it).
+                let path = sqlite_path(&url);
+                if !path.is_empty() && !std::path::Path::new(path).exists() {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(path)
+                        .map_err(|e| {
+                            StoreError::Unavailable(format!(
+                                "cannot create the database file {path}: {e}"
+                            ))
+                        })?;
+                }
                 let opts = || {
                     AnyPoolOptions::new()
                         .acquire_timeout(Duration::from_secs(60))
@@ -198,11 +215,16 @@ impl Store {
     }
 }
 
-fn sqlite_url(url: &str) -> Result<String> {
+/// The file path of a SQLite URL.
+fn sqlite_path(url: &str) -> &str {
     let path = url
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:");
-    let path = path.split('?').next().unwrap_or("");
+    path.split('?').next().unwrap_or("")
+}
+
+fn sqlite_url(url: &str) -> Result<String> {
+    let path = sqlite_path(url);
     if path.is_empty() || path == ":memory:" {
         return Err(StoreError::InvalidUrl {
             url: url.to_owned(),

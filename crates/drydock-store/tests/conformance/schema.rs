@@ -36,3 +36,16 @@ async fn sqlite_and_postgres_schemas_have_the_same_tables_and_columns() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_new_sqlite_database_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh.db");
+    let store = drydock_store::Store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the database holds SSH keys: mode {mode:o}");
+    store.close().await;
+}
