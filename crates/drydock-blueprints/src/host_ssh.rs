@@ -40,7 +40,7 @@ const FIELDS: &[FieldSpec] = &[
     },
     FieldSpec {
         name: "credential",
-        kind: FieldKind::Text,
+        kind: FieldKind::Credential,
         required: true,
         default: None,
         description: "SSH key credential (id or name; see drydock credential list)",

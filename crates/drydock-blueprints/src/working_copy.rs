@@ -32,7 +32,7 @@ pub struct WorkingCopy;
 const FIELDS: &[FieldSpec] = &[
     FieldSpec {
         name: "host-blueprints",
-        kind: FieldKind::List,
+        kind: FieldKind::Blueprints,
         required: true,
         default: None,
         description: "Host blueprints to lease hosts from (ids or names)",
@@ -82,16 +82,7 @@ fn repositories(bp: &Blueprint) -> Map<String, Value> {
 }
 
 fn host_blueprints(bp: &Blueprint) -> Vec<BlueprintId> {
-    bp.fields
-        .get("host-blueprints")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str()?.parse().ok())
-                .map(BlueprintId)
-                .collect()
-        })
-        .unwrap_or_default()
+    drydock_engine::blueprint::blueprint_list(bp, "host-blueprints")
 }
 
 fn git_timeout(bp: &Blueprint) -> Duration {

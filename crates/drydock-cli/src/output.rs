@@ -27,6 +27,13 @@ pub fn time(ms: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// A JSON value as text: strings bare, anything else as JSON.
+fn value_text(v: &serde_json::Value) -> String {
+    v.as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| v.to_string())
+}
+
 pub fn lease_line(l: &Lease) -> String {
     let detail = match (&l.waiting, &l.failure) {
         (_, Some(f)) => format!("failed: {f}"),
@@ -83,12 +90,7 @@ pub fn lease_detail(l: &Lease) -> String {
         out.push(format!("  failure:     {f}"));
     }
     for (k, v) in &l.attributes {
-        out.push(format!(
-            "  attribute:   {k} = {}",
-            v.as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| v.to_string())
-        ));
+        out.push(format!("  attribute:   {k} = {}", value_text(v)));
     }
     out.join("\n")
 }
@@ -115,12 +117,7 @@ pub fn resource_detail(r: &Resource) -> String {
         out.push(format!("  failure:   {f}"));
     }
     for (k, v) in &r.attributes {
-        out.push(format!(
-            "  attribute: {k} = {}",
-            v.as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| v.to_string())
-        ));
+        out.push(format!("  attribute: {k} = {}", value_text(v)));
     }
     out.join("\n")
 }
@@ -146,12 +143,7 @@ pub fn blueprint_detail(b: &Blueprint) -> String {
         format!("  created: {}", time(b.created_at)),
     ];
     for (k, v) in &b.fields {
-        out.push(format!(
-            "  {k} = {}",
-            v.as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| v.to_string())
-        ));
+        out.push(format!("  {k} = {}", value_text(v)));
     }
     out.join("\n")
 }

@@ -395,7 +395,7 @@ impl Engine {
             }
         };
         let retry = if contention {
-            Some(now_ms() + crate::daemon::ms(self.cfg.contention_retry) * 5)
+            Some(now_ms() + drydock_store::ms(self.cfg.contention_retry) * 5)
         } else {
             None
         };
@@ -443,7 +443,7 @@ impl Engine {
         }
         // Step 9: the least recently used idle resource past its grace period.
         let now = now_ms();
-        let grace = crate::daemon::ms(self.cfg.reclaim_grace);
+        let grace = drydock_store::ms(self.cfg.reclaim_grace);
         let resources = self
             .store
             .resources_of(at_limit, ResourceStatus::Active)
@@ -635,7 +635,7 @@ impl Engine {
         let mut tx = self.store.begin().await?;
         record_wait(&mut tx, lease, lock, &reason, &events).await?;
         tx.commit().await?;
-        let poll = now_ms() + crate::daemon::ms(self.cfg.safety_poll);
+        let poll = now_ms() + drydock_store::ms(self.cfg.safety_poll);
         Ok(Step::Wait(Next::At(at.map_or(poll, |a| a.min(poll)))))
     }
 }

@@ -44,6 +44,11 @@ pub enum FieldKind {
     List,
     /// Comma-separated `name=value` pairs.
     Pairs,
+    /// A credential, given by id or name, stored as its id.
+    Credential,
+    /// Blueprints, comma-separated ids or names, stored as ids. Leases the
+    /// blueprint takes from them are checked as the blueprint itself.
+    Blueprints,
 }
 
 impl FieldKind {
@@ -54,6 +59,8 @@ impl FieldKind {
             Self::Bool => "bool",
             Self::List => "list",
             Self::Pairs => "pairs",
+            Self::Credential => "credential",
+            Self::Blueprints => "blueprints",
         }
     }
 }
@@ -88,7 +95,7 @@ impl std::fmt::Display for FieldError {
 pub fn parse_field(spec: &FieldSpec, text: &str) -> Result<Value, String> {
     let text = text.trim();
     match spec.kind {
-        FieldKind::Text => Ok(Value::String(text.to_owned())),
+        FieldKind::Text | FieldKind::Credential => Ok(Value::String(text.to_owned())),
         FieldKind::Count => text
             .parse::<u64>()
             .map(Value::from)
@@ -98,7 +105,7 @@ pub fn parse_field(spec: &FieldSpec, text: &str) -> Result<Value, String> {
             "false" | "no" | "0" => Ok(Value::Bool(false)),
             _ => Err(format!("expected true or false, got {text:?}")),
         },
-        FieldKind::List => Ok(Value::Array(
+        FieldKind::List | FieldKind::Blueprints => Ok(Value::Array(
             text.split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
@@ -141,16 +148,20 @@ pub fn validate_fields(
     }
     for spec in specs {
         let value = match fields.get(spec.name) {
-            Some(Value::String(s)) if spec.kind != FieldKind::Text => match parse_field(spec, s) {
-                Ok(v) => Some(v),
-                Err(m) => {
-                    errors.push(FieldError {
-                        field: spec.name.into(),
-                        message: m,
-                    });
-                    continue;
+            Some(Value::String(s))
+                if !matches!(spec.kind, FieldKind::Text | FieldKind::Credential) =>
+            {
+                match parse_field(spec, s) {
+                    Ok(v) => Some(v),
+                    Err(m) => {
+                        errors.push(FieldError {
+                            field: spec.name.into(),
+                            message: m,
+                        });
+                        continue;
+                    }
                 }
-            },
+            }
             Some(v) => Some(v.clone()),
             None => spec
                 .default
@@ -158,10 +169,12 @@ pub fn validate_fields(
         };
         let ok = match (&value, spec.kind) {
             (None, _) => !spec.required,
-            (Some(Value::String(s)), FieldKind::Text) => !(spec.required && s.is_empty()),
+            (Some(Value::String(s)), FieldKind::Text | FieldKind::Credential) => {
+                !(spec.required && s.is_empty())
+            }
             (Some(Value::Number(n)), FieldKind::Count) => n.is_u64(),
             (Some(Value::Bool(_)), FieldKind::Bool) => true,
-            (Some(Value::Array(a)), FieldKind::List) => {
+            (Some(Value::Array(a)), FieldKind::List | FieldKind::Blueprints) => {
                 a.iter().all(Value::is_string) && !(spec.required && a.is_empty())
             }
             (Some(Value::Object(m)), FieldKind::Pairs) => {
@@ -187,6 +200,20 @@ pub fn validate_fields(
     } else {
         Err(errors)
     }
+}
+
+/// The blueprint ids stored in a `Blueprints` field.
+pub fn blueprint_list(bp: &Blueprint, field: &str) -> Vec<drydock_model::BlueprintId> {
+    bp.fields
+        .get(field)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str()?.parse().ok())
+                .map(drydock_model::BlueprintId)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// What the allocator asked a blueprint to build.

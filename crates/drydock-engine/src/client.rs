@@ -2,7 +2,9 @@
 //! send commands. Nothing here writes a lease's or resource's state after
 //! creation — it enqueues a command and wakes the object's worker.
 
-use crate::blueprint::{FieldError, Registry, validate_fields};
+use crate::blueprint::{
+    FieldError, FieldKind, FieldSpec, Registry, blueprint_list, validate_fields,
+};
 use crate::events::{self, log};
 use drydock_model::{BlueprintId, CommandId, CommandKind, LeaseId, ResourceId, ResourceStatus};
 use drydock_store::blueprint::Blueprint;
@@ -116,37 +118,45 @@ fn known(registry: &Registry) -> String {
         .join(", ")
 }
 
-/// Replace references by name with ids, refusing ones that do not exist:
-/// `credential` (a credential) and `host-blueprints` (blueprints).
+/// Replace references by name with ids in `Credential` and `Blueprints`
+/// fields, refusing ones that do not exist.
 async fn resolve_references(
     store: &Store,
+    specs: &[FieldSpec],
     fields: &mut Map<String, Value>,
 ) -> Result<(), ClientError> {
-    if let Some(Value::String(c)) = fields.get("credential").cloned() {
-        let cred = store.credential(&c).await.map_err(|_| {
-            ClientError::InvalidFields(vec![FieldError {
-                field: "credential".into(),
-                message: format!("no credential {c:?} (see drydock credential list)"),
-            }])
-        })?;
-        fields.insert("credential".into(), Value::String(cred.id.to_string()));
-    }
-    if let Some(Value::Array(list)) = fields.get("host-blueprints").cloned() {
-        let mut ids = Vec::new();
-        for item in list.iter().filter_map(Value::as_str) {
-            let found = match item.parse::<i64>() {
-                Ok(id) => store.blueprint(BlueprintId(id)).await,
-                Err(_) => store.blueprint_by_name(item).await,
-            };
-            let bp = found.map_err(|_| {
-                ClientError::InvalidFields(vec![FieldError {
-                    field: "host-blueprints".into(),
-                    message: format!("no blueprint {item:?}"),
-                }])
-            })?;
-            ids.push(Value::String(bp.id.to_string()));
+    let invalid = |field: &str, message: String| {
+        ClientError::InvalidFields(vec![FieldError {
+            field: field.into(),
+            message,
+        }])
+    };
+    for spec in specs {
+        match (spec.kind, fields.get(spec.name).cloned()) {
+            (FieldKind::Credential, Some(Value::String(c))) if !c.is_empty() => {
+                let cred = store.credential(&c).await.map_err(|_| {
+                    invalid(
+                        spec.name,
+                        format!("no credential {c:?} (see drydock credential list)"),
+                    )
+                })?;
+                fields.insert(spec.name.into(), Value::String(cred.id.to_string()));
+            }
+            (FieldKind::Blueprints, Some(Value::Array(list))) => {
+                let mut ids = Vec::new();
+                for item in list.iter().filter_map(Value::as_str) {
+                    let found = match item.parse::<i64>() {
+                        Ok(id) => store.blueprint(BlueprintId(id)).await,
+                        Err(_) => store.blueprint_by_name(item).await,
+                    };
+                    let bp =
+                        found.map_err(|_| invalid(spec.name, format!("no blueprint {item:?}")))?;
+                    ids.push(Value::String(bp.id.to_string()));
+                }
+                fields.insert(spec.name.into(), Value::Array(ids));
+            }
+            _ => {}
         }
-        fields.insert("host-blueprints".into(), Value::Array(ids));
     }
     Ok(())
 }
@@ -297,9 +307,9 @@ pub async fn create_blueprint(
         )
     })?;
     let mut fields = validate_fields(imp.fields(), fields).map_err(ClientError::InvalidFields)?;
-    resolve_references(store, &mut fields).await?;
+    resolve_references(store, imp.fields(), &mut fields).await?;
     let bp = store.create_blueprint(author, name, kind, fields).await?;
-    authorize_uses(store, &bp, author).await?;
+    authorize_uses(store, imp.fields(), &bp, author).await?;
     store.fire(events::BLUEPRINTS).await?;
     Ok(bp)
 }
@@ -329,7 +339,7 @@ pub async fn edit_blueprint(
         merged.insert(k.clone(), v.clone());
     }
     let mut valid = validate_fields(imp.fields(), &merged).map_err(ClientError::InvalidFields)?;
-    resolve_references(store, &mut valid).await?;
+    resolve_references(store, imp.fields(), &mut valid).await?;
     let mut delta = Map::new();
     for (k, v) in valid {
         if bp.fields.get(&k) != Some(&v) {
@@ -339,7 +349,7 @@ pub async fn edit_blueprint(
     let bp = store
         .edit_blueprint(author, id, Some(bp.version), name, &delta)
         .await?;
-    authorize_uses(store, &bp, author).await?;
+    authorize_uses(store, imp.fields(), &bp, author).await?;
     store.fire(events::BLUEPRINTS).await?;
     Ok(bp)
 }
@@ -350,24 +360,27 @@ pub fn blueprint_object(id: BlueprintId) -> String {
     format!("blueprint:{id}")
 }
 
-/// A blueprint that leases from other blueprints (`host-blueprints`) is
-/// checked against authorizations as itself (spec §11, transitive). Naming
-/// them is a request; the administrator configuring it approves it at the
-/// same time — the CLI acts as the administrator — and the decision is
+/// A blueprint that leases from other blueprints (its `Blueprints` fields)
+/// is checked against authorizations as itself (spec §11, transitive).
+/// Naming them is a request; the administrator configuring it approves it at
+/// the same time — the CLI acts as the administrator — and the decision is
 /// recorded with who made it. Blueprints it no longer names become inactive.
-async fn authorize_uses(store: &Store, bp: &Blueprint, author: &str) -> Result<(), ClientError> {
+async fn authorize_uses(
+    store: &Store,
+    specs: &[FieldSpec],
+    bp: &Blueprint,
+    author: &str,
+) -> Result<(), ClientError> {
+    let fields: Vec<&str> = specs
+        .iter()
+        .filter(|s| s.kind == FieldKind::Blueprints)
+        .map(|s| s.name)
+        .collect();
+    if fields.is_empty() {
+        return Ok(());
+    }
     let object = blueprint_object(bp.id);
-    let used: Vec<BlueprintId> = bp
-        .fields
-        .get("host-blueprints")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str()?.parse().ok())
-                .map(BlueprintId)
-                .collect()
-        })
-        .unwrap_or_default();
+    let used: Vec<BlueprintId> = fields.iter().flat_map(|f| blueprint_list(bp, f)).collect();
     for auth in store.authorizations(None, Some(&object)).await? {
         if !used.contains(&auth.blueprint) && auth.object_active {
             store

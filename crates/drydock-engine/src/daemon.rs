@@ -14,10 +14,6 @@ pub const GC_TASK: &str = "gc";
 /// A daemon counts as alive if it beat within this long.
 pub const ALIVE_WITHIN: Duration = Duration::from_secs(10);
 
-pub(crate) fn ms(d: Duration) -> i64 {
-    drydock_store::ms(d)
-}
-
 /// Daemon settings.
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
@@ -87,7 +83,7 @@ impl Engine {
     /// Garbage collection: prune old rows of destroyed objects, and
     /// reschedule any unfinished object that lost its task.
     pub(crate) async fn gc_pass(&self) -> Outcome {
-        let cutoff = now_ms() - ms(self.cfg.retention);
+        let cutoff = now_ms() - drydock_store::ms(self.cfg.retention);
         loop {
             // Finished tasks are only history: a day is enough.
             let task_cutoff = cutoff.max(now_ms() - 86_400_000);

@@ -204,7 +204,7 @@ impl Engine {
                     return Ok(Step::Progress);
                 }
                 Ok(Step::Wait(Next::At(
-                    now_ms() + crate::daemon::ms(self.cfg.safety_poll),
+                    now_ms() + drydock_store::ms(self.cfg.safety_poll),
                 )))
             }
             drydock_model::ResourceStatus::Active => {
@@ -303,42 +303,33 @@ impl Engine {
 
     /// Break a lease (spec §6.4), under its lock. Already finished leases are
     /// left as they are.
-    pub(crate) async fn break_lease(&self, id: LeaseId, reason: &str) -> Result<(), StoreError> {
-        let result = self
-            .locked(ObjectRef::lease(id), async |lock| {
-                let mut lease = self.store.lease(id).await?;
-                if matches!(lease.status, LeaseStatus::Released | LeaseStatus::Broken) {
-                    // Its teardown kept failing: finish it, with the
-                    // failure logged, instead of retrying forever.
-                    return self.finish_destroy(&mut lease, lock, Some(reason)).await;
-                }
-                if !lease.status.is_live() {
-                    return Ok(());
-                }
-                let mut next = lease.clone();
-                transition(&mut next, LeaseStatus::Broken)?;
-                next.failure = Some(reason.to_owned());
-                next.waiting = None;
-                let mut tx = self.store.begin().await?;
-                tx.stop_waiting(lease.object()).await?;
-                tx.log(lease_log(&next, log::LEASE_BROKEN).data(json!({ "reason": reason })))
-                    .await?;
-                wake_owner(&mut tx, &next).await?;
-                tx.save_lease(&next, lock).await?;
-                // Its next pass destroys it.
-                tx.wake(lease.object()).await?;
-                tx.commit().await?;
-                Ok(())
-            })
-            .await;
-        match result {
-            Ok(Some(())) => Ok(()),
-            Ok(None) => Err(StoreError::Busy(format!(
-                "lease {id} is locked by another worker"
-            ))),
-            Err(PassError::Store(e)) => Err(e),
-            Err(e) => Err(StoreError::Busy(format!("{e:?}"))),
-        }
+    pub(crate) async fn break_lease(&self, id: LeaseId, reason: &str) -> PassResult<Option<()>> {
+        self.locked(ObjectRef::lease(id), async |lock| {
+            let mut lease = self.store.lease(id).await?;
+            if matches!(lease.status, LeaseStatus::Released | LeaseStatus::Broken) {
+                // Its teardown kept failing: finish it, with the
+                // failure logged, instead of retrying forever.
+                return self.finish_destroy(&mut lease, lock, Some(reason)).await;
+            }
+            if !lease.status.is_live() {
+                return Ok(());
+            }
+            let mut next = lease.clone();
+            transition(&mut next, LeaseStatus::Broken)?;
+            next.failure = Some(reason.to_owned());
+            next.waiting = None;
+            let mut tx = self.store.begin().await?;
+            tx.stop_waiting(lease.object()).await?;
+            tx.log(lease_log(&next, log::LEASE_BROKEN).data(json!({ "reason": reason })))
+                .await?;
+            wake_owner(&mut tx, &next).await?;
+            tx.save_lease(&next, lock).await?;
+            // Its next pass destroys it.
+            tx.wake(lease.object()).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 }
 

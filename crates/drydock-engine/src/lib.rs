@@ -193,10 +193,22 @@ impl Engine {
     /// health checks; the engine also calls it on permanent failures). A
     /// broken resource releases its leases; the next pass destroys it.
     pub async fn break_object(&self, object: ObjectRef, reason: &str) -> Result<(), StoreError> {
-        match object.kind {
+        let result = match object.kind {
             ObjectKind::Lease => self.break_lease(LeaseId(object.id), reason).await,
             ObjectKind::Resource => self.break_resource(ResourceId(object.id), reason).await,
-            ObjectKind::Blueprint => Ok(()),
+            ObjectKind::Blueprint => return Ok(()),
+        };
+        match result {
+            Ok(Some(())) => Ok(()),
+            Ok(None) => Err(StoreError::Busy(format!(
+                "{object} is locked by another worker"
+            ))),
+            Err(PassError::Store(e)) => Err(e),
+            Err(PassError::Blueprint(e)) => Err(StoreError::Busy(e.to_string())),
+            Err(PassError::Permanent(m)) => Err(StoreError::Invalid {
+                what: "state change",
+                reason: m,
+            }),
         }
     }
 

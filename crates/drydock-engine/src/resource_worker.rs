@@ -121,7 +121,7 @@ impl Engine {
                         .await?
                         .unwrap_or(0)
                         .max(r.created_at);
-                    let grace_over = last + crate::daemon::ms(self.cfg.reclaim_grace) <= now;
+                    let grace_over = last + drydock_store::ms(self.cfg.reclaim_grace) <= now;
                     if idle && grace_over {
                         tx.log(
                             resource_log(&r, log::RESOURCE_RECLAIMED)
@@ -228,44 +228,35 @@ impl Engine {
         &self,
         id: ResourceId,
         reason: &str,
-    ) -> Result<(), StoreError> {
-        let result = self
-            .locked(ObjectRef::resource(id), async |lock| {
-                let mut r = self.store.resource(id).await?;
-                match r.status {
-                    ResourceStatus::Pending | ResourceStatus::Active => {
-                        let mut tx = self.store.begin().await?;
-                        let fresh = tx.resource_for_update(id).await?;
-                        let mut next = fresh.clone();
-                        transition(&mut next, ResourceStatus::Broken)?;
-                        next.failure = Some(reason.to_owned());
-                        let saved = tx.save_resource(&next, lock).await?;
-                        let n = release_leases(&mut tx, &saved).await?;
-                        tx.log(
-                            resource_log(&saved, log::RESOURCE_BROKEN)
-                                .data(json!({ "reason": reason, "leases": n })),
-                        )
-                        .await?;
-                        tx.fire(&events::resource(id)).await?;
-                        // Its next pass destroys it.
-                        tx.wake(saved.object()).await?;
-                        tx.commit().await?;
-                        Ok(())
-                    }
-                    ResourceStatus::Released | ResourceStatus::Broken => {
-                        self.mark_destroyed(&mut r, lock, Some(reason)).await
-                    }
-                    ResourceStatus::Destroyed => Ok(()),
+    ) -> PassResult<Option<()>> {
+        self.locked(ObjectRef::resource(id), async |lock| {
+            let mut r = self.store.resource(id).await?;
+            match r.status {
+                ResourceStatus::Pending | ResourceStatus::Active => {
+                    let mut tx = self.store.begin().await?;
+                    let fresh = tx.resource_for_update(id).await?;
+                    let mut next = fresh.clone();
+                    transition(&mut next, ResourceStatus::Broken)?;
+                    next.failure = Some(reason.to_owned());
+                    let saved = tx.save_resource(&next, lock).await?;
+                    let n = release_leases(&mut tx, &saved).await?;
+                    tx.log(
+                        resource_log(&saved, log::RESOURCE_BROKEN)
+                            .data(json!({ "reason": reason, "leases": n })),
+                    )
+                    .await?;
+                    tx.fire(&events::resource(id)).await?;
+                    // Its next pass destroys it.
+                    tx.wake(saved.object()).await?;
+                    tx.commit().await?;
+                    Ok(())
                 }
-            })
-            .await;
-        match result {
-            Ok(Some(())) => Ok(()),
-            Ok(None) => Err(StoreError::Busy(format!(
-                "resource {id} is locked by another worker"
-            ))),
-            Err(PassError::Store(e)) => Err(e),
-            Err(e) => Err(StoreError::Busy(format!("{e:?}"))),
-        }
+                ResourceStatus::Released | ResourceStatus::Broken => {
+                    self.mark_destroyed(&mut r, lock, Some(reason)).await
+                }
+                ResourceStatus::Destroyed => Ok(()),
+            }
+        })
+        .await
     }
 }

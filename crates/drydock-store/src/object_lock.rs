@@ -178,11 +178,8 @@ impl Tx {
 
 /// SQL condition (with placeholders `$a`, `$b` for the lock name and token)
 /// that holds while the lock grant is current. Used inside protected UPDATEs.
-pub(crate) const FENCE_CONDITION: &str =
-    "EXISTS (SELECT 1 FROM object_locks l WHERE l.name = {name} AND l.token = {token})";
-
 pub(crate) fn fence_condition(name_param: usize, token_param: usize) -> String {
-    FENCE_CONDITION
-        .replace("{name}", &format!("${name_param}"))
-        .replace("{token}", &format!("${token_param}"))
+    format!(
+        "EXISTS (SELECT 1 FROM object_locks l WHERE l.name = ${name_param} AND l.token = ${token_param})"
+    )
 }

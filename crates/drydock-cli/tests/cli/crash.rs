@@ -145,8 +145,16 @@ async fn crash_loop_with_sigkilled_daemons(db: &TestDb) -> anyhow::Result<()> {
         spans.sort();
         overlaps += spans.windows(2).filter(|w| w[1].0 < w[0].1).count();
     }
-    // Locks of killed daemons expire; nothing may stay held after that.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Locks of killed daemons expire (1 s claim TTL); nothing may stay held.
+    let store = &db.store;
+    let _ = drydock_testkit::wait_until(Duration::from_secs(10), "locks to be free", async || {
+        store
+            .held_locks()
+            .await
+            .map(|h| h.is_empty())
+            .unwrap_or(false)
+    })
+    .await;
     let held = db.store.held_locks().await?;
     let slots = db.store.all_slot_locks().await?;
     let live_resources: Vec<String> = db

@@ -353,17 +353,22 @@ async fn waiting_worker_is_woken_by_notification_not_poll(db: &TestDb) -> anyhow
     let producer = db.connect_again().await;
     let s = db.store.clone();
     let poll = Duration::from_secs(20);
-    // Let the listener connect before measuring.
-    drop(s.task_signal().await);
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let waiter = tokio::spawn(async move {
         let signal = s.task_signal().await;
         let start = Instant::now();
         s.wait_for_tasks(signal, poll).await;
         start.elapsed()
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    producer.schedule(NewTask::new("test.wake")).await?;
+    // Tasks due in an hour: neither the due time nor the 20 s poll can end
+    // the wait, only the notification their scheduling sends. Keep sending
+    // (the waiter may not be listening yet) until it wakes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !waiter.is_finished() && Instant::now() < deadline {
+        producer
+            .schedule(NewTask::new("test.wake").run_at(now_ms() + 3_600_000))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let waited = tokio::time::timeout(Duration::from_secs(10), waiter).await??;
     ensure!(
         waited < Duration::from_secs(5),
