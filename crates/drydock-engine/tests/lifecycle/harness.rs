@@ -432,3 +432,21 @@ impl Harness {
 pub fn none() -> Value {
     json!({})
 }
+
+/// Break an object as an operator would: while a worker holds its lock the
+/// engine answers "try again shortly", so try again until it is done.
+pub async fn break_now(
+    engine: &Engine,
+    object: drydock_model::ObjectRef,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match engine.break_object(object, reason).await {
+            Err(e) if e.is_temporary() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}

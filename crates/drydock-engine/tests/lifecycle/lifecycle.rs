@@ -410,12 +410,12 @@ async fn a_broken_resource_releases_its_leases(db: &TestDb) -> anyhow::Result<()
         h.registry.clone(),
         crate::harness::config("operator"),
     );
-    engine
-        .break_object(
-            drydock_model::ObjectRef::resource(rid),
-            "host failed its health check",
-        )
-        .await?;
+    crate::harness::break_now(
+        &engine,
+        drydock_model::ObjectRef::resource(rid),
+        "host failed its health check",
+    )
+    .await?;
     let done = h.wait_status(lease.id, LeaseStatus::Destroyed).await?;
     ensure!(done.failure.is_none(), "the lease was released, not broken");
     let store = h.store.clone();
@@ -505,9 +505,7 @@ async fn breaking_an_active_lease_destroys_it_with_the_reason(db: &TestDb) -> an
         h.registry.clone(),
         crate::harness::config("operator"),
     );
-    engine
-        .break_object(lease.object(), "the holder vanished")
-        .await?;
+    crate::harness::break_now(&engine, lease.object(), "the holder vanished").await?;
     let done = h.wait_status(lease.id, LeaseStatus::Destroyed).await?;
     ensure!(done.failure.as_deref() == Some("the holder vanished"));
     let logs = h.lease_logs(lease.id).await?;
