@@ -97,15 +97,24 @@ impl Engine {
         let mut reacquire = false;
         for c in &commands {
             match c.command {
-                CommandKind::Release
-                    if next.status == LeaseStatus::Acquired
-                        && c.payload.get("resource_gone").and_then(|r| r.as_i64())
-                            == next.resource_id.map(|r| r.0) =>
-                {
-                    reacquire = true;
-                }
                 CommandKind::Release => {
-                    release_by.get_or_insert_with(|| c.author.clone());
+                    match c.payload.get("resource_gone").and_then(|r| r.as_i64()) {
+                        // Sent by the lease's resource as it went away:
+                        // before activation the lease starts over.
+                        Some(gone) if next.resource_id.map(|r| r.0) == Some(gone) => {
+                            if next.status == LeaseStatus::Acquired {
+                                reacquire = true;
+                            } else {
+                                release_by.get_or_insert_with(|| c.author.clone());
+                            }
+                        }
+                        // Sent by a resource the lease has already left
+                        // (reacquired elsewhere): stale, nothing to do.
+                        Some(_) => {}
+                        None => {
+                            release_by.get_or_insert_with(|| c.author.clone());
+                        }
+                    }
                 }
                 CommandKind::Renew => {
                     if let Some(until) = c.payload.get("until").and_then(|u| u.as_i64())

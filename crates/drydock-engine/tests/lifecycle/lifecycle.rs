@@ -3,7 +3,7 @@
 use crate::harness::{Harness, none};
 use anyhow::ensure;
 use drydock_engine::client;
-use drydock_model::{LeaseStatus, ResourceStatus};
+use drydock_model::{CommandKind, LeaseStatus, ObjectRef, ResourceStatus};
 use drydock_store::log::LogFilter;
 use drydock_testkit::{TestDb, wait_until};
 use serde_json::json;
@@ -229,9 +229,33 @@ async fn an_acquired_lease_whose_resource_goes_away_reacquires(db: &TestDb) -> a
             .is_some_and(|r| r != first)
     })
     .await?;
+    // A late "resource gone" from the first resource (its destroy pass
+    // sends one too) must not release the lease from its new resource.
+    let stale = h
+        .store
+        .enqueue_command(
+            &ObjectRef::resource(first).key(),
+            lease.object(),
+            CommandKind::Release,
+            json!({ "resource_gone": first.0 }),
+        )
+        .await?;
     h.probe.hold.store(false, Ordering::SeqCst);
     let active = h.wait_status(lease.id, LeaseStatus::Active).await?;
     ensure!(active.resource_id != Some(first));
+    wait_until(
+        Duration::from_secs(10),
+        "stale command consumed",
+        async || {
+            let pending = store.pending_commands(lease.object()).await.unwrap();
+            pending.iter().all(|c| c.id != stale)
+        },
+    )
+    .await?;
+    ensure!(
+        h.store.lease(lease.id).await?.status == LeaseStatus::Active,
+        "a stale resource-gone command released the lease"
+    );
     let logs = h.lease_logs(lease.id).await?;
     ensure!(
         logs.contains(&"lease.reacquire".into()) && !logs.contains(&"lease.released".into()),
