@@ -153,7 +153,7 @@ async fn host_lease(ctx: &Context<'_>, resource: &Resource) -> BlueprintResult<O
     let owned = ctx
         .store
         .leases(&LeaseFilter {
-            owner: Some(resource.object().key()),
+            owners: vec![resource.object().key()],
             limit: Some(10),
             ..Default::default()
         })
@@ -470,7 +470,7 @@ impl BlueprintImpl for WorkingCopy {
             return 0;
         };
         let filter = LeaseFilter {
-            resource: Some(resource.id),
+            resources: vec![resource.id],
             limit: Some(1),
             ..Default::default()
         };

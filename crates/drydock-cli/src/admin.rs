@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use drydock_engine::daemon::{ALIVE_WITHIN, DaemonConfig};
 use drydock_engine::{Engine, EngineConfig, client};
 use drydock_model::{BlueprintId, LeaseId, ObjectRef, ResourceId, ResourceStatus};
+use crate::config::Settings;
 use drydock_store::Store;
 use drydock_store::log::{LogEntry, LogFilter};
 use drydock_store::queue::Outcome;
@@ -37,17 +38,7 @@ pub async fn daemon_alive(store: &Store) -> anyhow::Result<bool> {
 
 /// A blueprint named by id or by name.
 pub async fn resolve_blueprint(store: &Store, text: &str) -> anyhow::Result<BlueprintId> {
-    let found = match text.parse::<i64>() {
-        Ok(id) => store.blueprint(BlueprintId(id)).await,
-        Err(_) => store.blueprint_by_name(text).await,
-    };
-    match found {
-        Ok(b) => Ok(b.id),
-        Err(drydock_store::StoreError::NotFound { .. }) => {
-            bail!("no blueprint {text:?} (give an id or a name; see `drydock blueprint list`)")
-        }
-        Err(e) => Err(e.into()),
-    }
+    Ok(client::find_blueprint(store, text).await?.id)
 }
 
 /// Parse `KEY=VALUE` pairs into a map of strings.
@@ -70,49 +61,62 @@ pub fn pairs(items: &[String], what: &str) -> anyhow::Result<Map<String, Value>>
     Ok(map)
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Default)]
 pub struct DaemonArgs {
-    /// Number of concurrent update workers.
-    #[arg(long, default_value_t = 4)]
-    workers: usize,
+    /// Number of concurrent update workers [default: 4].
+    #[arg(long, env = "DRYDOCK_WORKERS")]
+    pub workers: Option<usize>,
     /// How long a claimed task (and an object lock) stays with a daemon that
-    /// stopped answering before another daemon takes it over.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    claim_ttl: Duration,
-    /// An idle resource may be reclaimed once no lease touched it for this long.
-    #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
-    reclaim_grace: Duration,
-    /// Logs and consumed commands of destroyed objects are deleted after this long.
-    #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
-    retention: Duration,
+    /// stopped answering before another daemon takes it over [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub claim_ttl: Option<Duration>,
+    /// An idle resource may be reclaimed once no lease touched it for this
+    /// long [default: 3m].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub reclaim_grace: Option<Duration>,
+    /// Logs and consumed commands of destroyed objects are deleted after
+    /// this long [default: 30days].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub retention: Option<Duration>,
 }
 
-pub async fn daemon(store: &Store, args: DaemonArgs) -> anyhow::Result<ExitCode> {
-    if args.claim_ttl < Duration::from_millis(300) {
-        bail!("--claim-ttl must be at least 300ms (it is renewed every third of it)");
+impl DaemonArgs {
+    pub fn apply(&self, o: &mut crate::config::Overrides) {
+        o.workers = self.workers.or(o.workers);
+        o.claim_ttl = self.claim_ttl.or(o.claim_ttl);
+        o.reclaim_grace = self.reclaim_grace.or(o.reclaim_grace);
+        o.retention = self.retention.or(o.retention);
     }
+}
+
+/// The engine and daemon settings from `settings`.
+pub fn daemon_parts(store: &Store, settings: &Settings) -> (Arc<Engine>, DaemonConfig) {
     let mut cfg = EngineConfig::new(owner());
-    cfg.lock_ttl = args.claim_ttl;
-    cfg.reclaim_grace = args.reclaim_grace;
-    cfg.retention = args.retention;
+    cfg.lock_ttl = settings.claim_ttl;
+    cfg.reclaim_grace = settings.reclaim_grace;
+    cfg.retention = settings.retention;
     let engine = Arc::new(Engine::new(
         store.clone(),
         Arc::new(drydock_blueprints::registry()),
         cfg,
     ));
+    let daemon = DaemonConfig {
+        workers: settings.workers,
+        claim_ttl: settings.claim_ttl,
+        ..Default::default()
+    };
+    (engine, daemon)
+}
+
+/// A channel that turns true on SIGTERM or Ctrl-C.
+pub fn stop_on_signal(what: &'static str) -> tokio::sync::watch::Receiver<bool> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let id = format!("{}:{}", owner(), drydock_store::now_ms());
-    eprintln!(
-        "drydock daemon {id}: {} worker(s) on {}",
-        args.workers,
-        store.dialect().as_str()
-    );
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
                 Err(e) => {
-                    eprintln!("drydock daemon: cannot watch SIGTERM: {e}");
+                    eprintln!("drydock {what}: cannot watch SIGTERM: {e}");
                     return;
                 }
             };
@@ -120,15 +124,26 @@ pub async fn daemon(store: &Store, args: DaemonArgs) -> anyhow::Result<ExitCode>
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        eprintln!("drydock daemon: stopping after the tasks in hand");
+        eprintln!("drydock {what}: stopping after the work in hand");
         let _ = stop_tx.send(true);
     });
-    let cfg = DaemonConfig {
-        workers: args.workers.clamp(1, 256),
-        claim_ttl: args.claim_ttl,
-        ..Default::default()
-    };
-    drydock_engine::daemon::run(engine, cfg, &id, stop_rx).await?;
+    stop_rx
+}
+
+pub fn daemon_id() -> String {
+    format!("{}:{}", owner(), drydock_store::now_ms())
+}
+
+pub async fn daemon(store: &Store, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let (engine, cfg) = daemon_parts(store, settings);
+    let id = daemon_id();
+    eprintln!(
+        "drydock daemon {id}: {} worker(s) on {}",
+        cfg.workers,
+        store.dialect().as_str()
+    );
+    let stop = stop_on_signal("daemon");
+    drydock_engine::daemon::run(engine, cfg, &id, stop).await?;
     Ok(ExitCode::SUCCESS)
 }
 

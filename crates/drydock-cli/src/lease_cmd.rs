@@ -1,7 +1,7 @@
 //! `drydock lease`: request a lease and wait until it is active, showing its
 //! log while it waits; `drydock lease list|show`.
 
-use crate::admin::{daemon_alive, engine, pairs, resolve_blueprint};
+use crate::admin::{daemon_alive, engine, pairs};
 use crate::output::{self, print};
 use anyhow::bail;
 use clap::{Args, Subcommand};
@@ -9,7 +9,7 @@ use drydock_engine::daemon::DaemonConfig;
 use drydock_engine::{ADMIN, client};
 use drydock_model::{LeaseId, LeaseStatus};
 use drydock_store::Store;
-use drydock_store::lease::{Lease, LeaseFilter, NewLease};
+use drydock_store::lease::{Lease, LeaseFilter};
 use drydock_store::log::LogFilter;
 use drydock_store::queue::{WorkerConfig, run_worker};
 use std::process::ExitCode;
@@ -155,44 +155,9 @@ async fn queue(store: &Store, args: &RequestArgs) -> anyhow::Result<Lease> {
     let Some(kind) = args.kind.clone() else {
         bail!("--type is required (e.g. --type host)")
     };
-    // Like the original (spec §13): refuse a lease nothing could ever satisfy.
-    let registry = drydock_blueprints::registry();
-    if registry.for_resource_type(&kind).is_empty() {
-        let known: Vec<&str> = registry.iter().map(|i| i.resource_type()).collect();
-        bail!(
-            "no blueprint type builds {kind:?} resources (known resource types: {})",
-            known.join(", ")
-        );
-    }
-    let of_type: Vec<_> = store
-        .blueprints(None)
-        .await?
-        .into_iter()
-        .filter(|b| {
-            registry
-                .get(&b.kind)
-                .is_some_and(|i| i.resource_type() == kind)
-        })
-        .collect();
-    let mut blueprint_ids = Vec::new();
-    for b in &args.blueprints {
-        let id = resolve_blueprint(store, b).await?;
-        if !of_type.iter().any(|bp| bp.id == id) {
-            bail!("blueprint {b:?} does not build {kind:?} resources");
-        }
-        if blueprint_ids.contains(&id) {
-            bail!("blueprint {b:?} given twice");
-        }
-        blueprint_ids.push(id);
-    }
-    if blueprint_ids.is_empty() && !of_type.iter().any(|b| !b.disabled) {
-        bail!(
-            "no enabled blueprint builds {kind:?} resources; create one with `drydock blueprint create`"
-        );
-    }
-    let new = NewLease {
+    let request = client::LeaseRequest {
         resource_type: kind,
-        blueprint_ids,
+        blueprints: args.blueprints.clone(),
         authorizing: ADMIN.into(),
         owner: Some(format!(
             "cli:{}",
@@ -204,7 +169,7 @@ async fn queue(store: &Store, args: &RequestArgs) -> anyhow::Result<Lease> {
             .until
             .map(|d| drydock_store::now_ms() + drydock_store::ms(d)),
     };
-    Ok(client::request_lease(store, &new).await?)
+    Ok(client::queue_lease(store, &drydock_blueprints::registry(), &request).await?)
 }
 
 /// Queue a lease as the flags say and wait for it. `Ok(Err(code))` when it

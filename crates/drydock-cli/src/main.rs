@@ -3,13 +3,16 @@
 //! client functions or the store; no lifecycle logic lives here.
 
 mod admin;
+mod config;
 mod exec_cmd;
 mod lease_cmd;
 mod output;
+mod serve;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use drydock_store::{DEFAULT_DATABASE_URL, Store, redact_url};
+use drydock_store::{Store, redact_url};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
@@ -19,9 +22,14 @@ use std::process::ExitCode;
     about = "Drydock: a resource broker that hands out leases on hosts and working copies"
 )]
 struct Cli {
-    /// Database URL: sqlite://PATH (embedded default) or postgres://USER@HOST:PORT/DB.
-    #[arg(long, global = true, env = "DRYDOCK_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
-    database: String,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST:PORT/DB
+    /// [default: sqlite://drydock.db].
+    #[arg(long, global = true, env = "DRYDOCK_DATABASE_URL")]
+    database: Option<String>,
+
+    /// Settings file (TOML); flags and environment variables override it.
+    #[arg(long, global = true, env = "DRYDOCK_CONFIG")]
+    config: Option<PathBuf>,
 
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -33,6 +41,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Start Drydock: HTTP server, web UI and daemon in one process.
+    Up(UpArgs),
+    /// Run the HTTP server (API, web UI, metrics) without a daemon.
+    Serve(serve::ServeArgs),
+    /// Check a settings file and print the settings in force.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Apply pending schema migrations and report the schema version.
     Migrate,
     /// Run update workers and garbage collection until SIGTERM or Ctrl-C.
@@ -69,6 +84,20 @@ enum Cmd {
     /// Store and list secrets (SSH private keys).
     #[command(subcommand)]
     Credential(exec_cmd::CredentialCmd),
+}
+
+#[derive(Args, Debug)]
+struct UpArgs {
+    #[command(flatten)]
+    serve: serve::ServeArgs,
+    #[command(flatten)]
+    daemon: admin::DaemonArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Validate a settings file (default: --config) and print the result.
+    Check { path: Option<PathBuf> },
 }
 
 #[derive(Args, Debug)]
@@ -113,19 +142,67 @@ pub(crate) async fn open(url: &str) -> anyhow::Result<Store> {
         .with_context(|| format!("opening {}", redact_url(url)))
 }
 
+/// The settings in force: defaults, the `--config` file, then flags and
+/// environment variables.
+fn settings(cli: &Cli, file: Option<&std::path::Path>) -> anyhow::Result<config::Settings> {
+    let loaded = file.map(config::FileConfig::load).transpose()?;
+    let mut o = config::Overrides {
+        database: cli.database.clone(),
+        ..Default::default()
+    };
+    match &cli.command {
+        Cmd::Up(a) => {
+            o.listen = a.serve.listen.clone();
+            a.daemon.apply(&mut o);
+        }
+        Cmd::Serve(a) => o.listen = a.listen.clone(),
+        Cmd::Daemon(a) => a.apply(&mut o),
+        _ => {}
+    }
+    config::resolve(loaded.as_ref(), &o)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let json = cli.json;
+    if let Cmd::Config(ConfigCmd::Check { path }) = &cli.command {
+        let Some(path) = path.as_ref().or(cli.config.as_ref()) else {
+            anyhow::bail!("give a file: drydock config check PATH (or --config PATH)");
+        };
+        let s = settings(&cli, Some(path))?;
+        let shown = config::Settings {
+            database: redact_url(&s.database),
+            ..s
+        };
+        output::print(json, &shown, || {
+            format!(
+                "{}: OK\n  database = {}\n  server.listen = {}\n  daemon.workers = {}\n  daemon.claim_ttl = {}\n  daemon.reclaim_grace = {}\n  daemon.retention = {}",
+                path.display(),
+                shown.database,
+                shown.listen,
+                shown.workers,
+                humantime::format_duration(shown.claim_ttl),
+                humantime::format_duration(shown.reclaim_grace),
+                humantime::format_duration(shown.retention),
+            )
+        });
+        return Ok(ExitCode::SUCCESS);
+    }
+    let settings = settings(&cli, cli.config.as_deref())?;
+    let db = settings.database.as_str();
     match cli.command {
+        Cmd::Config(_) => unreachable!("handled above"),
+        Cmd::Up(_) => serve::up(&open(db).await?, &settings).await,
+        Cmd::Serve(_) => serve::serve(&open(db).await?, &settings).await,
         Cmd::Migrate => {
-            let store = Store::connect(&cli.database)
+            let store = Store::connect(db)
                 .await
-                .with_context(|| format!("opening {}", redact_url(&cli.database)))?;
+                .with_context(|| format!("opening {}", redact_url(db)))?;
             let applied = store.migrate().await?;
             let version = store.applied_migrations().await?;
             output::print(
                 json,
                 &serde_json::json!({
-                    "database": redact_url(&cli.database),
+                    "database": redact_url(db),
                     "dialect": store.dialect().as_str(),
                     "applied": applied,
                     "schema_version": version,
@@ -133,7 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 || {
                     format!(
                         "{} ({}): applied {applied} migration(s); schema version {version}",
-                        redact_url(&cli.database),
+                        redact_url(db),
                         store.dialect().as_str()
                     )
                 },
@@ -141,28 +218,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store.close().await;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Daemon(args) => admin::daemon(&open(&cli.database).await?, args).await,
-        Cmd::Blueprint(cmd) => admin::blueprint(&open(&cli.database).await?, cmd, json).await,
-        Cmd::Lease(args) => lease_cmd::lease(&open(&cli.database).await?, args, json).await,
-        Cmd::Resource(cmd) => admin::resource(&open(&cli.database).await?, cmd, json).await,
-        Cmd::ReleaseLease(ids) => {
-            admin::release(&open(&cli.database).await?, true, &ids.ids, json).await
-        }
+        Cmd::Daemon(_) => admin::daemon(&open(db).await?, &settings).await,
+        Cmd::Blueprint(cmd) => admin::blueprint(&open(db).await?, cmd, json).await,
+        Cmd::Lease(args) => lease_cmd::lease(&open(db).await?, args, json).await,
+        Cmd::Resource(cmd) => admin::resource(&open(db).await?, cmd, json).await,
+        Cmd::ReleaseLease(ids) => admin::release(&open(db).await?, true, &ids.ids, json).await,
         Cmd::ReleaseResource(ids) => {
-            admin::release(&open(&cli.database).await?, false, &ids.ids, json).await
+            admin::release(&open(db).await?, false, &ids.ids, json).await
         }
-        Cmd::RenewLease(args) => admin::renew(&open(&cli.database).await?, args, json).await,
-        Cmd::UpdateLease(ids) => {
-            admin::update(&open(&cli.database).await?, true, &ids.ids, json).await
-        }
-        Cmd::UpdateResource(ids) => {
-            admin::update(&open(&cli.database).await?, false, &ids.ids, json).await
-        }
-        Cmd::Reclaim(args) => admin::reclaim(&open(&cli.database).await?, args, json).await,
-        Cmd::Log(args) => admin::log(&open(&cli.database).await?, args, json).await,
-        Cmd::Command(args) => exec_cmd::command(&open(&cli.database).await?, args).await,
-        Cmd::Run(args) => exec_cmd::run(&open(&cli.database).await?, args, json).await,
-        Cmd::File(cmd) => exec_cmd::file(&open(&cli.database).await?, cmd, json).await,
-        Cmd::Credential(cmd) => exec_cmd::credential(&open(&cli.database).await?, cmd, json).await,
+        Cmd::RenewLease(args) => admin::renew(&open(db).await?, args, json).await,
+        Cmd::UpdateLease(ids) => admin::update(&open(db).await?, true, &ids.ids, json).await,
+        Cmd::UpdateResource(ids) => admin::update(&open(db).await?, false, &ids.ids, json).await,
+        Cmd::Reclaim(args) => admin::reclaim(&open(db).await?, args, json).await,
+        Cmd::Log(args) => admin::log(&open(db).await?, args, json).await,
+        Cmd::Command(args) => exec_cmd::command(&open(db).await?, args).await,
+        Cmd::Run(args) => exec_cmd::run(&open(db).await?, args, json).await,
+        Cmd::File(cmd) => exec_cmd::file(&open(db).await?, cmd, json).await,
+        Cmd::Credential(cmd) => exec_cmd::credential(&open(db).await?, cmd, json).await,
     }
 }

@@ -598,6 +598,9 @@ impl Engine {
         }
         *lease = tx.save_lease(&next, lock).await?;
         tx.commit().await?;
+        if acquisition.activate_now {
+            crate::metrics::lease_activated(lease);
+        }
         Ok(Acquire::Acquired)
     }
 

@@ -161,6 +161,117 @@ async fn resolve_references(
     Ok(())
 }
 
+/// What a requester asks for, before checking: blueprints by id or name.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseRequest {
+    pub resource_type: String,
+    pub blueprints: Vec<String>,
+    pub authorizing: String,
+    pub owner: Option<String>,
+    pub attributes: Map<String, Value>,
+    pub priority: i64,
+    pub until: Option<i64>,
+}
+
+/// Find a blueprint by id or name.
+pub async fn find_blueprint(store: &Store, text: &str) -> Result<Blueprint, ClientError> {
+    let found = match text.parse::<i64>() {
+        Ok(id) => store.blueprint(BlueprintId(id)).await,
+        Err(_) => store.blueprint_by_name(text).await,
+    };
+    found.map_err(|e| match e {
+        StoreError::NotFound { .. } => ClientError::InvalidRequest(format!(
+            "no blueprint {text:?} (give an id or a name)"
+        )),
+        e => e.into(),
+    })
+}
+
+/// Check a request and queue it. Like the original (spec §13), a lease
+/// nothing could ever satisfy is refused at once: an unknown resource
+/// type, a named blueprint of another type, or no enabled blueprint.
+pub async fn queue_lease(
+    store: &Store,
+    registry: &Registry,
+    req: &LeaseRequest,
+) -> Result<Lease, ClientError> {
+    let kind = req.resource_type.as_str();
+    if registry.for_resource_type(kind).is_empty() {
+        let mut known: Vec<&str> = registry.iter().map(|i| i.resource_type()).collect();
+        known.dedup();
+        return Err(ClientError::InvalidRequest(format!(
+            "no blueprint type builds {kind:?} resources (known resource types: {})",
+            known.join(", ")
+        )));
+    }
+    let of_type: Vec<Blueprint> = store
+        .blueprints(None)
+        .await?
+        .into_iter()
+        .filter(|b| {
+            registry
+                .get(&b.kind)
+                .is_some_and(|i| i.resource_type() == kind)
+        })
+        .collect();
+    let mut blueprint_ids = Vec::new();
+    for b in &req.blueprints {
+        let id = find_blueprint(store, b).await?.id;
+        if !of_type.iter().any(|bp| bp.id == id) {
+            return Err(ClientError::InvalidRequest(format!(
+                "blueprint {b:?} does not build {kind:?} resources"
+            )));
+        }
+        if blueprint_ids.contains(&id) {
+            return Err(ClientError::InvalidRequest(format!(
+                "blueprint {b:?} given twice"
+            )));
+        }
+        blueprint_ids.push(id);
+    }
+    if blueprint_ids.is_empty() && !of_type.iter().any(|b| !b.disabled) {
+        return Err(ClientError::InvalidRequest(format!(
+            "no enabled blueprint builds {kind:?} resources; create one first"
+        )));
+    }
+    request_lease(
+        store,
+        &NewLease {
+            resource_type: req.resource_type.clone(),
+            blueprint_ids,
+            authorizing: req.authorizing.clone(),
+            owner: req.owner.clone(),
+            attributes: req.attributes.clone(),
+            priority: req.priority,
+            until: req.until,
+        },
+    )
+    .await
+}
+
+/// Wait until lease `id` satisfies `done` or `timeout` passes, and return
+/// it as last read. Woken by commits (this process's, or another's through
+/// the store's listener), with a short poll as the safety net.
+pub async fn wait_for_lease(
+    store: &Store,
+    id: LeaseId,
+    timeout: std::time::Duration,
+    done: impl Fn(&Lease) -> bool,
+) -> Result<Lease, ClientError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let signal = store.change_signal().await;
+        let lease = store.lease(id).await?;
+        let now = tokio::time::Instant::now();
+        if done(&lease) || now >= deadline {
+            return Ok(lease);
+        }
+        signal
+            .wait((deadline - now).min(std::time::Duration::from_millis(250)))
+            .await;
+    }
+}
+
 /// Longest `until` accepted: one year from now.
 pub const MAX_LEASE_MS: i64 = 366 * 86_400_000;
 
@@ -336,11 +447,21 @@ pub async fn edit_blueprint(
     })?;
     let mut merged = bp.fields.clone();
     for (k, v) in changes {
-        merged.insert(k.clone(), v.clone());
+        // `null` puts a field back to its default (or unset).
+        if v.is_null() {
+            merged.remove(k);
+        } else {
+            merged.insert(k.clone(), v.clone());
+        }
     }
     let mut valid = validate_fields(imp.fields(), &merged).map_err(ClientError::InvalidFields)?;
     resolve_references(store, imp.fields(), &mut valid).await?;
     let mut delta = Map::new();
+    for k in bp.fields.keys() {
+        if !valid.contains_key(k) {
+            delta.insert(k.clone(), Value::Null);
+        }
+    }
     for (k, v) in valid {
         if bp.fields.get(&k) != Some(&v) {
             delta.insert(k, v);

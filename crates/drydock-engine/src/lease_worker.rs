@@ -61,7 +61,13 @@ impl Engine {
                 // released -> destroyed, without another trip through the queue.
                 for _ in 0..4 {
                     let step = match lease.status {
-                        LeaseStatus::Pending => self.allocate(&mut lease, lock).await?,
+                        LeaseStatus::Pending => {
+                            let started = std::time::Instant::now();
+                            let step = self.allocate(&mut lease, lock).await;
+                            metrics::histogram!(crate::metrics::ALLOCATOR_PASS_SECONDS)
+                                .record(started.elapsed().as_secs_f64());
+                            step?
+                        }
                         LeaseStatus::Acquired => self.activate_lease(&mut lease, lock).await?,
                         LeaseStatus::Active => Step::Wait(lease.until.map_or(Next::Idle, Next::At)),
                         LeaseStatus::Released | LeaseStatus::Broken => {
@@ -238,6 +244,7 @@ impl Engine {
                 wake_owner(&mut tx, &next).await?;
                 *lease = tx.save_lease(&next, lock).await?;
                 tx.commit().await?;
+                crate::metrics::lease_activated(lease);
                 Ok(Step::Progress)
             }
             _ => {

@@ -14,6 +14,7 @@ pub mod blueprint;
 pub mod client;
 pub mod daemon;
 pub mod events;
+pub mod metrics;
 
 mod allocator;
 mod lease_worker;

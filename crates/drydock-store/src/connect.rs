@@ -158,6 +158,7 @@ impl Store {
                 write,
                 read,
                 tasks_ready: tokio::sync::Notify::new(),
+                changed: tokio::sync::Notify::new(),
                 url: url.to_owned(),
                 listener: tokio::sync::OnceCell::new(),
             }),

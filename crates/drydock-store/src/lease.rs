@@ -103,10 +103,17 @@ pub(crate) fn check_map(what: &'static str, map: &Map<String, Value>) -> Result<
 #[derive(Clone, Debug, Default)]
 pub struct LeaseFilter {
     pub statuses: Vec<LeaseStatus>,
-    pub resource: Option<ResourceId>,
-    pub owner: Option<String>,
+    pub ids: Vec<LeaseId>,
+    /// Leases on any of these resources.
+    pub resources: Vec<ResourceId>,
+    /// Leases of any of these owners.
+    pub owners: Vec<String>,
     /// Only leases with an id below this (paging newest first).
     pub before: Option<LeaseId>,
+    /// Only leases with an id above this.
+    pub after: Option<LeaseId>,
+    /// Oldest first instead of newest first.
+    pub ascending: bool,
     pub limit: Option<i64>,
 }
 
@@ -205,32 +212,20 @@ impl Store {
         crate::row::by_id(self.read_pool(), COLUMNS, "leases", "lease", id.0, from_row).await
     }
 
-    /// Leases matching `filter`, newest first.
+    /// Leases matching `filter`, newest first (or oldest first).
     pub async fn leases(&self, filter: &LeaseFilter) -> Result<Vec<Lease>> {
         let limit = filter.limit.unwrap_or(100).clamp(1, 10_000);
-        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
-        let status_sql = if statuses.is_empty() {
-            String::from("1 = 1")
-        } else {
-            // Statuses come from the enum, never from input text.
-            format!(
-                "status IN ({})",
-                statuses
-                    .iter()
-                    .map(|s| format!("'{s}'"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        };
-        let sql = format!(
-            "SELECT {COLUMNS} FROM leases WHERE {status_sql} AND ($1 IS NULL OR resource_id = $1) \
-             AND ($2 IS NULL OR owner = $2) AND id < $3 ORDER BY id DESC LIMIT $4"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(filter.resource.map(|r| r.0))
-            .bind(&filter.owner)
-            .bind(filter.before.map(|b| b.0).unwrap_or(i64::MAX))
-            .bind(limit)
+        let mut q = crate::row::Select::new(format!(
+            "SELECT {COLUMNS} FROM leases WHERE {}",
+            crate::row::status_in(filter.statuses.iter().map(|s| s.as_str()))
+        ));
+        q.any_of("id", filter.ids.iter().map(|i| i.0));
+        q.any_of("resource_id", filter.resources.iter().map(|r| r.0));
+        q.any_of("owner", filter.owners.iter().cloned());
+        q.below("id", filter.before.map(|b| b.0));
+        q.above("id", filter.after.map(|a| a.0));
+        let rows = q
+            .page(if filter.ascending { "id" } else { "id DESC" }, limit)
             .fetch_all(self.read_pool())
             .await?;
         rows.iter().map(from_row).collect()

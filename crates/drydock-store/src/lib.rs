@@ -27,6 +27,7 @@ pub mod queue;
 pub mod resource;
 mod row;
 pub mod slot_lock;
+pub mod stats;
 mod wakeup;
 
 pub use connect::{DEFAULT_DATABASE_URL, Dialect, redact_url};
@@ -70,6 +71,9 @@ struct Inner {
     /// Woken after a commit that made a task runnable (and, on PostgreSQL,
     /// by `NOTIFY` from other processes).
     tasks_ready: Notify,
+    /// Woken after every commit (and by other processes' commits, once the
+    /// listener runs): readers waiting for an object to change re-read it.
+    changed: Notify,
     /// The connection URL (kept for the PostgreSQL listener; never printed).
     url: String,
     listener: tokio::sync::OnceCell<()>,
@@ -149,6 +153,7 @@ impl Tx {
             deferred_fires,
         } = self;
         tx.commit().await?;
+        store.inner.changed.notify_waiters();
         if wake_workers {
             store.inner.tasks_ready.notify_waiters();
         }

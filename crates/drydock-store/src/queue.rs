@@ -595,6 +595,7 @@ impl Store {
                                 let got = l.try_recv().await;
                                 let Some(inner) = weak.upgrade() else { return };
                                 inner.tasks_ready.notify_waiters();
+                                inner.changed.notify_waiters();
                                 match got {
                                     Ok(Some(_)) => {}
                                     // Connection lost: reconnect below.
@@ -652,12 +653,39 @@ impl Store {
                         };
                         if last.is_some_and(|l| l != version) {
                             inner.tasks_ready.notify_waiters();
+                            inner.changed.notify_waiters();
                         }
                         last = Some(version);
                     }
                 });
             })
             .await;
+    }
+}
+
+impl Store {
+    /// A signal that fires after the next commit to the database (this
+    /// process's, or — through the listener — another's). Take it before
+    /// reading, then wait on it, so no change between the read and the
+    /// wait is missed. Other processes' PostgreSQL commits are only seen
+    /// when they queue work, so waiters also poll.
+    pub async fn change_signal(&self) -> ChangeSignal<'_> {
+        self.ensure_listener().await;
+        let mut notified = Box::pin(self.inner.changed.notified());
+        notified.as_mut().enable();
+        ChangeSignal { notified }
+    }
+}
+
+/// See [`Store::change_signal`].
+pub struct ChangeSignal<'a> {
+    notified: Pin<Box<tokio::sync::futures::Notified<'a>>>,
+}
+
+impl ChangeSignal<'_> {
+    /// Wait for the change, or at most `poll`.
+    pub async fn wait(self, poll: Duration) {
+        let _ = tokio::time::timeout(poll, self.notified).await;
     }
 }
 
@@ -746,6 +774,9 @@ impl WorkerConfig {
     }
 }
 
+/// Counter of finished task runs, by task kind and outcome.
+pub const TASK_OUTCOMES: &str = "drydock_task_outcomes_total";
+
 /// Run one claimed task: heartbeat while the handler works, then record the
 /// outcome. Returns the outcome, or the store error that stopped recording it.
 pub async fn run_claimed<H: Handler>(
@@ -786,6 +817,14 @@ pub async fn run_claimed<H: Handler>(
         },
         Outcome::Fail(e) => Completion::Fail(e.clone()),
     };
+    let outcome_name = match &outcome {
+        Outcome::Done => "done",
+        Outcome::Yield(_) => "yield",
+        Outcome::Retry(_) => "retry",
+        Outcome::Fail(_) => "fail",
+    };
+    metrics::counter!(TASK_OUTCOMES, "kind" => task.kind.clone(), "outcome" => outcome_name)
+        .increment(1);
     store.complete(task, completion).await?;
     Ok(outcome)
 }

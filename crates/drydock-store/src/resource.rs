@@ -44,6 +44,22 @@ impl Resource {
     }
 }
 
+/// Which resources to list. Unset fields do not filter.
+#[derive(Clone, Debug, Default)]
+pub struct ResourceFilter {
+    pub statuses: Vec<ResourceStatus>,
+    pub ids: Vec<ResourceId>,
+    /// Resources of any of these blueprints.
+    pub blueprints: Vec<BlueprintId>,
+    /// Only resources with an id below this (paging newest first).
+    pub before: Option<ResourceId>,
+    /// Only resources with an id above this.
+    pub after: Option<ResourceId>,
+    /// Oldest first instead of newest first.
+    pub ascending: bool,
+    pub limit: Option<i64>,
+}
+
 const COLUMNS: &str = "id, blueprint_id, type, status, until_at, attributes, failure, version, last_used_at, created_at, modified_at";
 
 fn from_row(row: &AnyRow) -> Result<Resource> {
@@ -154,14 +170,28 @@ impl Store {
         status: Option<ResourceStatus>,
         limit: i64,
     ) -> Result<Vec<Resource>> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM resources WHERE ($1 IS NULL OR blueprint_id = $1) AND ($2 IS NULL OR status = $2) \
-             ORDER BY id DESC LIMIT $3"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(blueprint.map(|b| b.0))
-            .bind(status.map(|s| s.as_str()))
-            .bind(limit.clamp(1, 10_000))
+        self.resources_matching(&ResourceFilter {
+            statuses: status.into_iter().collect(),
+            blueprints: blueprint.into_iter().collect(),
+            limit: Some(limit),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Resources matching `filter`, newest first (or oldest first), one page.
+    pub async fn resources_matching(&self, filter: &ResourceFilter) -> Result<Vec<Resource>> {
+        let mut q = crate::row::Select::new(format!(
+            "SELECT {COLUMNS} FROM resources WHERE {}",
+            crate::row::status_in(filter.statuses.iter().map(|s| s.as_str()))
+        ));
+        q.any_of("id", filter.ids.iter().map(|i| i.0));
+        q.any_of("blueprint_id", filter.blueprints.iter().map(|b| b.0));
+        q.below("id", filter.before.map(|b| b.0));
+        q.above("id", filter.after.map(|a| a.0));
+        let order = if filter.ascending { "id" } else { "id DESC" };
+        let rows = q
+            .page(order, filter.limit.unwrap_or(100).clamp(1, 10_000))
             .fetch_all(self.read_pool())
             .await?;
         rows.iter().map(from_row).collect()

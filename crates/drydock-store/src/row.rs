@@ -72,3 +72,96 @@ where
         id: id.to_string(),
     })?)
 }
+
+/// `status IN ('a', 'b')` for statuses named by an enum (never input text:
+/// the values are pasted into the SQL), or a true condition for none.
+pub(crate) fn status_in<'a>(statuses: impl Iterator<Item = &'static str> + 'a) -> String {
+    let list: Vec<String> = statuses.map(|s| format!("'{s}'")).collect();
+    if list.is_empty() {
+        "1 = 1".into()
+    } else {
+        format!("status IN ({})", list.join(", "))
+    }
+}
+
+/// A bound value of a dynamically built query.
+pub(crate) enum Arg {
+    Int(i64),
+    Text(String),
+}
+
+impl From<i64> for Arg {
+    fn from(v: i64) -> Self {
+        Arg::Int(v)
+    }
+}
+
+impl From<String> for Arg {
+    fn from(v: String) -> Self {
+        Arg::Text(v)
+    }
+}
+
+/// A `SELECT` whose conditions depend on the filter: column names come
+/// from code, every value is a bound parameter.
+pub(crate) struct Select {
+    sql: String,
+    args: Vec<Arg>,
+}
+
+impl Select {
+    /// `base` must end inside a `WHERE` clause (conditions are ANDed on).
+    pub(crate) fn new(base: String) -> Self {
+        Self {
+            sql: base,
+            args: Vec::new(),
+        }
+    }
+
+    fn placeholder(&mut self, v: Arg) -> String {
+        self.args.push(v);
+        format!("${}", self.args.len())
+    }
+
+    /// `column IN (...)`; no condition for an empty list.
+    pub(crate) fn any_of<T: Into<Arg>>(&mut self, column: &'static str, values: impl Iterator<Item = T>) {
+        let marks: Vec<String> = values.map(|v| self.placeholder(v.into())).collect();
+        if !marks.is_empty() {
+            self.sql += &format!(" AND {column} IN ({})", marks.join(", "));
+        }
+    }
+
+    /// `column < value` when a value is given (cursor paging).
+    pub(crate) fn below(&mut self, column: &'static str, value: Option<i64>) {
+        if let Some(v) = value {
+            let m = self.placeholder(Arg::Int(v));
+            self.sql += &format!(" AND {column} < {m}");
+        }
+    }
+
+    /// `column > value` when a value is given (cursor paging backwards).
+    pub(crate) fn above(&mut self, column: &'static str, value: Option<i64>) {
+        if let Some(v) = value {
+            let m = self.placeholder(Arg::Int(v));
+            self.sql += &format!(" AND {column} > {m}");
+        }
+    }
+
+    /// The query, ordered and limited.
+    pub(crate) fn page(
+        mut self,
+        order: &'static str,
+        limit: i64,
+    ) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+        let m = self.placeholder(Arg::Int(limit));
+        self.sql += &format!(" ORDER BY {order} LIMIT {m}");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql));
+        for a in self.args {
+            q = match a {
+                Arg::Int(v) => q.bind(v),
+                Arg::Text(v) => q.bind(v),
+            };
+        }
+        q
+    }
+}

@@ -196,7 +196,7 @@ async fn leases_are_inserted_listed_and_saved_under_their_lock(db: &TestDb) -> a
     ensure!(pending.len() == 1 && pending[0].id == b.id);
     let owned = s
         .leases(&LeaseFilter {
-            owner: Some("build/7".into()),
+            owners: vec!["build/7".into()],
             ..Default::default()
         })
         .await?;

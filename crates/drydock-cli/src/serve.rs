@@ -1,0 +1,142 @@
+//! `drydock serve` (the HTTP server) and `drydock up` (server and daemon in
+//! one process, with a ready `host.local` blueprint on a fresh database).
+
+use crate::admin::{daemon_id, daemon_parts, stop_on_signal};
+use crate::config::Settings;
+use anyhow::{Context, bail};
+use clap::Args;
+use drydock_engine::client;
+use drydock_server::AppState;
+use drydock_store::Store;
+use serde_json::{Map, Value};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:6060]. Port 0 picks a free port.
+    #[arg(long, env = "DRYDOCK_LISTEN")]
+    pub listen: Option<String>,
+}
+
+/// Until API tokens exist, the server only listens on loopback: anyone who
+/// can reach it can lease and run commands.
+fn check_listen(addr: SocketAddr) -> anyhow::Result<()> {
+    if !addr.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {addr}: the API and web UI have no authentication yet, so \
+             anyone who could reach them could run commands on your hosts. Listen on a loopback \
+             address (127.0.0.1 or ::1) and put an authenticating proxy in front if others need it."
+        );
+    }
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    check_listen(addr)?;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))
+}
+
+fn state(store: &Store) -> AppState {
+    // Counters and histograms of this process go to /metrics.
+    drydock_server::metrics::recorder();
+    AppState {
+        store: store.clone(),
+        registry: Arc::new(drydock_blueprints::registry()),
+    }
+}
+
+fn until_stopped(
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }
+}
+
+pub async fn serve(store: &Store, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let listener = bind(settings.listen).await?;
+    let addr = listener.local_addr()?;
+    println!("Drydock is serving on http://{addr}/ (API: http://{addr}/api/v1/)");
+    if store
+        .live_daemons(drydock_engine::daemon::ALIVE_WITHIN)
+        .await?
+        .is_empty()
+    {
+        eprintln!(
+            "drydock serve: no daemon is running on this database; leases will wait until one \
+             starts (`drydock daemon`, or use `drydock up` for both in one process)"
+        );
+    }
+    let stop = stop_on_signal("serve");
+    drydock_server::serve(listener, state(store), until_stopped(stop)).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Name of the blueprint `drydock up` offers on a fresh database.
+pub const STARTER_BLUEPRINT: &str = "local";
+
+/// On a database without blueprints, create a `host.local` one leasing
+/// directories under `./drydock-leases`, so a first lease works at once.
+async fn seed(store: &Store) -> anyhow::Result<Option<i64>> {
+    if !store.blueprints(None).await?.is_empty() {
+        return Ok(None);
+    }
+    let root = std::env::current_dir()?.join("drydock-leases");
+    let mut fields = Map::new();
+    fields.insert(
+        "root".into(),
+        Value::String(root.to_string_lossy().into_owned()),
+    );
+    fields.insert("limit".into(), Value::String("4".into()));
+    let bp = client::create_blueprint(
+        store,
+        &drydock_blueprints::registry(),
+        "drydock up",
+        STARTER_BLUEPRINT,
+        "host.local",
+        &fields,
+    )
+    .await?;
+    Ok(Some(bp.id.0))
+}
+
+pub async fn up(store: &Store, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let listener = bind(settings.listen).await?;
+    let addr = listener.local_addr()?;
+    let seeded = seed(store).await?;
+    let (engine, cfg) = daemon_parts(store, settings);
+    let id = daemon_id();
+    let stop = stop_on_signal("up");
+    let daemon = {
+        let stop = stop.clone();
+        let id = id.clone();
+        tokio::spawn(async move { drydock_engine::daemon::run(engine, cfg, &id, stop).await })
+    };
+    let server = tokio::spawn(drydock_server::serve(
+        listener,
+        state(store),
+        until_stopped(stop.clone()),
+    ));
+    let url = format!("http://{addr}");
+    println!("Drydock is up: {url}/");
+    println!("  database: {}", drydock_store::redact_url(&settings.database));
+    if let Some(bp) = seeded {
+        println!(
+            "  created blueprint {bp} ({STARTER_BLUEPRINT}, host.local): lease directories on this machine"
+        );
+    }
+    println!(
+        "  lease a host:  curl -s -X POST {url}/api/v1/leases -H 'content-type: application/json' -d '{{\"type\": \"host\"}}'"
+    );
+    println!("  API document:  {url}/api/openapi.json    metrics: {url}/metrics");
+    println!("Stop with Ctrl-C.");
+    let served = server.await.context("the server task failed")?;
+    let ran = daemon.await.context("the daemon task failed")?;
+    served.context("serving HTTP")?;
+    ran.context("running the daemon")?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,64 @@
+//! Drydock's HTTP face, one axum router:
+//!
+//! - `/api/v1/...`: the JSON API ([`api`]) for client programs, described
+//!   by the OpenAPI document at `/api/openapi.json` ([`openapi`]);
+//! - `/api/drydock.*.search`, `/api/conduit.query`: read-compatible search
+//!   methods of Phorge's Conduit API ([`conduit`]);
+//! - `/`, `/leases`, ...: the server-rendered web UI ([`web`]);
+//! - `/metrics`, `/healthz`, `/readyz` ([`metrics`]).
+//!
+//! Handlers only read the store and call the engine's client functions:
+//! every change to a lease or resource is a command for its worker.
+
+pub mod api;
+mod api_stream;
+pub mod conduit;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+mod views;
+pub mod web;
+
+use axum::Router;
+use drydock_engine::blueprint::Registry;
+use drydock_store::Store;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Largest request body accepted, in bytes (JSON API, Conduit, forms).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub registry: Arc<Registry>,
+}
+
+/// The whole application: API, Conduit methods, web UI and metrics.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .nest("/api/v1", api::routes())
+        .merge(conduit::routes())
+        .merge(openapi::routes())
+        .merge(metrics::routes())
+        .merge(web::routes())
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(metrics::track))
+        .with_state(state)
+}
+
+/// Serve `app` on `listener` until `shutdown` resolves; requests in flight
+/// finish first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
