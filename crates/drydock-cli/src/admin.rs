@@ -1,13 +1,13 @@
 //! Administrative commands: daemon, blueprints, resources, releases,
 //! foreground updates, reclaim and logs.
 
+use crate::config::Settings;
 use crate::output::{self, print};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use drydock_engine::daemon::{ALIVE_WITHIN, DaemonConfig};
 use drydock_engine::{Engine, EngineConfig, client};
 use drydock_model::{BlueprintId, LeaseId, ObjectRef, ResourceId, ResourceStatus};
-use crate::config::Settings;
 use drydock_store::Store;
 use drydock_store::log::{LogEntry, LogFilter};
 use drydock_store::queue::Outcome;

@@ -73,7 +73,10 @@ pub struct Settings {
 }
 
 mod humantime_serde_compat {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 }
@@ -108,7 +111,10 @@ pub fn resolve(file: Option<&FileConfig>, o: &Overrides) -> anyhow::Result<Setti
         .clone()
         .or_else(|| f.database.clone())
         .unwrap_or_else(|| drydock_store::DEFAULT_DATABASE_URL.into());
-    if !(database.starts_with("sqlite:") || database.starts_with("postgres://") || database.starts_with("postgresql://")) {
+    if !(database.starts_with("sqlite:")
+        || database.starts_with("postgres://")
+        || database.starts_with("postgresql://"))
+    {
         bail!(
             "database {:?}: expected sqlite://PATH or postgres://USER@HOST:PORT/DB",
             drydock_store::redact_url(&database)
@@ -126,14 +132,19 @@ pub fn resolve(file: Option<&FileConfig>, o: &Overrides) -> anyhow::Result<Setti
     if !(1..=256).contains(&workers) {
         bail!("daemon.workers = {workers}: expected 1 to 256");
     }
-    let pick = |over: Option<Duration>, key: &str, text: &Option<String>, default: Duration| {
-        match (over, text) {
-            (Some(d), _) => Ok(d),
-            (None, Some(t)) => duration(key, t),
-            (None, None) => Ok(default),
-        }
+    let pick = |over: Option<Duration>, key: &str, text: &Option<String>, default: Duration| match (
+        over, text,
+    ) {
+        (Some(d), _) => Ok(d),
+        (None, Some(t)) => duration(key, t),
+        (None, None) => Ok(default),
     };
-    let claim_ttl = pick(o.claim_ttl, "daemon.claim_ttl", &f.daemon.claim_ttl, Duration::from_secs(30))?;
+    let claim_ttl = pick(
+        o.claim_ttl,
+        "daemon.claim_ttl",
+        &f.daemon.claim_ttl,
+        Duration::from_secs(30),
+    )?;
     if claim_ttl < Duration::from_millis(300) {
         bail!("daemon.claim_ttl must be at least 300ms (it is renewed every third of it)");
     }

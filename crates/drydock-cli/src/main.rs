@@ -223,9 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Lease(args) => lease_cmd::lease(&open(db).await?, args, json).await,
         Cmd::Resource(cmd) => admin::resource(&open(db).await?, cmd, json).await,
         Cmd::ReleaseLease(ids) => admin::release(&open(db).await?, true, &ids.ids, json).await,
-        Cmd::ReleaseResource(ids) => {
-            admin::release(&open(db).await?, false, &ids.ids, json).await
-        }
+        Cmd::ReleaseResource(ids) => admin::release(&open(db).await?, false, &ids.ids, json).await,
         Cmd::RenewLease(args) => admin::renew(&open(db).await?, args, json).await,
         Cmd::UpdateLease(ids) => admin::update(&open(db).await?, true, &ids.ids, json).await,
         Cmd::UpdateResource(ids) => admin::update(&open(db).await?, false, &ids.ids, json).await,

@@ -123,7 +123,10 @@ pub async fn up(store: &Store, settings: &Settings) -> anyhow::Result<ExitCode> 
     ));
     let url = format!("http://{addr}");
     println!("Drydock is up: {url}/");
-    println!("  database: {}", drydock_store::redact_url(&settings.database));
+    println!(
+        "  database: {}",
+        drydock_store::redact_url(&settings.database)
+    );
     if let Some(bp) = seeded {
         println!(
             "  created blueprint {bp} ({STARTER_BLUEPRINT}, host.local): lease directories on this machine"

@@ -180,9 +180,9 @@ pub async fn find_blueprint(store: &Store, text: &str) -> Result<Blueprint, Clie
         Err(_) => store.blueprint_by_name(text).await,
     };
     found.map_err(|e| match e {
-        StoreError::NotFound { .. } => ClientError::InvalidRequest(format!(
-            "no blueprint {text:?} (give an id or a name)"
-        )),
+        StoreError::NotFound { .. } => {
+            ClientError::InvalidRequest(format!("no blueprint {text:?} (give an id or a name)"))
+        }
         e => e.into(),
     })
 }

@@ -15,13 +15,11 @@ use axum::{Json, Router};
 use drydock_engine::ADMIN;
 use drydock_engine::blueprint::CommandSpec;
 use drydock_engine::client::{self, LeaseRequest};
-use drydock_model::{
-    BlueprintId, LeaseId, LeaseStatus, LogId, ResourceId, ResourceStatus,
-};
+use drydock_model::{BlueprintId, LeaseId, LeaseStatus, LogId, ResourceId, ResourceStatus};
 use drydock_store::lease::LeaseFilter;
 use drydock_store::log::LogFilter;
-use drydock_store::resource::ResourceFilter;
 use drydock_store::now_ms;
+use drydock_store::resource::ResourceFilter;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -106,7 +104,10 @@ fn statuses<T: std::str::FromStr<Err = E>, E: std::fmt::Display>(
         .flat_map(|t| t.split(','))
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<T>().map_err(|e| ApiError::bad_request(e.to_string())))
+        .map(|s| {
+            s.parse::<T>()
+                .map_err(|e| ApiError::bad_request(e.to_string()))
+        })
         .collect()
 }
 
@@ -258,9 +259,11 @@ pub async fn create_lease(
         (Some(u), None) => Some(*u),
         (None, Some(ttl)) => Some(
             now_ms()
-                + drydock_store::ms(duration("ttl", ttl, Duration::from_millis(
-                    client::MAX_LEASE_MS as u64,
-                ))?),
+                + drydock_store::ms(duration(
+                    "ttl",
+                    ttl,
+                    Duration::from_millis(client::MAX_LEASE_MS as u64),
+                )?),
         ),
         (None, None) => None,
     };
@@ -321,7 +324,9 @@ pub async fn wait_lease(
     ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> ApiResult<Json<LeaseView>> {
     let target = match &q.status {
-        Some(t) => t.parse::<LeaseStatus>().map_err(|e| ApiError::bad_request(e.to_string()))?,
+        Some(t) => t
+            .parse::<LeaseStatus>()
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
         None => LeaseStatus::Active,
     };
     let timeout = match &q.timeout {
@@ -329,9 +334,7 @@ pub async fn wait_lease(
         None => Duration::from_secs(30),
     };
     let lease = client::wait_for_lease(&s.store, LeaseId(id), timeout, |l| {
-        l.status == target
-            || rank(l.status) > rank(target)
-            || l.status == LeaseStatus::Broken
+        l.status == target || rank(l.status) > rank(target) || l.status == LeaseStatus::Broken
     })
     .await?;
     Ok(Json(LeaseView::from(&lease)))
@@ -519,7 +522,9 @@ pub async fn get_resource(
     State(s): State<AppState>,
     ApiId(id): ApiId,
 ) -> ApiResult<Json<ResourceView>> {
-    Ok(Json(ResourceView::from(&s.store.resource(ResourceId(id)).await?)))
+    Ok(Json(ResourceView::from(
+        &s.store.resource(ResourceId(id)).await?,
+    )))
 }
 
 #[utoipa::path(post, path = "/api/v1/resources/{id}/release", tag = "resources",
@@ -583,7 +588,9 @@ pub async fn get_blueprint(
     State(s): State<AppState>,
     ApiId(id): ApiId,
 ) -> ApiResult<Json<BlueprintView>> {
-    Ok(Json(BlueprintView::from(&s.store.blueprint(BlueprintId(id)).await?)))
+    Ok(Json(BlueprintView::from(
+        &s.store.blueprint(BlueprintId(id)).await?,
+    )))
 }
 
 /// A new blueprint.

@@ -59,7 +59,10 @@ const METHODS: &[(&str, &str)] = &[
         "drydock.authorization.search",
         "Retrieve information about Drydock authorizations.",
     ),
-    ("conduit.query", "Returns the parameters of the Conduit methods."),
+    (
+        "conduit.query",
+        "Returns the parameters of the Conduit methods.",
+    ),
 ];
 
 #[utoipa::path(post, path = "/api/{method}", tag = "conduit",
@@ -78,7 +81,10 @@ pub async fn call(
             Ok(params) => dispatch(&s, &method, &params).await,
             Err(f) => Err(f),
         },
-        Err(e) => Err(core(format!("the request could not be read: {}", e.body_text()))),
+        Err(e) => Err(core(format!(
+            "the request could not be read: {}",
+            e.body_text()
+        ))),
     };
     Json(match answer {
         Ok(result) => json!({ "result": result, "error_code": null, "error_info": null }),
@@ -155,8 +161,7 @@ fn nest(pairs: &[(String, String)]) -> Result<Map<String, Value>, Fault> {
     fn listify(v: Value) -> Value {
         match v {
             Value::Object(m) => {
-                let is_list = !m.is_empty()
-                    && (0..m.len()).all(|i| m.contains_key(&i.to_string()));
+                let is_list = !m.is_empty() && (0..m.len()).all(|i| m.contains_key(&i.to_string()));
                 if is_list {
                     let mut m = m;
                     Value::Array(
@@ -180,15 +185,59 @@ fn nest(pairs: &[(String, String)]) -> Result<Map<String, Value>, Fault> {
 async fn dispatch(s: &AppState, method: &str, params: &Map<String, Value>) -> Answer {
     match method {
         "conduit.query" => Ok(conduit_query()),
-        "drydock.blueprint.search" => blueprint_search(s, &Search::parse(params, &["ids", "phids", "match", "isDisabled", "projects"], &["active", "all"])?).await,
-        "drydock.resource.search" => resource_search(s, &Search::parse(params, &["ids", "phids", "statuses", "blueprintPHIDs"], &["active", "all"])?).await,
-        "drydock.lease.search" => lease_search(s, &Search::parse(params, &["ids", "phids", "statuses", "ownerPHIDs", "resourcePHIDs"], &["active", "all"])?).await,
-        "drydock.authorization.search" => authorization_search(s, &Search::parse(params, &["ids", "phids", "blueprintPHIDs", "objectPHIDs"], &["all"])?).await,
+        "drydock.blueprint.search" => {
+            blueprint_search(
+                s,
+                &Search::parse(
+                    params,
+                    &["ids", "phids", "match", "isDisabled", "projects"],
+                    &["active", "all"],
+                )?,
+            )
+            .await
+        }
+        "drydock.resource.search" => {
+            resource_search(
+                s,
+                &Search::parse(
+                    params,
+                    &["ids", "phids", "statuses", "blueprintPHIDs"],
+                    &["active", "all"],
+                )?,
+            )
+            .await
+        }
+        "drydock.lease.search" => {
+            lease_search(
+                s,
+                &Search::parse(
+                    params,
+                    &["ids", "phids", "statuses", "ownerPHIDs", "resourcePHIDs"],
+                    &["active", "all"],
+                )?,
+            )
+            .await
+        }
+        "drydock.authorization.search" => {
+            authorization_search(
+                s,
+                &Search::parse(
+                    params,
+                    &["ids", "phids", "blueprintPHIDs", "objectPHIDs"],
+                    &["all"],
+                )?,
+            )
+            .await
+        }
         _ => Err(Fault(
             "ERR-CONDUIT-CALL",
             format!(
                 "Conduit method {method:?} does not exist here (served: {})",
-                METHODS.iter().map(|(m, _)| *m).collect::<Vec<_>>().join(", ")
+                METHODS
+                    .iter()
+                    .map(|(m, _)| *m)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )),
     }
@@ -266,7 +315,9 @@ fn text_list(name: &str, v: &Value) -> Result<Vec<String>, Fault> {
         .map(|x| match x {
             Value::String(s) => Ok(s.clone()),
             Value::Number(n) => Ok(n.to_string()),
-            _ => Err(core(format!("constraint {name:?} must be a list of strings"))),
+            _ => Err(core(format!(
+                "constraint {name:?} must be a list of strings"
+            ))),
         })
         .collect()
 }
@@ -290,7 +341,11 @@ fn phid_ids(name: &str, kind: &str, v: &Value) -> Result<Vec<i64>, Fault> {
         .map(|p| {
             p.strip_prefix(&format!("PHID-{kind}-"))
                 .and_then(|n| n.parse().ok())
-                .ok_or_else(|| core(format!("constraint {name:?}: {p:?} is not a PHID-{kind}-... PHID")))
+                .ok_or_else(|| {
+                    core(format!(
+                        "constraint {name:?}: {p:?} is not a PHID-{kind}-... PHID"
+                    ))
+                })
         })
         .collect()
 }
@@ -298,8 +353,16 @@ fn phid_ids(name: &str, kind: &str, v: &Value) -> Result<Vec<i64>, Fault> {
 impl Search {
     fn parse(p: &Map<String, Value>, allowed: &[&str], keys: &[&str]) -> Result<Search, Fault> {
         for k in p.keys() {
-            if !["queryKey", "constraints", "attachments", "order", "before", "after", "limit"]
-                .contains(&k.as_str())
+            if ![
+                "queryKey",
+                "constraints",
+                "attachments",
+                "order",
+                "before",
+                "after",
+                "limit",
+            ]
+            .contains(&k.as_str())
             {
                 return Err(core(format!("unknown parameter {k:?}")));
             }
@@ -441,7 +504,9 @@ async fn blueprint_search(s: &AppState, q: &Search) -> Answer {
         None => None,
         Some(v) => Some(truthy(v).ok_or_else(|| core("constraint \"isDisabled\" must be a bool"))?),
     };
-    if let Some(p) = q.c("projects") && !list("projects", p)?.is_empty() {
+    if let Some(p) = q.c("projects")
+        && !list("projects", p)?.is_empty()
+    {
         // Drydock has no projects: nothing is tagged.
         return Ok(q.result(vec![], None, None, false));
     }
@@ -449,7 +514,9 @@ async fn blueprint_search(s: &AppState, q: &Search) -> Answer {
     all.reverse();
     all.retain(|b| {
         ids.as_ref().is_none_or(|ids| ids.contains(&b.id.0))
-            && name.as_ref().is_none_or(|n| b.name.to_lowercase().contains(n))
+            && name
+                .as_ref()
+                .is_none_or(|n| b.name.to_lowercase().contains(n))
             && disabled.is_none_or(|d| b.disabled == d)
             && (q.query_key.as_deref() != Some("active") || !b.disabled)
     });
@@ -470,7 +537,12 @@ async fn blueprint_search(s: &AppState, q: &Search) -> Answer {
             json!({ "id": b.id.0, "type": "DRYB", "phid": phid("DRYB", b.id.0), "fields": fields, "attachments": {} })
         })
         .collect();
-    Ok(q.result(data, page.first().map(|b| b.id.0), page.last().map(|b| b.id.0), more))
+    Ok(q.result(
+        data,
+        page.first().map(|b| b.id.0),
+        page.last().map(|b| b.id.0),
+        more,
+    ))
 }
 
 async fn resource_search(s: &AppState, q: &Search) -> Answer {
@@ -479,12 +551,17 @@ async fn resource_search(s: &AppState, q: &Search) -> Answer {
             .iter()
             .map(|t| t.parse::<ResourceStatus>().map_err(|e| core(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?,
-        None if q.query_key.as_deref() == Some("active") => vec![ResourceStatus::Pending, ResourceStatus::Active],
+        None if q.query_key.as_deref() == Some("active") => {
+            vec![ResourceStatus::Pending, ResourceStatus::Active]
+        }
         None => vec![],
     };
     statuses.dedup();
     let blueprints = match q.c("blueprintPHIDs") {
-        Some(v) => phid_ids("blueprintPHIDs", "DRYB", v)?.into_iter().map(BlueprintId).collect(),
+        Some(v) => phid_ids("blueprintPHIDs", "DRYB", v)?
+            .into_iter()
+            .map(BlueprintId)
+            .collect(),
         None => vec![],
     };
     let ids = q.ids("DRYR")?;
@@ -495,7 +572,11 @@ async fn resource_search(s: &AppState, q: &Search) -> Answer {
         .store
         .resources_matching(&ResourceFilter {
             statuses,
-            ids: ids.unwrap_or_default().into_iter().map(ResourceId).collect(),
+            ids: ids
+                .unwrap_or_default()
+                .into_iter()
+                .map(ResourceId)
+                .collect(),
             blueprints,
             before: q.after.map(ResourceId),
             after: q.before.map(ResourceId),
@@ -524,7 +605,12 @@ async fn resource_search(s: &AppState, q: &Search) -> Answer {
             })
         })
         .collect();
-    Ok(q.result(data, page.first().map(|r| r.id.0), page.last().map(|r| r.id.0), more))
+    Ok(q.result(
+        data,
+        page.first().map(|r| r.id.0),
+        page.last().map(|r| r.id.0),
+        more,
+    ))
 }
 
 async fn lease_search(s: &AppState, q: &Search) -> Answer {
@@ -534,12 +620,19 @@ async fn lease_search(s: &AppState, q: &Search) -> Answer {
             .map(|t| t.parse::<LeaseStatus>().map_err(|e| core(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?,
         None if q.query_key.as_deref() == Some("active") => {
-            vec![LeaseStatus::Pending, LeaseStatus::Acquired, LeaseStatus::Active]
+            vec![
+                LeaseStatus::Pending,
+                LeaseStatus::Acquired,
+                LeaseStatus::Active,
+            ]
         }
         None => vec![],
     };
     let resources = match q.c("resourcePHIDs") {
-        Some(v) => phid_ids("resourcePHIDs", "DRYR", v)?.into_iter().map(ResourceId).collect(),
+        Some(v) => phid_ids("resourcePHIDs", "DRYR", v)?
+            .into_iter()
+            .map(ResourceId)
+            .collect(),
         None => vec![],
     };
     let owners = match q.c("ownerPHIDs") {
@@ -588,7 +681,12 @@ async fn lease_search(s: &AppState, q: &Search) -> Answer {
             })
         })
         .collect();
-    Ok(q.result(data, page.first().map(|l| l.id.0), page.last().map(|l| l.id.0), more))
+    Ok(q.result(
+        data,
+        page.first().map(|l| l.id.0),
+        page.last().map(|l| l.id.0),
+        more,
+    ))
 }
 
 async fn authorization_search(s: &AppState, q: &Search) -> Answer {
@@ -605,7 +703,9 @@ async fn authorization_search(s: &AppState, q: &Search) -> Answer {
     all.reverse();
     all.retain(|a| {
         ids.as_ref().is_none_or(|i| i.contains(&a.id.0))
-            && blueprints.as_ref().is_none_or(|b| b.contains(&a.blueprint.0))
+            && blueprints
+                .as_ref()
+                .is_none_or(|b| b.contains(&a.blueprint.0))
             && objects.as_ref().is_none_or(|o| o.contains(&a.object))
     });
     let (page, more) = q.page(all, |a| a.id.0);
@@ -627,7 +727,12 @@ async fn authorization_search(s: &AppState, q: &Search) -> Answer {
             })
         })
         .collect();
-    Ok(q.result(data, page.first().map(|a| a.id.0), page.last().map(|a| a.id.0), more))
+    Ok(q.result(
+        data,
+        page.first().map(|a| a.id.0),
+        page.last().map(|a| a.id.0),
+        more,
+    ))
 }
 
 fn internal(e: drydock_store::StoreError) -> Fault {

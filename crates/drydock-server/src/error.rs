@@ -90,9 +90,11 @@ impl From<ClientError> for ApiError {
             | ClientError::NotActive { .. } => {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
-            ClientError::Interface(_) => {
-                Self::new(StatusCode::BAD_GATEWAY, "resource-unreachable", e.to_string())
-            }
+            ClientError::Interface(_) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "resource-unreachable",
+                e.to_string(),
+            ),
             ClientError::UnknownType(..)
             | ClientError::InvalidFields(_)
             | ClientError::InvalidRequest(_) => Self::bad_request(e.to_string()),
@@ -103,10 +105,9 @@ impl From<ClientError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         let (status, code) = match &r {
-            JsonRejection::MissingJsonContentType(_) => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-            ),
+            JsonRejection::MissingJsonContentType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
+            }
             JsonRejection::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "too-large")
             }

@@ -23,8 +23,7 @@ use std::time::Instant;
 
 /// Histogram buckets, in seconds: 1 ms to 5 minutes.
 const BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    300.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -187,7 +186,10 @@ async fn scrape(State(s): State<AppState>) -> Response {
         body.push_str(&handle.render());
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
         .into_response()
@@ -219,7 +221,9 @@ async fn readyz(State(s): State<AppState>) -> Response {
             tracing::error!("readyz: {e}");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(serde_json::json!({ "ready": false, "reason": "the database does not answer" })),
+                Json(
+                    serde_json::json!({ "ready": false, "reason": "the database does not answer" }),
+                ),
             )
                 .into_response()
         }

@@ -56,7 +56,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Headers for every page: no scripts, no framing, no sniffing, no
-/// referrer leaks; forms post only to this origin.
+/// referrer leaks to other sites; forms post only to this origin.
 async fn security_headers(req: Request, next: Next) -> Response {
     let mut r = next.run(req).await;
     let h = r.headers_mut();
@@ -66,9 +66,17 @@ async fn security_headers(req: Request, next: Next) -> Response {
             "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // `same-origin`, not `no-referrer`: with no referrer at all, browsers send
+    // `Origin: null` on our own form posts, which the origin check refuses.
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
@@ -133,7 +141,10 @@ fn check_post(headers: &HeaderMap, form: &[(String, String)]) -> Result<(), Resp
             return Err(refuse("The form was posted from another site."));
         }
     }
-    let sent = form.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str());
+    let sent = form
+        .iter()
+        .find(|(k, _)| k == "csrf")
+        .map(|(_, v)| v.as_str());
     match (cookie(headers, CSRF_COOKIE), sent) {
         (Some(c), Some(s)) if c.len() == 32 && constant_eq(c.as_bytes(), s.as_bytes()) => Ok(()),
         _ => Err(refuse("The form's security token is missing or stale.")),
@@ -160,7 +171,11 @@ fn render(t: &impl Template, status: StatusCode, csrf: Option<&Csrf>) -> Respons
         }
         Err(e) => {
             tracing::error!("rendering a page failed: {e}");
-            (StatusCode::INTERNAL_SERVER_ERROR, "the page could not be rendered").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered",
+            )
+                .into_response()
         }
     }
 }
@@ -211,10 +226,13 @@ fn client_error(e: client::ClientError) -> Response {
 }
 
 fn id(text: &str) -> Result<i64, Response> {
-    text.parse::<i64>()
-        .ok()
-        .filter(|i| *i > 0)
-        .ok_or_else(|| message(StatusCode::NOT_FOUND, "Not found", "There is no such object."))
+    text.parse::<i64>().ok().filter(|i| *i > 0).ok_or_else(|| {
+        message(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such object.",
+        )
+    })
 }
 
 /// `2026-11-29 23:14:08 UTC`.
@@ -275,7 +293,11 @@ fn log_rows(entries: &[LogEntry]) -> Vec<LogRow> {
 }
 
 /// The latest `n` events matching `filter`, oldest first.
-async fn recent_logs(store: &Store, mut filter: LogFilter, n: i64) -> Result<Vec<LogEntry>, StoreError> {
+async fn recent_logs(
+    store: &Store,
+    mut filter: LogFilter,
+    n: i64,
+) -> Result<Vec<LogEntry>, StoreError> {
     // Logs page oldest first; walk to the end keeping the last `n`.
     filter.limit = Some(1000);
     let mut kept: Vec<LogEntry> = Vec::new();
@@ -449,7 +471,11 @@ async fn leases(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Respon
         .flat_map(|t| t.split(','))
         .filter_map(|t| t.parse().ok())
         .collect();
-    let filter = statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
+    let filter = statuses
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
     let rows = match s
         .store
         .leases(&LeaseFilter {
@@ -464,7 +490,9 @@ async fn leases(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Respon
         Ok(r) => r,
         Err(e) => return store_error(e),
     };
-    let next = (rows.len() as i64 == PAGE).then(|| rows.last().map(|l| l.id.0)).flatten();
+    let next = (rows.len() as i64 == PAGE)
+        .then(|| rows.last().map(|l| l.id.0))
+        .flatten();
     render(
         &LeasesPage {
             title: "Leases",
@@ -520,7 +548,11 @@ async fn releasing(store: &Store, object: drydock_model::ObjectRef) -> Result<bo
         .any(|c| c.command == drydock_model::CommandKind::Release))
 }
 
-async fn lease(State(s): State<AppState>, headers: HeaderMap, Path(text): Path<String>) -> Response {
+async fn lease(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(text): Path<String>,
+) -> Response {
     let id = match id(&text) {
         Ok(i) => LeaseId(i),
         Err(r) => return r,
@@ -615,7 +647,11 @@ async fn resources(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Res
         .flat_map(|t| t.split(','))
         .filter_map(|t| t.parse().ok())
         .collect();
-    let filter = statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
+    let filter = statuses
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
     let rows = match s
         .store
         .resources_matching(&ResourceFilter {
@@ -630,7 +666,9 @@ async fn resources(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Res
         Ok(r) => r,
         Err(e) => return store_error(e),
     };
-    let next = (rows.len() as i64 == PAGE).then(|| rows.last().map(|r| r.id.0)).flatten();
+    let next = (rows.len() as i64 == PAGE)
+        .then(|| rows.last().map(|r| r.id.0))
+        .flatten();
     render(
         &ResourcesPage {
             title: "Resources",
@@ -807,7 +845,12 @@ fn field_text(v: &Value) -> String {
             .join(", "),
         Value::Object(m) => m
             .iter()
-            .map(|(k, x)| format!("{k}={}", x.as_str().map_or_else(|| x.to_string(), str::to_owned)))
+            .map(|(k, x)| {
+                format!(
+                    "{k}={}",
+                    x.as_str().map_or_else(|| x.to_string(), str::to_owned)
+                )
+            })
             .collect::<Vec<_>>()
             .join(", "),
         Value::Null => String::new(),
@@ -851,7 +894,14 @@ async fn blueprint(
             .iter()
             .map(|(k, v)| {
                 let secret = specs.iter().any(|f| f.name == k && f.secret);
-                (k.clone(), if secret { "(hidden)".into() } else { field_text(v) })
+                (
+                    k.clone(),
+                    if secret {
+                        "(hidden)".into()
+                    } else {
+                        field_text(v)
+                    },
+                )
             })
             .collect();
         let resources = s
@@ -939,7 +989,11 @@ fn form_fields(specs: &[FieldSpec], values: &dyn Fn(&str) -> String) -> Vec<Form
         .map(|f| FormField {
             name: f.name,
             required: f.required,
-            value: if f.secret { String::new() } else { values(f.name) },
+            value: if f.secret {
+                String::new()
+            } else {
+                values(f.name)
+            },
             help: match f.default {
                 Some(d) => format!("{} ({}; default {d})", f.description, f.kind.as_str()),
                 None => format!("{} ({})", f.description, f.kind.as_str()),
@@ -1022,7 +1076,10 @@ async fn create_blueprint(
     }
     let csrf = csrf(&headers);
     let kind = form_value(&form, "type").unwrap_or_default().to_owned();
-    let name = form_value(&form, "name").unwrap_or_default().trim().to_owned();
+    let name = form_value(&form, "name")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
     let mut fields = Map::new();
     for (k, v) in &form {
         if let Some(f) = k.strip_prefix("field.")
@@ -1031,19 +1088,26 @@ async fn create_blueprint(
             fields.insert(f.to_owned(), Value::String(v.trim().to_owned()));
         }
     }
-    match client::create_blueprint(&s.store, &s.registry, WEB_AUTHOR, &name, &kind, &fields).await
-    {
+    match client::create_blueprint(&s.store, &s.registry, WEB_AUTHOR, &name, &kind, &fields).await {
         Ok(bp) => Redirect::to(&format!("/blueprints/{}", bp.id)).into_response(),
         Err(client::ClientError::Store(e)) if !matches!(e, StoreError::Invalid { .. }) => {
             store_error(e)
         }
         Err(e) => {
-            let values = |f: &str| form_value(&form, &format!("field.{f}")).unwrap_or_default().to_owned();
+            let values = |f: &str| {
+                form_value(&form, &format!("field.{f}"))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
             blueprint_form(
                 &s,
                 &csrf,
                 "Create a blueprint".into(),
-                if s.registry.get(&kind).is_some() { &kind } else { "" },
+                if s.registry.get(&kind).is_some() {
+                    &kind
+                } else {
+                    ""
+                },
                 "/blueprints/new".into(),
                 name,
                 &values,
@@ -1120,14 +1184,22 @@ async fn edit_blueprint(
             changes.insert(spec.name.into(), value);
         }
     }
-    let name = form_value(&form, "name").map(str::trim).filter(|n| *n != b.name);
+    let name = form_value(&form, "name")
+        .map(str::trim)
+        .filter(|n| *n != b.name);
     match client::edit_blueprint(&s.store, &s.registry, WEB_AUTHOR, id, name, &changes).await {
         Ok(_) => Redirect::to(&format!("/blueprints/{id}")).into_response(),
-        Err(client::ClientError::Store(e)) if !matches!(e, StoreError::Invalid { .. } | StoreError::Stale { .. }) => {
+        Err(client::ClientError::Store(e))
+            if !matches!(e, StoreError::Invalid { .. } | StoreError::Stale { .. }) =>
+        {
             store_error(e)
         }
         Err(e) => {
-            let values = |f: &str| form_value(&form, &format!("field.{f}")).unwrap_or_default().to_owned();
+            let values = |f: &str| {
+                form_value(&form, &format!("field.{f}"))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
             blueprint_form(
                 &s,
                 &csrf,

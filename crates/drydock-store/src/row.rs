@@ -124,7 +124,11 @@ impl Select {
     }
 
     /// `column IN (...)`; no condition for an empty list.
-    pub(crate) fn any_of<T: Into<Arg>>(&mut self, column: &'static str, values: impl Iterator<Item = T>) {
+    pub(crate) fn any_of<T: Into<Arg>>(
+        &mut self,
+        column: &'static str,
+        values: impl Iterator<Item = T>,
+    ) {
         let marks: Vec<String> = values.map(|v| self.placeholder(v.into())).collect();
         if !marks.is_empty() {
             self.sql += &format!(" AND {column} IN ({})", marks.join(", "));
