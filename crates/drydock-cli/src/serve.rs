@@ -60,7 +60,9 @@ fn until_stopped(
 pub async fn serve(store: &Store, settings: &Settings) -> anyhow::Result<ExitCode> {
     let listener = bind(settings.listen).await?;
     let addr = listener.local_addr()?;
-    println!("Drydock is serving on http://{addr}/ (API: http://{addr}/api/v1/)");
+    say(&format!(
+        "Drydock is serving on http://{addr}/ (API: http://{addr}/api/v1/)\n"
+    ));
     if store
         .live_daemons(drydock_engine::daemon::ALIVE_WITHIN)
         .await?
@@ -74,6 +76,14 @@ pub async fn serve(store: &Store, settings: &Settings) -> anyhow::Result<ExitCod
     let stop = stop_on_signal("serve");
     drydock_server::serve(listener, state(store), until_stopped(stop)).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Print to stdout, ignoring a closed pipe (`drydock up | head -1` must not
+/// take the broker down).
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 /// Name of the blueprint `drydock up` offers on a fresh database.
@@ -122,21 +132,20 @@ pub async fn up(store: &Store, settings: &Settings) -> anyhow::Result<ExitCode> 
         until_stopped(stop.clone()),
     ));
     let url = format!("http://{addr}");
-    println!("Drydock is up: {url}/");
-    println!(
-        "  database: {}",
+    let mut banner = format!(
+        "Drydock is up: {url}/\n  database: {}\n",
         drydock_store::redact_url(&settings.database)
     );
     if let Some(bp) = seeded {
-        println!(
-            "  created blueprint {bp} ({STARTER_BLUEPRINT}, host.local): lease directories on this machine"
+        banner += &format!(
+            "  created blueprint {bp} ({STARTER_BLUEPRINT}, host.local): lease directories on this machine\n"
         );
     }
-    println!(
-        "  lease a host:  curl -s -X POST {url}/api/v1/leases -H 'content-type: application/json' -d '{{\"type\": \"host\"}}'"
+    banner += &format!(
+        "  lease a host:  curl -s -X POST {url}/api/v1/leases -H 'content-type: application/json' -d '{{\"type\": \"host\"}}'\n  \
+         API document:  {url}/api/openapi.json    metrics: {url}/metrics\nStop with Ctrl-C.\n"
     );
-    println!("  API document:  {url}/api/openapi.json    metrics: {url}/metrics");
-    println!("Stop with Ctrl-C.");
+    say(&banner);
     let served = server.await.context("the server task failed")?;
     let ran = daemon.await.context("the daemon task failed")?;
     served.context("serving HTTP")?;

@@ -8,6 +8,7 @@ extern crate drydock_testkit;
 mod crash;
 mod ssh;
 mod workflows;
+mod up;
 mod working_copy;
 
 use std::process::{Command, Output};

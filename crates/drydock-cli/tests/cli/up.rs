@@ -1,0 +1,136 @@
+//! The README's main job: `drydock up` on a fresh directory starts a
+//! working broker on the embedded SQLite default with a ready blueprint;
+//! a client leases through the API, runs a command, releases; SIGTERM
+//! stops it cleanly. Also the server's refusals and `config check`.
+
+use anyhow::{Context, ensure};
+use serde_json::{Value, json};
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_a_first_lease_on_a_fresh_directory() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_drydock"))
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env_remove("DRYDOCK_DATABASE_URL")
+        .env_remove("DRYDOCK_CONFIG")
+        .env_remove("DRYDOCK_LISTEN")
+        .env("DRYDOCK_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("stderr.txt"))?)
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let first = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        lines.next().transpose()
+    })
+    .await??
+    .context("drydock up printed nothing")?;
+    let url = first
+        .strip_prefix("Drydock is up: ")
+        .with_context(|| format!("unexpected first line {first:?}"))?
+        .trim_end_matches('/')
+        .to_owned();
+    ensure!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let http = reqwest::Client::new();
+    let lease: Value = http
+        .post(format!("{url}/api/v1/leases"))
+        .json(&json!({"type": "host"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = lease["id"].as_i64().context("lease id")?;
+    let active: Value = http
+        .get(format!("{url}/api/v1/leases/{id}/wait?timeout=30s"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(active["status"] == "active", "{active}");
+    let out = http
+        .post(format!("{url}/api/v1/leases/{id}/command"))
+        .json(&json!({"argv": ["echo", "hello from drydock"]}))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(out.contains("hello from drydock") && out.contains("\"exit_code\":0"), "{out}");
+    let released = http
+        .post(format!("{url}/api/v1/leases/{id}/release"))
+        .send()
+        .await?;
+    ensure!(released.status() == reqwest::StatusCode::ACCEPTED);
+    let gone: Value = http
+        .get(format!("{url}/api/v1/leases/{id}/wait?status=destroyed&timeout=30s"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(gone["status"] == "destroyed", "{gone}");
+    ensure!(dir.path().join("drydock.db").exists(), "the embedded default database");
+    ensure!(
+        dir.path().join("drydock-leases").is_dir(),
+        "the starter blueprint leases directories here"
+    );
+    let pid = child.id().to_string();
+    ensure!(Command::new("kill").args(["-TERM", &pid]).status()?.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        ensure!(Instant::now() < deadline, "drydock up did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    ensure!(
+        status.success(),
+        "exit: {status}: {}",
+        std::fs::read_to_string(dir.path().join("stderr.txt"))?
+    );
+    Ok(())
+}
+
+#[test]
+fn serve_refuses_a_non_loopback_address_without_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("d.db").display());
+    let o = crate::drydock(&url, &["serve", "--listen", "0.0.0.0:0"]);
+    assert!(!o.status.success());
+    assert!(
+        crate::stderr(&o).contains("refusing to listen on 0.0.0.0"),
+        "{}",
+        crate::stderr(&o)
+    );
+}
+
+#[test]
+fn config_check_names_bad_keys_and_shows_the_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[server]\nlisten = \"127.0.0.1:7070\"\nlistn = 1\n").unwrap();
+    let o = crate::drydock("sqlite://unused.db", &["config", "check", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(crate::stderr(&o).contains("listn"), "{}", crate::stderr(&o));
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "database = \"postgres://postgres:secret@127.0.0.1:5432/test\"\n[server]\nlisten = \"127.0.0.1:7070\"\n[daemon]\nworkers = 3\n",
+    )
+    .unwrap();
+    // Flags win over the file; the password is never printed.
+    let o = Command::new(env!("CARGO_BIN_EXE_drydock"))
+        .args(["--json", "config", "check", good.to_str().unwrap()])
+        .env_remove("DRYDOCK_DATABASE_URL")
+        .env("DRYDOCK_WORKERS", "9")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", crate::stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["listen"], "127.0.0.1:7070");
+    assert_eq!(v["workers"], 3, "DRYDOCK_WORKERS applies to up/daemon only: {v}");
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("secret"), "{v}");
+}
