@@ -49,12 +49,8 @@ fn state(store: &Store) -> AppState {
     }
 }
 
-fn until_stopped(
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }
+async fn until_stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 pub async fn serve(store: &Store, settings: &Settings) -> anyhow::Result<ExitCode> {

@@ -460,7 +460,7 @@ struct LeasesPage {
     refresh: bool,
     leases: Vec<LeaseRow>,
     filter: String,
-    statuses: Vec<&'static str>,
+    statuses: Vec<String>,
     next: Option<i64>,
 }
 
@@ -499,7 +499,7 @@ async fn leases(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Respon
             refresh: false,
             leases: rows.iter().map(lease_row).collect(),
             filter,
-            statuses: LeaseStatus::ALL.iter().map(|s| s.as_str()).collect(),
+            statuses: LeaseStatus::ALL.iter().map(|s| s.to_string()).collect(),
             next,
         },
         StatusCode::OK,
@@ -636,7 +636,7 @@ struct ResourcesPage {
     refresh: bool,
     resources: Vec<ResourceRow>,
     filter: String,
-    statuses: Vec<&'static str>,
+    statuses: Vec<String>,
     next: Option<i64>,
 }
 
@@ -675,7 +675,7 @@ async fn resources(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Res
             refresh: false,
             resources: rows.iter().map(resource_row).collect(),
             filter,
-            statuses: ResourceStatus::ALL.iter().map(|s| s.as_str()).collect(),
+            statuses: ResourceStatus::ALL.iter().map(|s| s.to_string()).collect(),
             next,
         },
         StatusCode::OK,

@@ -7,8 +7,8 @@ extern crate drydock_testkit;
 
 mod crash;
 mod ssh;
-mod workflows;
 mod up;
+mod workflows;
 mod working_copy;
 
 use std::process::{Command, Output};

@@ -58,32 +58,48 @@ async fn up_serves_a_first_lease_on_a_fresh_directory() -> anyhow::Result<()> {
         .await?
         .text()
         .await?;
-    ensure!(out.contains("hello from drydock") && out.contains("\"exit_code\":0"), "{out}");
+    ensure!(
+        out.contains("hello from drydock") && out.contains("\"exit_code\":0"),
+        "{out}"
+    );
     let released = http
         .post(format!("{url}/api/v1/leases/{id}/release"))
         .send()
         .await?;
     ensure!(released.status() == reqwest::StatusCode::ACCEPTED);
     let gone: Value = http
-        .get(format!("{url}/api/v1/leases/{id}/wait?status=destroyed&timeout=30s"))
+        .get(format!(
+            "{url}/api/v1/leases/{id}/wait?status=destroyed&timeout=30s"
+        ))
         .send()
         .await?
         .json()
         .await?;
     ensure!(gone["status"] == "destroyed", "{gone}");
-    ensure!(dir.path().join("drydock.db").exists(), "the embedded default database");
+    ensure!(
+        dir.path().join("drydock.db").exists(),
+        "the embedded default database"
+    );
     ensure!(
         dir.path().join("drydock-leases").is_dir(),
         "the starter blueprint leases directories here"
     );
     let pid = child.id().to_string();
-    ensure!(Command::new("kill").args(["-TERM", &pid]).status()?.success());
+    ensure!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()?
+            .success()
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(s) = child.try_wait()? {
             break s;
         }
-        ensure!(Instant::now() < deadline, "drydock up did not stop on SIGTERM");
+        ensure!(
+            Instant::now() < deadline,
+            "drydock up did not stop on SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     ensure!(
@@ -112,7 +128,10 @@ fn config_check_names_bad_keys_and_shows_the_settings() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[server]\nlisten = \"127.0.0.1:7070\"\nlistn = 1\n").unwrap();
-    let o = crate::drydock("sqlite://unused.db", &["config", "check", bad.to_str().unwrap()]);
+    let o = crate::drydock(
+        "sqlite://unused.db",
+        &["config", "check", bad.to_str().unwrap()],
+    );
     assert!(!o.status.success());
     assert!(crate::stderr(&o).contains("listn"), "{}", crate::stderr(&o));
     let good = dir.path().join("good.toml");
@@ -131,6 +150,12 @@ fn config_check_names_bad_keys_and_shows_the_settings() {
     assert!(o.status.success(), "{}", crate::stderr(&o));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["listen"], "127.0.0.1:7070");
-    assert_eq!(v["workers"], 3, "DRYDOCK_WORKERS applies to up/daemon only: {v}");
-    assert!(!String::from_utf8_lossy(&o.stdout).contains("secret"), "{v}");
+    assert_eq!(
+        v["workers"], 3,
+        "DRYDOCK_WORKERS applies to up/daemon only: {v}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("secret"),
+        "{v}"
+    );
 }
