@@ -564,21 +564,54 @@ pub struct BlueprintQuery {
     pub kind: Option<String>,
     /// Only disabled (`true`) or enabled (`false`) blueprints.
     pub disabled: Option<bool>,
+    /// Cursor: only blueprints with a larger id (the `next` of the last page).
+    pub after: Option<i64>,
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<i64>,
+}
+
+/// A page of blueprints, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BlueprintPage {
+    pub data: Vec<BlueprintView>,
+    /// Pass as `after` for the next page.
+    pub next: Option<i64>,
+}
+
+/// One page, oldest first, of `items` (sorted by id) after the cursor.
+fn page_after<T>(
+    items: Vec<T>,
+    id: impl Fn(&T) -> i64,
+    after: Option<i64>,
+    limit: i64,
+) -> (Vec<T>, Option<i64>) {
+    let mut items: Vec<T> = items
+        .into_iter()
+        .filter(|x| after.is_none_or(|a| id(x) > a))
+        .collect();
+    let limit = usize::try_from(limit).unwrap_or(100);
+    let next = (items.len() > limit).then(|| id(&items[limit - 1]));
+    items.truncate(limit);
+    (items, next)
 }
 
 #[utoipa::path(get, path = "/api/v1/blueprints", tag = "blueprints", params(BlueprintQuery),
-    responses((status = 200, body = Vec<BlueprintView>)))]
+    responses((status = 200, body = BlueprintPage), (status = 400, body = crate::error::ErrorBody)))]
 pub async fn list_blueprints(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<BlueprintQuery>,
-) -> ApiResult<Json<Vec<BlueprintView>>> {
+) -> ApiResult<Json<BlueprintPage>> {
+    let limit = limit(q.limit, 1000)?;
     let all = s.store.blueprints(q.kind.as_deref()).await?;
-    Ok(Json(
-        all.iter()
-            .filter(|b| q.disabled.is_none_or(|d| b.disabled == d))
-            .map(BlueprintView::from)
-            .collect(),
-    ))
+    let matching = all
+        .into_iter()
+        .filter(|b| q.disabled.is_none_or(|d| b.disabled == d))
+        .collect();
+    let (page, next) = page_after(matching, |b| b.id.0, q.after, limit);
+    Ok(Json(BlueprintPage {
+        data: page.iter().map(BlueprintView::from).collect(),
+        next,
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/blueprints/{id}", tag = "blueprints",
@@ -745,17 +778,34 @@ pub struct AuthorizationQuery {
     pub blueprint: Option<i64>,
     /// The authorizing object, e.g. `blueprint:3`.
     pub object: Option<String>,
+    /// Cursor: only authorizations with a larger id.
+    pub after: Option<i64>,
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<i64>,
+}
+
+/// A page of authorizations, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuthorizationPage {
+    pub data: Vec<AuthorizationView>,
+    /// Pass as `after` for the next page.
+    pub next: Option<i64>,
 }
 
 #[utoipa::path(get, path = "/api/v1/authorizations", tag = "authorizations", params(AuthorizationQuery),
-    responses((status = 200, body = Vec<AuthorizationView>)))]
+    responses((status = 200, body = AuthorizationPage), (status = 400, body = crate::error::ErrorBody)))]
 pub async fn list_authorizations(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<AuthorizationQuery>,
-) -> ApiResult<Json<Vec<AuthorizationView>>> {
+) -> ApiResult<Json<AuthorizationPage>> {
+    let limit = limit(q.limit, 1000)?;
     let all = s
         .store
         .authorizations(q.blueprint.map(BlueprintId), q.object.as_deref())
         .await?;
-    Ok(Json(all.iter().map(AuthorizationView::from).collect()))
+    let (page, next) = page_after(all, |a| a.id.0, q.after, limit);
+    Ok(Json(AuthorizationPage {
+        data: page.iter().map(AuthorizationView::from).collect(),
+        next,
+    }))
 }

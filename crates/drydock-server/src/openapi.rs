@@ -28,7 +28,8 @@ use utoipa::OpenApi;
     components(schemas(
         error::ErrorBody, error::ErrorDetail, views::LeaseView, views::ResourceView,
         views::BlueprintView, views::LogView, views::CommandView, views::AuthorizationView,
-        views::BlueprintTypeView, views::FieldView, api::OutputLine,
+        views::BlueprintTypeView, views::FieldView, api::OutputLine, api::BlueprintPage,
+        api::AuthorizationPage, api::LeasePage, api::ResourcePage, api::LogPage,
     )),
     tags(
         (name = "leases", description = "Request, wait for, use and release leases"),

@@ -229,6 +229,7 @@ async fn lists_filter_and_page_with_cursors(db: &TestDb) -> anyhow::Result<()> {
     let (_, bps) = s
         .get("/api/v1/blueprints?type=host.local&disabled=false")
         .await;
+    let bps = &bps["data"];
     ensure!(
         bps.as_array().unwrap().len() == 1 && bps[0]["name"] == "local",
         "{bps}"
@@ -291,8 +292,23 @@ async fn blueprints_are_created_edited_disabled_and_enabled(db: &TestDb) -> anyh
     ensure!(status == StatusCode::OK && d["disabled"] == true, "{d}");
     let (_, listed) = s.get("/api/v1/blueprints?disabled=true").await;
     ensure!(
-        listed.as_array().unwrap().iter().all(|b| b["id"] == id),
+        listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["id"] == id),
         "{listed}"
+    );
+    // Pages of one, oldest first, following `next`.
+    let (_, first) = s.get("/api/v1/blueprints?limit=1").await;
+    ensure!(first["data"][0]["id"] == s.blueprint, "{first}");
+    let next = first["next"].as_i64().context("a second page")?;
+    let (_, second) = s
+        .get(&format!("/api/v1/blueprints?limit=1&after={next}"))
+        .await;
+    ensure!(
+        second["data"][0]["id"] == id && second["next"].is_null(),
+        "{second}"
     );
     let (status, e) = s
         .post(&format!("/api/v1/blueprints/{id}/enable"), json!({}))

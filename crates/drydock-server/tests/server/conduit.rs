@@ -282,6 +282,21 @@ async fn blueprint_and_authorization_search(db: &TestDb) -> anyhow::Result<()> {
         "{a}"
     );
     ensure!(a["objectAuthorizationState"]["value"] == "active", "{a}");
+    // The same through the JSON API.
+    let (status, listed) = s
+        .get(&format!("/api/v1/authorizations?blueprint={}", s.blueprint))
+        .await;
+    ensure!(status == StatusCode::OK, "{listed}");
+    let only = &listed["data"][0];
+    ensure!(
+        only["object"] == format!("blueprint:{wc_id}") && only["state"] == "authorized",
+        "{listed}"
+    );
+    let (_, none) = s.get("/api/v1/authorizations?object=ci:nobody").await;
+    ensure!(
+        none["data"].as_array().unwrap().is_empty() && none["next"].is_null(),
+        "{none}"
+    );
     Ok(())
 }
 
