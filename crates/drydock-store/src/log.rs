@@ -129,21 +129,19 @@ impl Store {
     /// Events matching `filter`, oldest first.
     pub async fn logs(&self, filter: &LogFilter) -> Result<Vec<LogEntry>> {
         let limit = filter.limit.unwrap_or(1000).clamp(1, 1000);
-        let rows = sqlx::query(
-            "SELECT id, epoch, lease_id, resource_id, blueprint_id, type, data FROM logs \
-             WHERE ($1 IS NULL OR lease_id = $1) AND ($2 IS NULL OR resource_id = $2) \
-               AND ($3 IS NULL OR blueprint_id = $3) AND id > $4 AND epoch >= $5 AND epoch < $6 \
-             ORDER BY id LIMIT $7",
-        )
-        .bind(filter.lease.map(|l| l.0))
-        .bind(filter.resource.map(|r| r.0))
-        .bind(filter.blueprint.map(|b| b.0))
-        .bind(filter.after.map(|a| a.0).unwrap_or(0))
-        .bind(filter.since.unwrap_or(i64::MIN))
-        .bind(filter.until.unwrap_or(i64::MAX))
-        .bind(limit)
-        .fetch_all(self.read_pool())
-        .await?;
+        // Only the conditions that filter, so the planner picks the index of
+        // the object asked about (`x IS NULL OR …` would defeat it).
+        let mut q = crate::row::Select::new(
+            "SELECT id, epoch, lease_id, resource_id, blueprint_id, type, data FROM logs WHERE 1 = 1"
+                .into(),
+        );
+        q.any_of("lease_id", filter.lease.map(|l| l.0).into_iter());
+        q.any_of("resource_id", filter.resource.map(|r| r.0).into_iter());
+        q.any_of("blueprint_id", filter.blueprint.map(|b| b.0).into_iter());
+        q.above("id", filter.after.map(|a| a.0));
+        q.compare("epoch", ">=", filter.since);
+        q.compare("epoch", "<", filter.until);
+        let rows = q.page("id", limit).fetch_all(self.read_pool()).await?;
         rows.iter().map(from_row).collect()
     }
 }

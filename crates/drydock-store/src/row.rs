@@ -143,6 +143,14 @@ impl Select {
         }
     }
 
+    /// `column OP value` when a value is given.
+    pub(crate) fn compare(&mut self, column: &'static str, op: &'static str, value: Option<i64>) {
+        if let Some(v) = value {
+            let m = self.placeholder(Arg::Int(v));
+            self.sql += &format!(" AND {column} {op} {m}");
+        }
+    }
+
     /// `column > value` when a value is given (cursor paging backwards).
     pub(crate) fn above(&mut self, column: &'static str, value: Option<i64>) {
         if let Some(v) = value {
