@@ -14,6 +14,7 @@ use crate::events::{self, WaitReason, log};
 use crate::lease_worker::{Step, lease_log, record_wait, transition};
 use crate::{ADMIN, Engine, Next, PassError, PassResult};
 use drydock_model::{BlueprintId, CommandKind, LeaseStatus, ResourceId, ResourceStatus};
+use drydock_store::authorization::BlueprintAuthState;
 use drydock_store::blueprint::Blueprint;
 use drydock_store::lease::Lease;
 use drydock_store::log::NewLog;
@@ -102,6 +103,38 @@ impl Engine {
                 }
             }
             if authorized.is_empty() {
+                // Every candidate declined: no decision is pending that could
+                // ever serve it, so it fails with who decided.
+                let decisions = self
+                    .store
+                    .authorizations(None, Some(&lease.authorizing))
+                    .await?;
+                let declined: Vec<String> = candidates
+                    .iter()
+                    .filter_map(|c| {
+                        decisions
+                            .iter()
+                            .find(|a| {
+                                a.blueprint == c.0.id
+                                    && a.blueprint_state == BlueprintAuthState::Declined
+                            })
+                            .map(|a| {
+                                format!(
+                                    "blueprint {} ({}) declined by {}",
+                                    c.0.id,
+                                    c.0.name,
+                                    a.decided_by.as_deref().unwrap_or("an administrator")
+                                )
+                            })
+                    })
+                    .collect();
+                if declined.len() == candidates.len() {
+                    return Err(PassError::Permanent(format!(
+                        "{} is not authorized: {}",
+                        lease.authorizing,
+                        declined.join("; ")
+                    )));
+                }
                 let blueprints = candidates.iter().map(|c| c.0.id).collect();
                 return self
                     .wait(

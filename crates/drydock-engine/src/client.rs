@@ -234,6 +234,23 @@ pub async fn queue_lease(
             "no enabled blueprint builds {kind:?} resources; create one first"
         )));
     }
+    if req.authorizing != crate::ADMIN {
+        // Ask for what the lease needs (spec §11): an administrator sees a
+        // `requested` authorization per blueprint; a decision already taken
+        // (approved or declined) stays as it is.
+        let wanted: Vec<BlueprintId> = if blueprint_ids.is_empty() {
+            of_type
+                .iter()
+                .filter(|b| !b.disabled)
+                .map(|b| b.id)
+                .collect()
+        } else {
+            blueprint_ids.clone()
+        };
+        for bp in wanted {
+            store.request_authorization(&req.authorizing, bp).await?;
+        }
+    }
     request_lease(
         store,
         &NewLease {
@@ -270,6 +287,68 @@ pub async fn wait_for_lease(
             .wait((deadline - now).min(std::time::Duration::from_millis(250)))
             .await;
     }
+}
+
+/// What an administrator decides about an authorization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Approve,
+    /// Decline (or revoke an approval): no new lease of the object gets the
+    /// blueprint; with `release_leases`, its live leases on the blueprint's
+    /// resources are released too.
+    Decline {
+        release_leases: bool,
+    },
+}
+
+/// Approve or decline an authorization, recording who decided and when,
+/// and wake the object's waiting leases (an approval serves them; a
+/// decline makes those with no other blueprint fail with the reason).
+/// Returns the authorization and how many live leases were sent `release`.
+pub async fn decide_authorization(
+    store: &Store,
+    id: drydock_model::AuthorizationId,
+    decision: Decision,
+    by: &str,
+) -> Result<(drydock_store::authorization::Authorization, usize), ClientError> {
+    use drydock_store::authorization::BlueprintAuthState;
+    let state = match decision {
+        Decision::Approve => BlueprintAuthState::Authorized,
+        Decision::Decline { .. } => BlueprintAuthState::Declined,
+    };
+    let auth = store.decide_authorization(id, state, by).await?;
+    let mut released = 0;
+    if let Decision::Decline {
+        release_leases: true,
+    } = decision
+    {
+        let live = store
+            .leases(&drydock_store::lease::LeaseFilter {
+                statuses: vec![
+                    drydock_model::LeaseStatus::Acquired,
+                    drydock_model::LeaseStatus::Active,
+                ],
+                authorizing: Some(auth.object.clone()),
+                limit: Some(10_000),
+                ..Default::default()
+            })
+            .await?;
+        for lease in live {
+            let Some(rid) = lease.resource_id else {
+                continue;
+            };
+            if store.resource(rid).await?.blueprint_id != auth.blueprint {
+                continue;
+            }
+            match release_lease(store, lease.id, by).await {
+                Ok(_) => released += 1,
+                Err(ClientError::NotReleasable { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    store.fire(&events::authorization(&auth.object)).await?;
+    Ok((auth, released))
 }
 
 /// Longest `until` accepted: one year from now.

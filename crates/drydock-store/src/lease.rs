@@ -108,6 +108,8 @@ pub struct LeaseFilter {
     pub resources: Vec<ResourceId>,
     /// Leases of any of these owners.
     pub owners: Vec<String>,
+    /// Leases made on behalf of this authorizing object.
+    pub authorizing: Option<String>,
     /// Only leases with an id below this (paging newest first).
     pub before: Option<LeaseId>,
     /// Only leases with an id above this.
@@ -222,6 +224,7 @@ impl Store {
         q.any_of("id", filter.ids.iter().map(|i| i.0));
         q.any_of("resource_id", filter.resources.iter().map(|r| r.0));
         q.any_of("owner", filter.owners.iter().cloned());
+        q.any_of("authorizing", filter.authorizing.iter().cloned());
         q.below("id", filter.before.map(|b| b.0));
         q.above("id", filter.after.map(|a| a.0));
         let rows = q

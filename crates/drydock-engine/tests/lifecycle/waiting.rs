@@ -13,6 +13,8 @@ use std::time::Duration;
 backend_tests!(
     no_blueprints_waits_until_one_is_created,
     unauthorized_lease_waits_until_approved,
+    declined_lease_fails_with_who_declined,
+    revoking_stops_new_leases_and_can_release_live_ones,
     at_limit_waits_and_is_served_first_come_first_served_within_priority,
     idle_resource_is_reclaimed_for_a_lease_that_cannot_use_it,
     disabled_blueprint_stops_new_leases_and_enabling_wakes_them,
@@ -32,18 +34,109 @@ async fn no_blueprints_waits_until_one_is_created(db: &TestDb) -> anyhow::Result
     Ok(())
 }
 
+/// A lease requested through the client as `object`: it asks for the
+/// authorizations it needs.
+async fn client_lease(h: &Harness, object: &str) -> anyhow::Result<drydock_store::lease::Lease> {
+    Ok(client::queue_lease(
+        &h.store,
+        &h.registry,
+        &client::LeaseRequest {
+            resource_type: "thing".into(),
+            authorizing: object.into(),
+            ..Default::default()
+        },
+    )
+    .await?)
+}
+
+/// The authorization `object` requested on `bp`.
+async fn requested(
+    h: &Harness,
+    object: &str,
+    bp: drydock_model::BlueprintId,
+) -> anyhow::Result<drydock_store::authorization::Authorization> {
+    let all = h.store.authorizations(Some(bp), Some(object)).await?;
+    ensure!(all.len() == 1, "{all:?}");
+    Ok(all[0].clone())
+}
+
 async fn unauthorized_lease_waits_until_approved(db: &TestDb) -> anyhow::Result<()> {
     let h = Harness::start(db, 1).await;
     let bp = h.blueprint("guarded", json!({})).await?;
-    let lease = h.lease_as("ci:plan/7", none(), 0).await?;
+    let lease = client_lease(&h, "ci:plan/7").await?;
     let waiting = h.wait_reason(lease.id, "not-authorized").await?;
     ensure!(waiting.waiting.unwrap()["blueprints"] == json!([bp.0]));
-    let auth = h.store.request_authorization("ci:plan/7", bp).await?;
-    h.store
-        .decide_authorization(auth.id, BlueprintAuthState::Authorized, "admin")
-        .await?;
-    h.store.fire(&events::authorization("ci:plan/7")).await?;
+    // The request itself asked for the authorization.
+    let auth = requested(&h, "ci:plan/7", bp).await?;
+    ensure!(auth.blueprint_state == BlueprintAuthState::Requested && auth.decided_by.is_none());
+    // Approval alone (no new request) serves the waiting lease.
+    let (decided, _) =
+        client::decide_authorization(&h.store, auth.id, client::Decision::Approve, "admin:ann")
+            .await?;
+    ensure!(decided.decided_by.as_deref() == Some("admin:ann") && decided.decided_at.is_some());
     h.wait_status(lease.id, LeaseStatus::Active).await?;
+    h.stop().await;
+    Ok(())
+}
+
+async fn declined_lease_fails_with_who_declined(db: &TestDb) -> anyhow::Result<()> {
+    let h = Harness::start(db, 1).await;
+    let bp = h.blueprint("guarded", json!({})).await?;
+    let lease = client_lease(&h, "ci:plan/8").await?;
+    h.wait_reason(lease.id, "not-authorized").await?;
+    let auth = requested(&h, "ci:plan/8", bp).await?;
+    client::decide_authorization(
+        &h.store,
+        auth.id,
+        client::Decision::Decline {
+            release_leases: false,
+        },
+        "admin:bob",
+    )
+    .await?;
+    let failed = h.wait_status(lease.id, LeaseStatus::Destroyed).await?;
+    let reason = failed.failure.unwrap_or_default();
+    ensure!(
+        reason.contains("ci:plan/8 is not authorized") && reason.contains("declined by admin:bob"),
+        "{reason}"
+    );
+    h.stop().await;
+    Ok(())
+}
+
+async fn revoking_stops_new_leases_and_can_release_live_ones(db: &TestDb) -> anyhow::Result<()> {
+    let h = Harness::start(db, 2).await;
+    let bp = h.blueprint("guarded", json!({})).await?;
+    let first = client_lease(&h, "ci:plan/9").await?;
+    let auth = requested(&h, "ci:plan/9", bp).await?;
+    client::decide_authorization(&h.store, auth.id, client::Decision::Approve, "admin").await?;
+    h.wait_status(first.id, LeaseStatus::Active).await?;
+    // Revoke without releasing: the live lease goes on, a new one fails.
+    client::decide_authorization(
+        &h.store,
+        auth.id,
+        client::Decision::Decline {
+            release_leases: false,
+        },
+        "admin",
+    )
+    .await?;
+    let second = client_lease(&h, "ci:plan/9").await?;
+    let refused = h.wait_status(second.id, LeaseStatus::Destroyed).await?;
+    ensure!(refused.failure.unwrap_or_default().contains("declined"));
+    ensure!(h.store.lease(first.id).await?.status == LeaseStatus::Active);
+    // Revoke again, releasing live leases.
+    let (_, released) = client::decide_authorization(
+        &h.store,
+        auth.id,
+        client::Decision::Decline {
+            release_leases: true,
+        },
+        "admin",
+    )
+    .await?;
+    ensure!(released == 1, "{released}");
+    h.wait_status(first.id, LeaseStatus::Destroyed).await?;
     h.stop().await;
     Ok(())
 }
