@@ -3,6 +3,7 @@
 //! client functions or the store; no lifecycle logic lives here.
 
 mod admin;
+mod auth_cmd;
 mod config;
 mod exec_cmd;
 mod lease_cmd;
@@ -81,6 +82,12 @@ enum Cmd {
     /// Read, write and list files in an active lease's directory.
     #[command(subcommand)]
     File(exec_cmd::FileCmd),
+    /// List, approve and decline authorizations (who may use which blueprint).
+    #[command(subcommand)]
+    Authorization(auth_cmd::AuthorizationCmd),
+    /// Create, list and revoke API tokens.
+    #[command(subcommand)]
+    Token(auth_cmd::TokenCmd),
     /// Store and list secrets (SSH private keys).
     #[command(subcommand)]
     Credential(exec_cmd::CredentialCmd),
@@ -191,8 +198,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let db = settings.database.as_str();
     match cli.command {
         Cmd::Config(_) => unreachable!("handled above"),
-        Cmd::Up(_) => serve::up(&open(db).await?, &settings).await,
-        Cmd::Serve(_) => serve::serve(&open(db).await?, &settings).await,
+        Cmd::Up(args) => serve::up(&open(db).await?, &settings, &args.serve).await,
+        Cmd::Serve(args) => serve::serve(&open(db).await?, &settings, &args).await,
         Cmd::Migrate => {
             let store = Store::connect(db)
                 .await
@@ -233,5 +240,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Run(args) => exec_cmd::run(&open(db).await?, args, json).await,
         Cmd::File(cmd) => exec_cmd::file(&open(db).await?, cmd, json).await,
         Cmd::Credential(cmd) => exec_cmd::credential(&open(db).await?, cmd, json).await,
+        Cmd::Authorization(cmd) => auth_cmd::authorization(&open(db).await?, cmd, json).await,
+        Cmd::Token(cmd) => auth_cmd::token(&open(db).await?, cmd, json).await,
     }
 }

@@ -18,23 +18,29 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:6060]. Port 0 picks a free port.
     #[arg(long, env = "DRYDOCK_LISTEN")]
     pub listen: Option<String>,
+    /// Serve plain HTTP on a non-loopback address. Only behind a proxy that
+    /// terminates TLS: tokens would otherwise cross the network in clear.
+    #[arg(long)]
+    pub allow_plain_http: bool,
 }
 
-/// Until API tokens exist, the server only listens on loopback: anyone who
-/// can reach it can lease and run commands.
-fn check_listen(addr: SocketAddr) -> anyhow::Result<()> {
-    if !addr.ip().is_loopback() {
+/// Drydock serves plain HTTP; tokens must not cross a network in clear. So
+/// a non-loopback address needs an explicit statement that TLS is
+/// terminated in front.
+fn check_listen(addr: SocketAddr, allow_plain_http: bool) -> anyhow::Result<()> {
+    if !addr.ip().is_loopback() && !allow_plain_http {
         bail!(
-            "refusing to listen on {addr}: the API and web UI have no authentication yet, so \
-             anyone who could reach them could run commands on your hosts. Listen on a loopback \
-             address (127.0.0.1 or ::1) and put an authenticating proxy in front if others need it."
+            "refusing to listen on {addr}: Drydock serves plain HTTP, so API tokens and session \
+             cookies would cross the network unencrypted. Listen on a loopback address \
+             (127.0.0.1 or ::1) behind a TLS-terminating proxy, or, if that proxy reaches Drydock \
+             over a network you trust, pass --allow-plain-http."
         );
     }
     Ok(())
 }
 
-async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    check_listen(addr)?;
+async fn bind(addr: SocketAddr, allow_plain_http: bool) -> anyhow::Result<tokio::net::TcpListener> {
+    check_listen(addr, allow_plain_http)?;
     tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))
@@ -43,18 +49,19 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 fn state(store: &Store) -> AppState {
     // Counters and histograms of this process go to /metrics.
     drydock_server::metrics::recorder();
-    AppState {
-        store: store.clone(),
-        registry: Arc::new(drydock_blueprints::registry()),
-    }
+    AppState::new(store.clone(), Arc::new(drydock_blueprints::registry()))
 }
 
 async fn until_stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-pub async fn serve(store: &Store, settings: &Settings) -> anyhow::Result<ExitCode> {
-    let listener = bind(settings.listen).await?;
+pub async fn serve(
+    store: &Store,
+    settings: &Settings,
+    args: &ServeArgs,
+) -> anyhow::Result<ExitCode> {
+    let listener = bind(settings.listen, args.allow_plain_http).await?;
     let addr = listener.local_addr()?;
     say(&format!(
         "Drydock is serving on http://{addr}/ (API: http://{addr}/api/v1/)\n"
@@ -110,10 +117,28 @@ async fn seed(store: &Store) -> anyhow::Result<Option<i64>> {
     Ok(Some(bp.id.0))
 }
 
-pub async fn up(store: &Store, settings: &Settings) -> anyhow::Result<ExitCode> {
-    let listener = bind(settings.listen).await?;
+/// On a database without tokens, an admin token for the local user, whose
+/// secret is printed once.
+async fn first_token(store: &Store) -> anyhow::Result<Option<String>> {
+    if !store.tokens().await?.is_empty() {
+        return Ok(None);
+    }
+    let t = drydock_server::auth::create_token(
+        store,
+        "local-admin",
+        drydock_server::auth::Role::Admin,
+        None,
+        "drydock up",
+    )
+    .await?;
+    Ok(Some(t.secret))
+}
+
+pub async fn up(store: &Store, settings: &Settings, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let listener = bind(settings.listen, args.allow_plain_http).await?;
     let addr = listener.local_addr()?;
     let seeded = seed(store).await?;
+    let token = first_token(store).await?;
     let (engine, cfg) = daemon_parts(store, settings);
     let id = daemon_id();
     let stop = stop_on_signal("up");
@@ -137,8 +162,18 @@ pub async fn up(store: &Store, settings: &Settings) -> anyhow::Result<ExitCode> 
             "  created blueprint {bp} ({STARTER_BLUEPRINT}, host.local): lease directories on this machine\n"
         );
     }
+    match &token {
+        Some(secret) => {
+            banner +=
+                &format!("  admin token (shown once; log in to the web UI with it): {secret}\n");
+        }
+        None => {
+            banner +=
+                "  tokens: drydock token list / drydock token create --name NAME --role admin\n"
+        }
+    }
     banner += &format!(
-        "  lease a host:  curl -s -X POST {url}/api/v1/leases -H 'content-type: application/json' -d '{{\"type\": \"host\"}}'\n  \
+        "  lease a host:  curl -s -X POST {url}/api/v1/leases -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"type\": \"host\"}}'\n  \
          API document:  {url}/api/openapi.json    metrics: {url}/metrics\nStop with Ctrl-C.\n"
     );
     say(&banner);

@@ -25,8 +25,26 @@ use serde_json::{Map, Value};
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 
-/// Who the API acts as until API tokens arrive: the administrator.
-pub const API_AUTHOR: &str = "api";
+/// The authenticated caller (set by [`crate::require_token`]).
+pub type Caller = axum::Extension<crate::auth::Principal>;
+
+/// A lease the caller may see: a client sees only its own; another's
+/// answers exactly like a lease that does not exist.
+async fn visible_lease(
+    s: &AppState,
+    caller: &crate::auth::Principal,
+    id: LeaseId,
+) -> ApiResult<drydock_store::lease::Lease> {
+    let lease = s.store.lease(id).await?;
+    if caller.role == crate::auth::Role::Client && lease.authorizing != caller.object {
+        return Err(drydock_store::StoreError::NotFound {
+            what: "lease",
+            id: id.to_string(),
+        }
+        .into());
+    }
+    Ok(lease)
+}
 
 /// A JSON body whose rejection is an [`ApiError`].
 #[derive(FromRequest)]
@@ -80,6 +98,9 @@ pub fn routes() -> Router<AppState> {
         .route("/blueprint-types", get(blueprint_types))
         .route("/logs", get(list_logs))
         .route("/authorizations", get(list_authorizations))
+        .route("/authorizations/{id}", get(get_authorization))
+        .route("/authorizations/{id}/approve", post(approve_authorization))
+        .route("/authorizations/{id}/decline", post(decline_authorization))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
 }
@@ -164,6 +185,7 @@ pub struct LeasePage {
     responses((status = 200, body = LeasePage), (status = 400, body = crate::error::ErrorBody)))]
 pub async fn list_leases(
     State(s): State<AppState>,
+    axum::Extension(caller): Caller,
     ApiQuery(q): ApiQuery<LeaseQuery>,
 ) -> ApiResult<Json<LeasePage>> {
     let limit = limit(q.limit, 1000)?;
@@ -173,6 +195,7 @@ pub async fn list_leases(
             statuses: statuses::<LeaseStatus, _>(&q.status)?,
             resources: q.resource.map(ResourceId).into_iter().collect(),
             owners: q.owner.into_iter().collect(),
+            authorizing: (caller.role == crate::auth::Role::Client).then(|| caller.object.clone()),
             before: q.before.map(LeaseId),
             limit: Some(limit),
             ..Default::default()
@@ -246,6 +269,7 @@ fn short_text(what: &str, text: &str) -> ApiResult<()> {
               (status = 400, body = crate::error::ErrorBody)))]
 pub async fn create_lease(
     State(s): State<AppState>,
+    axum::Extension(caller): Caller,
     ApiJson(body): ApiJson<CreateLease>,
 ) -> ApiResult<(StatusCode, Json<LeaseView>)> {
     short_text("type", &body.resource_type)?;
@@ -273,8 +297,13 @@ pub async fn create_lease(
         &LeaseRequest {
             resource_type: body.resource_type,
             blueprints: body.blueprints.iter().map(IdOrName::text).collect(),
-            authorizing: ADMIN.into(),
-            owner: Some(body.owner.unwrap_or_else(|| API_AUTHOR.into())),
+            // A client always acts as its own authorizing object; an
+            // administrator's leases are the administrator's.
+            authorizing: match caller.role {
+                crate::auth::Role::Client => caller.object.clone(),
+                _ => ADMIN.into(),
+            },
+            owner: Some(body.owner.unwrap_or_else(|| caller.actor())),
             attributes: body.attributes,
             priority: body.priority,
             until,
@@ -287,8 +316,14 @@ pub async fn create_lease(
 #[utoipa::path(get, path = "/api/v1/leases/{id}", tag = "leases",
     params(("id" = i64, Path, description = "Lease id")),
     responses((status = 200, body = LeaseView), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn get_lease(State(s): State<AppState>, ApiId(id): ApiId) -> ApiResult<Json<LeaseView>> {
-    Ok(Json(LeaseView::from(&s.store.lease(LeaseId(id)).await?)))
+pub async fn get_lease(
+    State(s): State<AppState>,
+    axum::Extension(caller): Caller,
+    ApiId(id): ApiId,
+) -> ApiResult<Json<LeaseView>> {
+    Ok(Json(LeaseView::from(
+        &visible_lease(&s, &caller, LeaseId(id)).await?,
+    )))
 }
 
 /// How long to wait and for what.
@@ -320,9 +355,11 @@ fn rank(s: LeaseStatus) -> u8 {
               (status = 404, body = crate::error::ErrorBody)))]
 pub async fn wait_lease(
     State(s): State<AppState>,
+    axum::Extension(caller): Caller,
     ApiId(id): ApiId,
     ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> ApiResult<Json<LeaseView>> {
+    visible_lease(&s, &caller, LeaseId(id)).await?;
     let target = match &q.status {
         Some(t) => t
             .parse::<LeaseStatus>()
@@ -353,9 +390,11 @@ pub struct Accepted {
               (status = 409, description = "Already released or destroyed", body = crate::error::ErrorBody)))]
 pub async fn release_lease(
     State(s): State<AppState>,
+    axum::Extension(caller): Caller,
     ApiId(id): ApiId,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
-    let c = client::release_lease(&s.store, LeaseId(id), API_AUTHOR).await?;
+    visible_lease(&s, &caller, LeaseId(id)).await?;
+    let c = client::release_lease(&s.store, LeaseId(id), &caller.actor()).await?;
     Ok((StatusCode::ACCEPTED, Json(Accepted { command: c.0 })))
 }
 
@@ -375,9 +414,11 @@ pub struct Renew {
               (status = 409, body = crate::error::ErrorBody)))]
 pub async fn renew_lease(
     State(s): State<AppState>,
+    axum::Extension(caller): Caller,
     ApiId(id): ApiId,
     ApiJson(body): ApiJson<Renew>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    visible_lease(&s, &caller, LeaseId(id)).await?;
     let until = match (body.until, body.ttl) {
         (Some(u), None) => u,
         (None, Some(ttl)) => {
@@ -390,7 +431,7 @@ pub async fn renew_lease(
         }
         _ => return Err(ApiError::bad_request("give exactly one of until or ttl")),
     };
-    let c = client::renew_lease(&s.store, LeaseId(id), until, API_AUTHOR).await?;
+    let c = client::renew_lease(&s.store, LeaseId(id), until, &caller.actor()).await?;
     Ok((StatusCode::ACCEPTED, Json(Accepted { command: c.0 })))
 }
 
@@ -433,9 +474,11 @@ pub struct OutputLine {
               (status = 400, body = crate::error::ErrorBody), (status = 409, description = "The lease is not active", body = crate::error::ErrorBody)))]
 pub async fn run_command(
     State(s): State<AppState>,
+    axum::Extension(caller): Caller,
     ApiId(id): ApiId,
     ApiJson(body): ApiJson<RunCommand>,
 ) -> ApiResult<Response> {
+    visible_lease(&s, &caller, LeaseId(id)).await?;
     let timeout = match &body.timeout {
         Some(t) => duration("timeout", t, Duration::from_secs(86_400))?,
         None => Duration::from_secs(600),
@@ -457,9 +500,10 @@ pub async fn run_command(
     responses((status = 200, body = Vec<CommandView>), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn lease_commands(
     State(s): State<AppState>,
+    axum::Extension(caller): Caller,
     ApiId(id): ApiId,
 ) -> ApiResult<Json<Vec<CommandView>>> {
-    let lease = s.store.lease(LeaseId(id)).await?;
+    let lease = visible_lease(&s, &caller, LeaseId(id)).await?;
     let commands = s.store.commands_for(lease.object()).await?;
     Ok(Json(commands.iter().map(CommandView::from).collect()))
 }
@@ -533,9 +577,10 @@ pub async fn get_resource(
               (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn release_resource(
     State(s): State<AppState>,
+    axum::Extension(caller): Caller,
     ApiId(id): ApiId,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
-    let c = client::release_resource(&s.store, ResourceId(id), API_AUTHOR).await?;
+    let c = client::release_resource(&s.store, ResourceId(id), &caller.actor()).await?;
     Ok((StatusCode::ACCEPTED, Json(Accepted { command: c.0 })))
 }
 
@@ -644,12 +689,13 @@ pub struct CreateBlueprint {
     responses((status = 201, body = BlueprintView), (status = 400, description = "Unknown type, invalid or missing fields, name taken", body = crate::error::ErrorBody)))]
 pub async fn create_blueprint(
     State(s): State<AppState>,
+    axum::Extension(caller): Caller,
     ApiJson(body): ApiJson<CreateBlueprint>,
 ) -> ApiResult<(StatusCode, Json<BlueprintView>)> {
     let bp = client::create_blueprint(
         &s.store,
         &s.registry,
-        API_AUTHOR,
+        &caller.actor(),
         &body.name,
         &body.kind,
         &body.fields,
@@ -675,13 +721,14 @@ pub struct EditBlueprint {
               (status = 404, body = crate::error::ErrorBody)))]
 pub async fn edit_blueprint(
     State(s): State<AppState>,
+    axum::Extension(caller): Caller,
     ApiId(id): ApiId,
     ApiJson(body): ApiJson<EditBlueprint>,
 ) -> ApiResult<Json<BlueprintView>> {
     let bp = client::edit_blueprint(
         &s.store,
         &s.registry,
-        API_AUTHOR,
+        &caller.actor(),
         BlueprintId(id),
         body.name.as_deref(),
         &body.fields,
@@ -696,9 +743,11 @@ pub async fn edit_blueprint(
               (status = 404, body = crate::error::ErrorBody)))]
 pub async fn disable_blueprint(
     State(s): State<AppState>,
+    axum::Extension(caller): Caller,
     ApiId(id): ApiId,
 ) -> ApiResult<Json<BlueprintView>> {
-    let bp = client::set_blueprint_disabled(&s.store, API_AUTHOR, BlueprintId(id), true).await?;
+    let bp =
+        client::set_blueprint_disabled(&s.store, &caller.actor(), BlueprintId(id), true).await?;
     Ok(Json(BlueprintView::from(&bp)))
 }
 
@@ -707,9 +756,11 @@ pub async fn disable_blueprint(
     responses((status = 200, body = BlueprintView), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn enable_blueprint(
     State(s): State<AppState>,
+    axum::Extension(caller): Caller,
     ApiId(id): ApiId,
 ) -> ApiResult<Json<BlueprintView>> {
-    let bp = client::set_blueprint_disabled(&s.store, API_AUTHOR, BlueprintId(id), false).await?;
+    let bp =
+        client::set_blueprint_disabled(&s.store, &caller.actor(), BlueprintId(id), false).await?;
     Ok(Json(BlueprintView::from(&bp)))
 }
 
@@ -807,5 +858,95 @@ pub async fn list_authorizations(
     Ok(Json(AuthorizationPage {
         data: page.iter().map(AuthorizationView::from).collect(),
         next,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/authorizations/{id}", tag = "authorizations",
+    params(("id" = i64, Path, description = "Authorization id")),
+    responses((status = 200, body = AuthorizationView), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_authorization(
+    State(s): State<AppState>,
+    ApiId(id): ApiId,
+) -> ApiResult<Json<AuthorizationView>> {
+    let a = s
+        .store
+        .authorization(drydock_model::AuthorizationId(id))
+        .await?;
+    Ok(Json(AuthorizationView::from(&a)))
+}
+
+/// A decision's result.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Decided {
+    pub authorization: AuthorizationView,
+    /// Live leases sent `release` (declines with `release_leases`).
+    pub released_leases: usize,
+}
+
+#[utoipa::path(post, path = "/api/v1/authorizations/{id}/approve", tag = "authorizations",
+    params(("id" = i64, Path, description = "Authorization id")),
+    responses((status = 200, description = "Approved; the object's waiting leases go ahead", body = Decided),
+              (status = 404, body = crate::error::ErrorBody)))]
+pub async fn approve_authorization(
+    State(s): State<AppState>,
+    axum::Extension(caller): Caller,
+    ApiId(id): ApiId,
+) -> ApiResult<Json<Decided>> {
+    decide(&s, &caller, id, client::Decision::Approve).await
+}
+
+/// Options of a decline.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Decline {
+    /// Also release the object's live leases on the blueprint's resources.
+    #[serde(default)]
+    pub release_leases: bool,
+}
+
+#[utoipa::path(post, path = "/api/v1/authorizations/{id}/decline", tag = "authorizations",
+    request_body = Decline,
+    params(("id" = i64, Path, description = "Authorization id")),
+    responses((status = 200, description = "Declined (or revoked): no new lease of the object gets the blueprint", body = Decided),
+              (status = 404, body = crate::error::ErrorBody)))]
+pub async fn decline_authorization(
+    State(s): State<AppState>,
+    axum::Extension(caller): Caller,
+    ApiId(id): ApiId,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Decided>> {
+    // The body is optional: none means the defaults.
+    let options: Decline = if body.iter().all(u8::is_ascii_whitespace) {
+        Decline::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad-json", e.to_string()))?
+    };
+    let release_leases = options.release_leases;
+    decide(
+        &s,
+        &caller,
+        id,
+        client::Decision::Decline { release_leases },
+    )
+    .await
+}
+
+async fn decide(
+    s: &AppState,
+    caller: &crate::auth::Principal,
+    id: i64,
+    decision: client::Decision,
+) -> ApiResult<Json<Decided>> {
+    let (a, released_leases) = client::decide_authorization(
+        &s.store,
+        drydock_model::AuthorizationId(id),
+        decision,
+        &caller.actor(),
+    )
+    .await?;
+    Ok(Json(Decided {
+        authorization: AuthorizationView::from(&a),
+        released_leases,
     }))
 }

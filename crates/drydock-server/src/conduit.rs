@@ -13,14 +13,15 @@
 //! error code. Objects are named by stable PHIDs derived from their ids
 //! (`PHID-DRYL-00000000000000000042`).
 //!
-//! The token is accepted but not yet checked: the server binds to loopback
-//! until API tokens exist.
+//! The token (`api.token`, `__conduit__.token`, or an `Authorization:
+//! Bearer` header) is a Drydock API token; it is never echoed. A client
+//! token searches only its own leases.
 
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::post;
 use axum::{Json, Router};
 use drydock_model::{BlueprintId, LeaseId, LeaseStatus, ResourceId, ResourceStatus};
@@ -33,7 +34,8 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// A Conduit error: `error_code` and `error_info` of the answer.
-struct Fault(&'static str, String);
+#[derive(Debug)]
+pub struct Fault(pub &'static str, pub String);
 
 fn core(message: impl Into<String>) -> Fault {
     Fault("ERR-CONDUIT-CORE", message.into())
@@ -73,12 +75,20 @@ const METHODS: &[(&str, &str)] = &[
 pub async fn call(
     State(s): State<AppState>,
     Path(method): Path<String>,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Json<Value> {
+) -> (StatusCode, Json<Value>) {
+    let ip = connect.map(|c| c.0.0.ip());
     let answer = match body {
         Ok(body) => match parse_request(&headers, &body) {
-            Ok(params) => dispatch(&s, &method, &params).await,
+            Ok((params, token)) => {
+                let token = token.or_else(|| crate::auth::bearer(&headers).map(str::to_owned));
+                match authenticate(&s, ip, token.as_deref()).await {
+                    Ok(caller) => dispatch(&s, &caller, &method, &params).await,
+                    Err(f) => Err(f),
+                }
+            }
             Err(f) => Err(f),
         },
         Err(e) => Err(core(format!(
@@ -86,14 +96,64 @@ pub async fn call(
             e.body_text()
         ))),
     };
-    Json(match answer {
-        Ok(result) => json!({ "result": result, "error_code": null, "error_info": null }),
-        Err(Fault(code, info)) => json!({ "result": null, "error_code": code, "error_info": info }),
-    })
+    match answer {
+        Ok(result) => (
+            StatusCode::OK,
+            Json(json!({ "result": result, "error_code": null, "error_info": null })),
+        ),
+        Err(Fault(code, info)) => {
+            // Conduit answers errors with 200; authentication failures are
+            // 401/403/429 here so HTTP-level tools see them too.
+            let status = match code {
+                "ERR-INVALID-AUTH" => StatusCode::UNAUTHORIZED,
+                "ERR-FORBIDDEN" => StatusCode::FORBIDDEN,
+                "ERR-RATE-LIMIT" => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::OK,
+            };
+            (
+                status,
+                Json(json!({ "result": null, "error_code": code, "error_info": info })),
+            )
+        }
+    }
 }
 
-/// The request's parameters as one JSON object, whichever way it came.
-fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Fault> {
+async fn authenticate(
+    s: &AppState,
+    ip: Option<std::net::IpAddr>,
+    token: Option<&str>,
+) -> Result<crate::auth::Principal, Fault> {
+    if s.limiter.blocked(ip) {
+        return Err(Fault(
+            "ERR-RATE-LIMIT",
+            "too many failed authentications from this address; wait a minute".into(),
+        ));
+    }
+    let Some(token) = token else {
+        return Err(Fault(
+            "ERR-INVALID-AUTH",
+            "send an API token as api.token (see drydock token create)".into(),
+        ));
+    };
+    match crate::auth::authenticate(&s.store, token).await {
+        Ok(Some(p)) => Ok(p),
+        Ok(None) => {
+            s.limiter.failed(ip);
+            Err(Fault(
+                "ERR-INVALID-AUTH",
+                "the API token is not valid".into(),
+            ))
+        }
+        Err(e) => Err(internal(e)),
+    }
+}
+
+/// The request's parameters as one JSON object, whichever way it came, and
+/// the token it carried (taken out of the parameters).
+pub fn parse_request(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Map<String, Value>, Option<String>), Fault> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -117,10 +177,14 @@ fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>,
         }
     };
     // Credentials are never part of the query.
-    params.remove("__conduit__");
-    params.remove("api.token");
+    let from_conduit = params
+        .remove("__conduit__")
+        .and_then(|c| c.get("token").and_then(Value::as_str).map(str::to_owned));
+    let plain = params
+        .remove("api.token")
+        .and_then(|t| t.as_str().map(str::to_owned));
     params.remove("output");
-    Ok(params)
+    Ok((params, plain.or(from_conduit)))
 }
 
 /// PHP-style form fields (`constraints[ids][0]=3`) as nested JSON; maps
@@ -182,7 +246,20 @@ fn nest(pairs: &[(String, String)]) -> Result<Map<String, Value>, Fault> {
     }
 }
 
-async fn dispatch(s: &AppState, method: &str, params: &Map<String, Value>) -> Answer {
+async fn dispatch(
+    s: &AppState,
+    caller: &crate::auth::Principal,
+    method: &str,
+    params: &Map<String, Value>,
+) -> Answer {
+    if caller.role == crate::auth::Role::Client
+        && !matches!(method, "conduit.query" | "drydock.lease.search")
+    {
+        return Err(Fault(
+            "ERR-FORBIDDEN",
+            format!("a client token may call conduit.query and drydock.lease.search, not {method}"),
+        ));
+    }
     match method {
         "conduit.query" => Ok(conduit_query()),
         "drydock.blueprint.search" => {
@@ -210,6 +287,7 @@ async fn dispatch(s: &AppState, method: &str, params: &Map<String, Value>) -> An
         "drydock.lease.search" => {
             lease_search(
                 s,
+                caller,
                 &Search::parse(
                     params,
                     &["ids", "phids", "statuses", "ownerPHIDs", "resourcePHIDs"],
@@ -613,7 +691,7 @@ async fn resource_search(s: &AppState, q: &Search) -> Answer {
     ))
 }
 
-async fn lease_search(s: &AppState, q: &Search) -> Answer {
+async fn lease_search(s: &AppState, caller: &crate::auth::Principal, q: &Search) -> Answer {
     let statuses = match q.c("statuses") {
         Some(v) => text_list("statuses", v)?
             .iter()
@@ -650,6 +728,7 @@ async fn lease_search(s: &AppState, q: &Search) -> Answer {
             ids: ids.unwrap_or_default().into_iter().map(LeaseId).collect(),
             resources,
             owners,
+            authorizing: (caller.role == crate::auth::Role::Client).then(|| caller.object.clone()),
             before: q.after.map(LeaseId),
             after: q.before.map(LeaseId),
             ascending: q.before.is_some(),

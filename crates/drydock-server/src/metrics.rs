@@ -44,9 +44,12 @@ pub fn recorder() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-pub fn routes() -> Router<AppState> {
+/// `/metrics` needs an admin or viewer token; the health checks are open,
+/// for load balancers and orchestrators.
+pub fn routes(state: AppState) -> Router<AppState> {
+    let token = axum::middleware::from_fn_with_state(state, crate::require_token);
     Router::new()
-        .route("/metrics", get(scrape))
+        .route("/metrics", get(scrape).route_layer(token))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
 }

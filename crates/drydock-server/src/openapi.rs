@@ -23,7 +23,8 @@ use utoipa::OpenApi;
         api::list_resources, api::get_resource, api::release_resource, api::resource_commands,
         api::list_blueprints, api::create_blueprint, api::get_blueprint, api::edit_blueprint,
         api::disable_blueprint, api::enable_blueprint, api::blueprint_types,
-        api::list_logs, api::list_authorizations, conduit::call,
+        api::list_logs, api::list_authorizations, api::get_authorization,
+        api::approve_authorization, api::decline_authorization, conduit::call,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail, views::LeaseView, views::ResourceView,

@@ -8,6 +8,7 @@
 //! motion.
 
 use crate::AppState;
+use crate::auth::{self, Principal, Role};
 use askama::Template;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -27,14 +28,14 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::time::{Duration, UNIX_EPOCH};
 
-/// Who web actions are recorded as until logins exist.
-const WEB_AUTHOR: &str = "web";
 const CSRF_COOKIE: &str = "drydock_csrf";
 /// Rows per list page.
 const PAGE: i64 = 50;
 
-pub fn routes() -> Router<AppState> {
+pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
         .route("/", get(index))
         .route("/leases", get(leases))
         .route("/leases/{id}", get(lease))
@@ -50,9 +51,163 @@ pub fn routes() -> Router<AppState> {
         .route("/blueprints/{id}/enable", post(enable_blueprint))
         .route("/authorizations", get(authorizations))
         .route("/authorizations/{id}", get(authorization))
+        .route("/authorizations/{id}/approve", post(approve_authorization))
+        .route("/authorizations/{id}/decline", post(decline_authorization))
         .route("/logs", get(logs))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state, require_session))
         .layer(axum::middleware::from_fn(security_headers))
+}
+
+/// Who the web actions are recorded as.
+fn web_actor(p: &Principal) -> String {
+    format!("web:{}", p.name)
+}
+
+/// Every page but the login form needs a session (or a bearer token) of
+/// an admin or viewer; viewers can look but not change anything.
+async fn require_session(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if path == "/login" {
+        return next.run(req).await;
+    }
+    let headers = req.headers();
+    let secret =
+        cookie(headers, auth::SESSION_COOKIE).or_else(|| auth::bearer(headers).map(str::to_owned));
+    let principal = match secret {
+        Some(secret) => match auth::authenticate(&s.store, &secret).await {
+            Ok(p) => p,
+            Err(e) => return store_error(e),
+        },
+        None => None,
+    };
+    let Some(p) = principal else {
+        if req.method() == axum::http::Method::GET {
+            return Redirect::to("/login").into_response();
+        }
+        return message(
+            StatusCode::UNAUTHORIZED,
+            "Log in first",
+            "Your session has ended.",
+        );
+    };
+    if p.role == Role::Client {
+        return message(
+            StatusCode::FORBIDDEN,
+            "Not for client tokens",
+            "The web UI is for administrators and viewers; client programs use the API.",
+        );
+    }
+    if req.method() != axum::http::Method::GET && !p.can_write() && path != "/logout" {
+        return message(
+            StatusCode::FORBIDDEN,
+            "Read only",
+            "A viewer token can look at everything but change nothing.",
+        );
+    }
+    req.extensions_mut().insert(p);
+    next.run(req).await
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage<'a> {
+    title: &'a str,
+    refresh: bool,
+    csrf: String,
+    error: Option<&'a str>,
+}
+
+async fn login_form(headers: HeaderMap) -> Response {
+    let csrf = csrf(&headers);
+    render(
+        &LoginPage {
+            title: "Log in",
+            refresh: false,
+            csrf: csrf.token.clone(),
+            error: None,
+        },
+        StatusCode::OK,
+        Some(&csrf),
+    )
+}
+
+async fn login(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    if let Err(r) = check_post(&headers, &form) {
+        return r;
+    }
+    let ip = connect.map(|c| c.0.0.ip());
+    let csrf = csrf(&headers);
+    let again = |status, error| {
+        render(
+            &LoginPage {
+                title: "Log in",
+                refresh: false,
+                csrf: csrf.token.clone(),
+                error: Some(error),
+            },
+            status,
+            Some(&csrf),
+        )
+    };
+    if s.limiter.blocked(ip) {
+        return again(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed attempts from this address; wait a minute.",
+        );
+    }
+    let secret = form_value(&form, "token")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    match auth::authenticate(&s.store, &secret).await {
+        Ok(Some(p)) if p.role != Role::Client => {
+            let mut r = Redirect::to("/").into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "{}={secret}; Path=/; HttpOnly; SameSite=Strict",
+                auth::SESSION_COOKIE
+            )) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Ok(Some(_)) => again(
+            StatusCode::FORBIDDEN,
+            "Client tokens are for the API; log in with an admin or viewer token.",
+        ),
+        Ok(None) => {
+            s.limiter.failed(ip);
+            again(StatusCode::UNAUTHORIZED, "That is not a valid token.")
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn logout(headers: HeaderMap) -> Response {
+    if let (Some(origin), Some(host)) = (
+        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
+        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
+    ) && origin.split_once("://").map_or(origin, |(_, h)| h) != host
+    {
+        return message(
+            StatusCode::FORBIDDEN,
+            "Request refused",
+            "The form was posted from another site.",
+        );
+    }
+    let mut r = Redirect::to("/login").into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        auth::SESSION_COOKIE
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
 }
 
 /// Headers for every page: no scripts, no framing, no sniffing, no
@@ -610,6 +765,7 @@ async fn lease(
 
 async fn release_lease(
     State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<Principal>,
     headers: HeaderMap,
     Path(text): Path<String>,
     Form(form): Form<Vec<(String, String)>>,
@@ -621,7 +777,7 @@ async fn release_lease(
     if let Err(r) = check_post(&headers, &form) {
         return r;
     }
-    match client::release_lease(&s.store, LeaseId(id), WEB_AUTHOR).await {
+    match client::release_lease(&s.store, LeaseId(id), &web_actor(&who)).await {
         Ok(_) => Redirect::to(&format!("/leases/{id}")).into_response(),
         Err(e) => client_error(e),
     }
@@ -772,6 +928,7 @@ async fn resource(
 
 async fn release_resource(
     State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<Principal>,
     headers: HeaderMap,
     Path(text): Path<String>,
     Form(form): Form<Vec<(String, String)>>,
@@ -783,7 +940,7 @@ async fn release_resource(
     if let Err(r) = check_post(&headers, &form) {
         return r;
     }
-    match client::release_resource(&s.store, ResourceId(id), WEB_AUTHOR).await {
+    match client::release_resource(&s.store, ResourceId(id), &web_actor(&who)).await {
         Ok(_) => Redirect::to(&format!("/resources/{id}")).into_response(),
         Err(e) => client_error(e),
     }
@@ -1068,6 +1225,7 @@ fn form_value<'a>(form: &'a [(String, String)], key: &str) -> Option<&'a str> {
 
 async fn create_blueprint(
     State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<Principal>,
     headers: HeaderMap,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
@@ -1088,7 +1246,16 @@ async fn create_blueprint(
             fields.insert(f.to_owned(), Value::String(v.trim().to_owned()));
         }
     }
-    match client::create_blueprint(&s.store, &s.registry, WEB_AUTHOR, &name, &kind, &fields).await {
+    match client::create_blueprint(
+        &s.store,
+        &s.registry,
+        &web_actor(&who),
+        &name,
+        &kind,
+        &fields,
+    )
+    .await
+    {
         Ok(bp) => Redirect::to(&format!("/blueprints/{}", bp.id)).into_response(),
         Err(client::ClientError::Store(e)) if !matches!(e, StoreError::Invalid { .. }) => {
             store_error(e)
@@ -1147,6 +1314,7 @@ async fn edit_form(
 
 async fn edit_blueprint(
     State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<Principal>,
     headers: HeaderMap,
     Path(text): Path<String>,
     Form(form): Form<Vec<(String, String)>>,
@@ -1187,7 +1355,8 @@ async fn edit_blueprint(
     let name = form_value(&form, "name")
         .map(str::trim)
         .filter(|n| *n != b.name);
-    match client::edit_blueprint(&s.store, &s.registry, WEB_AUTHOR, id, name, &changes).await {
+    match client::edit_blueprint(&s.store, &s.registry, &web_actor(&who), id, name, &changes).await
+    {
         Ok(_) => Redirect::to(&format!("/blueprints/{id}")).into_response(),
         Err(client::ClientError::Store(e))
             if !matches!(e, StoreError::Invalid { .. } | StoreError::Stale { .. }) =>
@@ -1216,6 +1385,7 @@ async fn edit_blueprint(
 
 async fn set_disabled(
     s: AppState,
+    who: Principal,
     headers: HeaderMap,
     text: String,
     form: Vec<(String, String)>,
@@ -1228,7 +1398,9 @@ async fn set_disabled(
     if let Err(r) = check_post(&headers, &form) {
         return r;
     }
-    match client::set_blueprint_disabled(&s.store, WEB_AUTHOR, BlueprintId(id), disabled).await {
+    match client::set_blueprint_disabled(&s.store, &web_actor(&who), BlueprintId(id), disabled)
+        .await
+    {
         Ok(_) => Redirect::to(&format!("/blueprints/{id}")).into_response(),
         Err(e) => client_error(e),
     }
@@ -1236,20 +1408,22 @@ async fn set_disabled(
 
 async fn disable_blueprint(
     State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<Principal>,
     headers: HeaderMap,
     Path(text): Path<String>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    set_disabled(s, headers, text, form, true).await
+    set_disabled(s, who, headers, text, form, true).await
 }
 
 async fn enable_blueprint(
     State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<Principal>,
     headers: HeaderMap,
     Path(text): Path<String>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    set_disabled(s, headers, text, form, false).await
+    set_disabled(s, who, headers, text, form, false).await
 }
 
 // --------------------------------------------------- authorizations
@@ -1287,13 +1461,74 @@ struct AuthorizationPage {
     title: String,
     refresh: bool,
     a: AuthRow,
+    csrf: String,
 }
 
-async fn authorization(State(s): State<AppState>, Path(text): Path<String>) -> Response {
+async fn decide_authorization(
+    s: AppState,
+    who: Principal,
+    headers: HeaderMap,
+    text: String,
+    form: Vec<(String, String)>,
+    approve: bool,
+) -> Response {
     let id = match id(&text) {
         Ok(i) => i,
         Err(r) => return r,
     };
+    if let Err(r) = check_post(&headers, &form) {
+        return r;
+    }
+    let decision = if approve {
+        client::Decision::Approve
+    } else {
+        client::Decision::Decline {
+            release_leases: form_value(&form, "release_leases").is_some(),
+        }
+    };
+    match client::decide_authorization(
+        &s.store,
+        drydock_model::AuthorizationId(id),
+        decision,
+        &web_actor(&who),
+    )
+    .await
+    {
+        Ok(_) => Redirect::to(&format!("/authorizations/{id}")).into_response(),
+        Err(e) => client_error(e),
+    }
+}
+
+async fn approve_authorization(
+    State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<Principal>,
+    headers: HeaderMap,
+    Path(text): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    decide_authorization(s, who, headers, text, form, true).await
+}
+
+async fn decline_authorization(
+    State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<Principal>,
+    headers: HeaderMap,
+    Path(text): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    decide_authorization(s, who, headers, text, form, false).await
+}
+
+async fn authorization(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(text): Path<String>,
+) -> Response {
+    let id = match id(&text) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let csrf = csrf(&headers);
     match s
         .store
         .authorization(drydock_model::AuthorizationId(id))
@@ -1304,9 +1539,10 @@ async fn authorization(State(s): State<AppState>, Path(text): Path<String>) -> R
                 title: format!("Authorization {id}"),
                 refresh: false,
                 a: auth_row(&a),
+                csrf: csrf.token.clone(),
             },
             StatusCode::OK,
-            None,
+            Some(&csrf),
         ),
         Err(e) => store_error(e),
     }

@@ -7,7 +7,8 @@ use crate::{Result, Store, StoreError, now_ms};
 use drydock_model::{AuthorizationId, BlueprintId};
 use sqlx::any::AnyRow;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BlueprintAuthState {
     Requested,
     Authorized,
@@ -34,7 +35,7 @@ impl std::str::FromStr for BlueprintAuthState {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Authorization {
     pub id: AuthorizationId,
     pub blueprint: BlueprintId,

@@ -28,6 +28,7 @@ pub mod resource;
 mod row;
 pub mod slot_lock;
 pub mod stats;
+pub mod token;
 mod wakeup;
 
 pub use connect::{DEFAULT_DATABASE_URL, Dialect, redact_url};

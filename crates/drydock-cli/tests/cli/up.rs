@@ -23,19 +23,45 @@ async fn up_serves_a_first_lease_on_a_fresh_directory() -> anyhow::Result<()> {
         .stderr(std::fs::File::create(dir.path().join("stderr.txt"))?)
         .spawn()?;
     let stdout = child.stdout.take().context("stdout")?;
-    let first = tokio::task::spawn_blocking(move || {
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        lines.next().transpose()
+    // Read the banner up to the admin token line, then stop reading (the
+    // broker must survive its stdout going away).
+    let banner = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line?;
+            let done = line.contains("admin token");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(lines)
     })
-    .await??
-    .context("drydock up printed nothing")?;
+    .await??;
+    let first = banner
+        .first()
+        .context("drydock up printed nothing")?
+        .clone();
+    let token = banner
+        .last()
+        .and_then(|l| l.rsplit(' ').next())
+        .filter(|t| t.starts_with("ddt_"))
+        .with_context(|| format!("no admin token in {banner:?}"))?
+        .to_owned();
     let url = first
         .strip_prefix("Drydock is up: ")
         .with_context(|| format!("unexpected first line {first:?}"))?
         .trim_end_matches('/')
         .to_owned();
     ensure!(url.starts_with("http://127.0.0.1:"), "{url}");
-    let http = reqwest::Client::new();
+    let http = {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("authorization", format!("Bearer {token}").parse()?);
+        reqwest::Client::builder().default_headers(h).build()?
+    };
+    let anonymous = reqwest::Client::new();
+    let refused = anonymous.get(format!("{url}/api/v1/leases")).send().await?;
+    ensure!(refused.status() == reqwest::StatusCode::UNAUTHORIZED);
     let lease: Value = http
         .post(format!("{url}/api/v1/leases"))
         .json(&json!({"type": "host"}))
@@ -111,15 +137,15 @@ async fn up_serves_a_first_lease_on_a_fresh_directory() -> anyhow::Result<()> {
 }
 
 #[test]
-fn serve_refuses_a_non_loopback_address_without_authentication() {
+fn serve_refuses_plain_http_on_a_non_loopback_address() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("d.db").display());
     let o = crate::drydock(&url, &["serve", "--listen", "0.0.0.0:0"]);
     assert!(!o.status.success());
+    let err = crate::stderr(&o);
     assert!(
-        crate::stderr(&o).contains("refusing to listen on 0.0.0.0"),
-        "{}",
-        crate::stderr(&o)
+        err.contains("refusing to listen on 0.0.0.0") && err.contains("--allow-plain-http"),
+        "{err}"
     );
 }
 
@@ -158,4 +184,99 @@ fn config_check_names_bad_keys_and_shows_the_settings() {
         !String::from_utf8_lossy(&o.stdout).contains("secret"),
         "{v}"
     );
+}
+
+#[test]
+fn tokens_are_shown_once_and_authorizations_are_decided_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("d.db").display());
+    let o = crate::drydock(
+        &url,
+        &[
+            "--json",
+            "token",
+            "create",
+            "--name",
+            "ci",
+            "--role",
+            "client",
+            "--object",
+            "ci:plan/1",
+        ],
+    );
+    assert!(o.status.success(), "{}", crate::stderr(&o));
+    let created: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("ddt_") && created["token"]["object"] == "ci:plan/1");
+    let o = crate::drydock(&url, &["--json", "token", "list"]);
+    let listed = crate::stdout(&o);
+    assert!(
+        listed.contains("\"ci\"") && !listed.contains(&secret),
+        "{listed}"
+    );
+    let o = crate::drydock(
+        &url,
+        &[
+            "token", "create", "--name", "x", "--role", "client", "--object", "drydock",
+        ],
+    );
+    assert!(
+        !o.status.success() && crate::stderr(&o).contains("reserved"),
+        "{}",
+        crate::stderr(&o)
+    );
+    let o = crate::drydock(&url, &["token", "create", "--name", "y", "--role", "root"]);
+    assert!(!o.status.success() && crate::stderr(&o).contains("unknown role"));
+    let o = crate::drydock(&url, &["--json", "token", "revoke", "1"]);
+    assert!(o.status.success() && crate::stdout(&o).contains("revoked_at"));
+
+    // A client-made request shows up as requested; approve, then decline.
+    let o = crate::drydock(
+        &url,
+        &[
+            "blueprint",
+            "create",
+            "--type",
+            "host.local",
+            "--name",
+            "local",
+        ],
+    );
+    assert!(o.status.success(), "{}", crate::stderr(&o));
+    let o = crate::drydock(&url, &["authorization", "list"]);
+    assert_eq!(crate::stdout(&o), "no authorizations");
+    // (The lease request through the engine's client creates the row.)
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = drydock_store::Store::open(&url).await.unwrap();
+        drydock_engine::client::queue_lease(
+            &store,
+            &drydock_blueprints::registry(),
+            &drydock_engine::client::LeaseRequest {
+                resource_type: "host".into(),
+                authorizing: "ci:plan/1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    });
+    let o = crate::drydock(&url, &["authorization", "list", "--state", "requested"]);
+    let out = crate::stdout(&o);
+    assert!(
+        out.contains("requested") && out.contains("ci:plan/1"),
+        "{out}"
+    );
+    let o = crate::drydock(&url, &["--json", "authorization", "approve", "1"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["blueprint_state"], "authorized");
+    assert!(v["decided_by"].as_str().unwrap().starts_with("cli:"));
+    let o = crate::drydock(&url, &["authorization", "decline", "1", "--release-leases"]);
+    assert!(
+        o.status.success() && crate::stdout(&o).contains("may not use"),
+        "{}",
+        crate::stdout(&o)
+    );
+    let o = crate::drydock(&url, &["authorization", "approve", "99"]);
+    assert!(!o.status.success() && crate::stderr(&o).contains("99"));
 }

@@ -434,7 +434,7 @@ async fn a_resource_release_releases_its_leases(db: &TestDb) -> anyhow::Result<(
     .await?;
     let (_, commands) = s.get(&format!("/api/v1/resources/{rid}/commands")).await;
     ensure!(
-        commands[0]["command"] == "release" && commands[0]["author"] == "api",
+        commands[0]["command"] == "release" && commands[0]["author"] == "token:test-admin",
         "{commands}"
     );
     Ok(())

@@ -20,11 +20,34 @@ async fn raw(
     ctype: Option<&str>,
     body: Vec<u8>,
 ) -> (StatusCode, Value) {
-    let mut r = s.http.request(method, s.at(path)).body(body);
-    if let Some(c) = ctype {
-        r = r.header("content-type", c);
-    }
-    let resp = r.send().await.expect("request");
+    // A body over the limit is refused from its Content-Length, before it
+    // is read; the server then closes the connection with the rest unread,
+    // and TCP may reset it before the client reads the 413. So such a
+    // request is tried a few times: one answer must come back, and be 413.
+    let mut attempts = 0;
+    let resp = loop {
+        // A connection of its own each time: one the server closed after an
+        // oversized request must not be reused for the next.
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
+        let mut r = http
+            .request(method.clone(), s.at(path))
+            .bearer_auth(&s.admin_token)
+            .body(body.clone());
+        if let Some(c) = ctype {
+            r = r.header("content-type", c);
+        }
+        match r.send().await {
+            Ok(resp) => break resp,
+            Err(e) if body.len() > drydock_server::MAX_BODY_BYTES && attempts < 10 => {
+                attempts += 1;
+                eprintln!("oversized request reset before its answer was read ({e}); again");
+            }
+            Err(e) => panic!("request: {e}"),
+        }
+    };
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
     (

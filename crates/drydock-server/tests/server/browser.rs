@@ -181,6 +181,17 @@ async fn clicking_release_in_chromium_destroys_the_lease() {
         let s = Server::start(db).await;
         let lease = s.active_lease().await?;
         let id = lease["id"].as_i64().unwrap();
+        // Log in with the admin token, as a person would.
+        driver.goto(&s.at("/leases")).await?;
+        let field = driver.find("#token").await?;
+        driver
+            .call(
+                reqwest::Method::POST,
+                &format!("/element/{field}/value"),
+                json!({ "text": s.admin_token }),
+            )
+            .await?;
+        driver.click("#login").await?;
         driver.goto(&s.at("/leases")).await?;
         driver.click(&format!("a[href=\"/leases/{id}\"]")).await?;
         ensure!(driver.text("#status").await? == "Active");
@@ -208,8 +219,8 @@ async fn clicking_release_in_chromium_destroys_the_lease() {
         ensure!(released.status == drydock_model::LeaseStatus::Destroyed);
         let commands = s.store.commands_for(released.object()).await?;
         ensure!(
-            commands.iter().any(|c| c.author == "web"),
-            "released from the web UI"
+            commands.iter().any(|c| c.author == "web:test-admin"),
+            "released from the web UI by the logged-in token: {commands:?}"
         );
         let _ = driver.call(reqwest::Method::DELETE, "", Value::Null).await;
         Ok(())

@@ -14,12 +14,20 @@ backend_tests!(
     errors_come_back_in_conduit_shape,
 );
 
-/// Plain form fields, PHP-style (`constraints[ids][0]=1`).
+/// Plain form fields, PHP-style (`constraints[ids][0]=1`), with the token
+/// as `api.token` unless the fields carry one.
 async fn form(s: &Server, method: &str, fields: &[(&str, &str)]) -> anyhow::Result<Value> {
+    let mut fields = fields.to_vec();
+    if !fields
+        .iter()
+        .any(|(k, _)| *k == "api.token" || *k == "params")
+    {
+        fields.push(("api.token", &s.admin_token));
+    }
     let resp = s
-        .http
+        .anonymous
         .post(s.at(&format!("/api/{method}")))
-        .form(fields)
+        .form(&fields)
         .send()
         .await?;
     ensure!(resp.status() == StatusCode::OK, "{}", resp.status());
@@ -29,7 +37,7 @@ async fn form(s: &Server, method: &str, fields: &[(&str, &str)]) -> anyhow::Resu
 /// A form field `params` with JSON, as the Python and PHP clients send.
 async fn params(s: &Server, method: &str, p: Value) -> anyhow::Result<Value> {
     let mut p = p;
-    p["__conduit__"] = json!({"token": "api-secret-token"});
+    p["__conduit__"] = json!({"token": s.admin_token});
     let text = p.to_string();
     form(
         s,
@@ -66,7 +74,7 @@ async fn the_three_request_styles_give_the_same_answer(db: &TestDb) -> anyhow::R
         &s,
         "drydock.lease.search",
         &[
-            ("api.token", "api-secret-token"),
+            ("api.token", &s.admin_token),
             ("constraints[statuses][0]", "active"),
             ("limit", "10"),
         ],
@@ -198,7 +206,7 @@ async fn constraints_and_cursors_work_like_conduit(db: &TestDb) -> anyhow::Resul
     let owned = body(
         &s,
         "drydock.lease.search",
-        json!({"constraints": {"ownerPHIDs": ["api"]}}),
+        json!({"constraints": {"ownerPHIDs": ["token:test-admin"]}}),
     )
     .await?;
     ensure!(ids(&owned).len() == 5);

@@ -15,7 +15,11 @@ use std::time::Duration;
 
 pub struct Server {
     pub url: String,
+    /// Sends the admin token on every request.
     pub http: reqwest::Client,
+    /// Sends no token.
+    pub anonymous: reqwest::Client,
+    pub admin_token: String,
     pub store: Store,
     /// The starter blueprint's id.
     pub blueprint: i64,
@@ -63,21 +67,26 @@ impl Server {
             .await
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let state = AppState {
-            store: store.clone(),
-            registry,
-        };
+        let state = AppState::new(store.clone(), registry);
         let mut rx = stop_rx.clone();
         tokio::spawn(drydock_server::serve(listener, state, async move {
             let _ = rx.wait_for(|s| *s).await;
         }));
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client");
+        let admin = drydock_server::auth::create_token(
+            &store,
+            "test-admin",
+            drydock_server::auth::Role::Admin,
+            None,
+            "test",
+        )
+        .await
+        .expect("admin token");
+        let http = Self::client_with(Some(&admin.secret));
         let mut server = Server {
             url,
             http,
+            anonymous: Self::client_with(None),
+            admin_token: admin.secret.clone(),
             store,
             blueprint: 0,
             stop,
@@ -99,6 +108,36 @@ impl Server {
         assert_eq!(status, StatusCode::CREATED, "{bp}");
         server.blueprint = bp["id"].as_i64().unwrap();
         server
+    }
+
+    fn client_with(token: Option<&str>) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().expect("header"),
+            );
+        }
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .default_headers(headers)
+            .build()
+            .expect("client")
+    }
+
+    /// A new token of `role` (clients act as `object`), and a client
+    /// sending it.
+    pub async fn token(
+        &self,
+        name: &str,
+        role: drydock_server::auth::Role,
+        object: Option<&str>,
+    ) -> (String, reqwest::Client) {
+        let t = drydock_server::auth::create_token(&self.store, name, role, object, "test")
+            .await
+            .expect("token");
+        let client = Self::client_with(Some(&t.secret));
+        (t.secret, client)
     }
 
     pub fn at(&self, path: &str) -> String {

@@ -7,6 +7,7 @@
 extern crate drydock_testkit;
 
 mod api;
+mod authz;
 mod bad_input;
 mod browser;
 mod conduit;
