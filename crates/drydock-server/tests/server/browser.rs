@@ -132,8 +132,21 @@ impl Driver {
             .with_context(|| format!("no element {css}"))
     }
 
+    /// Wait until an element is on the page (a click's navigation may still
+    /// be under way when the click returns).
+    async fn wait_for(&self, css: &str) -> anyhow::Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.find(css).await {
+                Ok(e) => return Ok(e),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     async fn click(&self, css: &str) -> anyhow::Result<()> {
-        let e = self.find(css).await?;
+        let e = self.wait_for(css).await?;
         self.call(
             reqwest::Method::POST,
             &format!("/element/{e}/click"),
@@ -183,7 +196,7 @@ async fn clicking_release_in_chromium_destroys_the_lease() {
         let id = lease["id"].as_i64().unwrap();
         // Log in with the admin token, as a person would.
         driver.goto(&s.at("/leases")).await?;
-        let field = driver.find("#token").await?;
+        let field = driver.wait_for("#token").await?;
         driver
             .call(
                 reqwest::Method::POST,
@@ -192,8 +205,11 @@ async fn clicking_release_in_chromium_destroys_the_lease() {
             )
             .await?;
         driver.click("#login").await?;
+        // Logged in: the overview (only shown with a session).
+        driver.wait_for("#overview").await?;
         driver.goto(&s.at("/leases")).await?;
         driver.click(&format!("a[href=\"/leases/{id}\"]")).await?;
+        driver.wait_for("#status").await?;
         ensure!(driver.text("#status").await? == "Active");
         driver.click("#release").await?;
         // The page refreshes itself while the release is under way.
