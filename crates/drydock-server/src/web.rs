@@ -714,8 +714,11 @@ async fn lease(
     };
     let csrf = csrf(&headers);
     let page = async {
+        // Commands first, then the row: a worker consumes a release and
+        // writes the new status in one commit, so this order never sees
+        // "no release pending" next to a status from before it.
+        let releasing = releasing(&s.store, drydock_model::ObjectRef::lease(id)).await?;
         let l = s.store.lease(id).await?;
-        let releasing = releasing(&s.store, l.object()).await?;
         let logs = recent_logs(
             &s.store,
             LogFilter {
@@ -877,9 +880,10 @@ async fn resource(
     };
     let csrf = csrf(&headers);
     let page = async {
+        // Commands before the row, as on the lease page.
+        let releasing = releasing(&s.store, drydock_model::ObjectRef::resource(id)).await?;
         let r = s.store.resource(id).await?;
         let bp = s.store.blueprint(r.blueprint_id).await?;
-        let releasing = releasing(&s.store, r.object()).await?;
         let leases = s
             .store
             .leases(&LeaseFilter {
