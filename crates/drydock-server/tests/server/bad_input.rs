@@ -437,3 +437,187 @@ async fn check(db: &TestDb) -> anyhow::Result<()> {
     ensure!(still["status"] == "active");
     Ok(())
 }
+
+/// A generated sweep: valid requests broken in ways that are invalid by
+/// construction (truncated JSON, a value of the wrong type, an unknown
+/// field, unicode and size edge cases in checked strings, path traversal
+/// and odd numbers in ids). Every answer must be a 4xx with an error code
+/// and the database must not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_generated_sweep_of_broken_requests_changes_nothing() {
+    run(Backend::Sqlite, sweep).await
+}
+
+async fn snapshot(s: &Server) -> anyhow::Result<String> {
+    let leases = s
+        .store
+        .leases(&drydock_store::lease::LeaseFilter {
+            limit: Some(10_000),
+            ..Default::default()
+        })
+        .await?;
+    let blueprints = s.store.blueprints(None).await?;
+    let mut commands = Vec::new();
+    for l in &leases {
+        commands.extend(s.store.commands_for(l.object()).await?);
+    }
+    Ok(format!("{leases:?}{blueprints:?}{commands:?}"))
+}
+
+async fn sweep(db: &TestDb) -> anyhow::Result<()> {
+    use drydock_testkit::Rng;
+    let s = Server::start(db).await;
+    let lease = s.active_lease().await?;
+    let id = lease["id"].as_i64().unwrap();
+    let bp = s.blueprint;
+    let before = snapshot(&s).await?;
+    let bases: Vec<(reqwest::Method, String, Value)> = vec![
+        (
+            reqwest::Method::POST,
+            "/api/v1/leases".into(),
+            json!({"type": "host", "attributes": {"a": "b"}, "priority": 1, "ttl": "1h", "owner": "x"}),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/v1/leases/{id}/renew"),
+            json!({"ttl": "2h"}),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/v1/leases/{id}/command"),
+            json!({"argv": ["true"], "cwd": "sub", "env": {"A": "1"}, "timeout": "5s"}),
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/blueprints".into(),
+            json!({"name": "n", "type": "host.local", "fields": {"limit": 1}}),
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/api/v1/blueprints/{bp}"),
+            json!({"name": "renamed", "fields": {"limit": 2}}),
+        ),
+    ];
+    let wrong_types = [
+        json!(null),
+        json!(true),
+        json!(1.5e308),
+        json!(-9_223_372_036_854_775_807i64),
+        json!([]),
+        json!([1, "a"]),
+        json!({}),
+        json!({"x": {"y": []}}),
+        json!(0),
+    ];
+    let edge_strings = [
+        String::new(),
+        "\u{0}".into(),
+        "\u{FEFF}\u{202E}host".into(),
+        "host\n".into(),
+        "💥".repeat(100),
+        "x".repeat(300),
+        "../../../../etc/passwd".into(),
+        "%2e%2e%2f".into(),
+    ];
+    let odd_ids = [
+        "../../etc/passwd",
+        "..%2F..%2Fetc",
+        "%00",
+        "1e3",
+        "0x10",
+        "99999999999999999999999",
+        "-1",
+        "0",
+        "💥",
+        "1;DROP TABLE leases",
+        "%20",
+        "1.0",
+    ];
+    let mut rng = Rng(0x5eed_d0c5);
+    let mut tried = 0;
+    for round in 0..120 {
+        let (method, path, base) = &bases[round % bases.len()];
+        let text = base.to_string();
+        let obj = base.as_object().unwrap();
+        let keys: Vec<&String> = obj.keys().collect();
+        let key = keys[rng.below(keys.len() as u64) as usize].clone();
+        let mut variants: Vec<Vec<u8>> = Vec::new();
+        // Truncated JSON.
+        let cut = 1 + rng.below(text.len() as u64 - 1) as usize;
+        variants.push(text.as_bytes()[..cut].to_vec());
+        // A value of the wrong type (every field has one JSON type).
+        let mut broken = obj.clone();
+        let wrong = wrong_types[rng.below(wrong_types.len() as u64) as usize].clone();
+        let same_kind = std::mem::discriminant(&wrong) == std::mem::discriminant(&obj[&key])
+            || (key == "fields" && wrong.is_object())
+            || (key == "attributes" && wrong.is_object())
+            || (key == "name" && wrong.is_null());
+        if !same_kind {
+            broken.insert(key.clone(), wrong);
+            variants.push(Value::Object(broken).to_string().into_bytes());
+        }
+        // An unknown field.
+        let mut extra = obj.clone();
+        extra.insert(format!("unknown_{}", rng.below(1000)), json!(1));
+        variants.push(Value::Object(extra).to_string().into_bytes());
+        // An edge-case string where a checked string goes.
+        let checked = match path.as_str() {
+            "/api/v1/leases" => Some("type"),
+            p if p.ends_with("/renew") => Some("ttl"),
+            p if p.ends_with("/command") => Some("cwd"),
+            "/api/v1/blueprints" => Some("type"),
+            _ => None,
+        };
+        if let Some(field) = checked {
+            let mut edged = obj.clone();
+            let value = edge_strings[rng.below(edge_strings.len() as u64) as usize].clone();
+            let valid_cwd = field == "cwd" && drydock_model::input::relative_path(&value).is_ok();
+            if !valid_cwd {
+                edged.insert(field.into(), Value::String(value));
+                variants.push(Value::Object(edged).to_string().into_bytes());
+            }
+        }
+        for body in variants {
+            tried += 1;
+            let (status, answer) = raw(
+                &s,
+                method.clone(),
+                path,
+                Some("application/json"),
+                body.clone(),
+            )
+            .await;
+            ensure!(
+                status.is_client_error() && !Server::code(&answer).is_empty(),
+                "{method} {path} {:?}: {status} {answer}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        // An odd id in the path.
+        let odd = odd_ids[rng.below(odd_ids.len() as u64) as usize];
+        let odd_path = path
+            .replace(&format!("/{id}/"), &format!("/{odd}/"))
+            .replace(&format!("/{bp}"), &format!("/{odd}"));
+        if odd_path != *path {
+            tried += 1;
+            let (status, answer) = raw(
+                &s,
+                method.clone(),
+                &odd_path,
+                Some("application/json"),
+                text.clone().into_bytes(),
+            )
+            .await;
+            ensure!(
+                status.is_client_error(),
+                "{method} {odd_path}: {status} {answer}"
+            );
+        }
+    }
+    ensure!(tried >= 400, "only {tried} requests");
+    ensure!(
+        snapshot(&s).await? == before,
+        "a refused request changed the database"
+    );
+    Ok(())
+}

@@ -11,6 +11,7 @@ mod authz;
 mod bad_input;
 mod browser;
 mod conduit;
+mod fuzz;
 mod harness;
 mod metrics;
 mod openapi;
