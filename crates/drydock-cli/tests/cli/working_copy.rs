@@ -13,6 +13,7 @@ backend_tests!(
     working_copy_is_reused_clean_at_the_next_commit_and_destroyed_with_its_host_lease,
     working_copy_limit_makes_the_second_lease_wait,
     malicious_working_copy_requests_are_refused_before_any_command,
+    a_client_authorized_on_working_copies_gets_hosts_through_the_blueprint,
 );
 
 fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
@@ -422,5 +423,99 @@ async fn malicious_working_copy_requests_are_refused_before_any_command(
             .all(|r| r.resource_type != "working-copy"),
         "no working copy was built"
     );
+    Ok(())
+}
+
+/// Authorization is transitive exactly as documented (spec §11): a client
+/// authorized on the working-copy blueprint gets working copies on hosts
+/// it has no authorization of its own for, because the working copy leases
+/// its host as the working-copy blueprint, which its configuring admin
+/// authorized on the host blueprint. Declining that authorization stops
+/// new host leases for working copies.
+async fn a_client_authorized_on_working_copies_gets_hosts_through_the_blueprint(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    use drydock_engine::client;
+    use drydock_model::{LeaseStatus, ResourceStatus};
+    let Some(sshd) = Sshd::start().await else {
+        return Ok(());
+    };
+    let repos = tempfile::tempdir()?;
+    let (repo, a, _b) = repository(repos.path())?;
+    let url = &db.url;
+    setup(url, &sshd, &repo, None)?;
+    let store = db.store.clone();
+    let registry = std::sync::Arc::new(drydock_blueprints::registry());
+    let engine = std::sync::Arc::new(drydock_engine::Engine::new(
+        store.clone(),
+        registry.clone(),
+        drydock_engine::EngineConfig::new("test"),
+    ));
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let daemon = tokio::spawn(drydock_engine::daemon::run(
+        engine,
+        drydock_engine::daemon::DaemonConfig::default(),
+        "test",
+        stop_rx,
+    ));
+    let request = |commit: &str| client::LeaseRequest {
+        resource_type: "working-copy".into(),
+        authorizing: "ci:plan/5".into(),
+        attributes: serde_json::json!({"repository": "app", "commit": commit})
+            .as_object()
+            .cloned()
+            .unwrap(),
+        ..Default::default()
+    };
+    let lease = client::queue_lease(&store, &registry, &request(&a)).await?;
+    // It asks for the working-copy blueprint only, and waits for approval.
+    let asked = store.authorizations(None, Some("ci:plan/5")).await?;
+    ensure!(asked.len() == 1 && asked[0].blueprint.0 == 2, "{asked:?}");
+    let out = drydock(url, &["authorization", "approve", &asked[0].id.to_string()]);
+    ensure!(out.status.success(), "{}", stderr(&out));
+    let lease_id = lease.id;
+    wait_until(Duration::from_secs(60), "working copy active", async || {
+        store.lease(lease_id).await.unwrap().status == LeaseStatus::Active
+    })
+    .await?;
+    // The host came through the blueprint: the client has no rights on it.
+    ensure!(
+        !store
+            .is_authorized("ci:plan/5", drydock_model::BlueprintId(1))
+            .await?
+    );
+    // Decline the working copy's authorization on the hosts, and make the
+    // next working copy need a new host lease.
+    let wc_auth = store.authorizations(None, Some("blueprint:2")).await?[0].clone();
+    let out = drydock(url, &["authorization", "decline", &wc_auth.id.to_string()]);
+    ensure!(out.status.success(), "{}", stderr(&out));
+    let rid = store.lease(lease_id).await?.resource_id.unwrap();
+    client::release_resource(&store, rid, "test").await?;
+    wait_until(
+        Duration::from_secs(60),
+        "working copy destroyed",
+        async || store.resource(rid).await.unwrap().status == ResourceStatus::Destroyed,
+    )
+    .await?;
+    client::queue_lease(&store, &registry, &request(&a)).await?;
+    wait_until(Duration::from_secs(60), "host lease refused", async || {
+        store
+            .leases(&drydock_store::lease::LeaseFilter {
+                authorizing: Some("blueprint:2".into()),
+                statuses: vec![LeaseStatus::Broken, LeaseStatus::Destroyed],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .iter()
+            .any(|l| {
+                l.failure
+                    .as_deref()
+                    .is_some_and(|f| f.contains("blueprint:2 is not authorized"))
+            })
+    })
+    .await?;
+    let _ = stop.send(true);
+    let _ = daemon.await;
     Ok(())
 }
