@@ -69,9 +69,8 @@ fn push_id(lease: &mut Lease, key: &str, id: ResourceId) {
 }
 
 impl Engine {
-    /// One allocator pass over a pending lease.
-    pub(crate) async fn allocate(&self, lease: &mut Lease, lock: &ObjectLock) -> PassResult<Step> {
-        // Step 1: candidate blueprints.
+    /// Step 1: the enabled blueprints of the lease's type it allows.
+    async fn candidates(&self, lease: &Lease) -> PassResult<Vec<Candidate>> {
         let mut candidates: Vec<Candidate> = Vec::new();
         for bp in self.store.blueprints(None).await? {
             if bp.disabled
@@ -85,58 +84,85 @@ impl Engine {
                 candidates.push((bp, imp.clone()));
             }
         }
+        Ok(candidates)
+    }
+
+    /// Step 2: the candidates the lease's authorizing object may use, or
+    /// the failure when every one of them was declined.
+    async fn authorized(
+        &self,
+        lease: &Lease,
+        candidates: &[Candidate],
+    ) -> PassResult<Vec<Candidate>> {
+        if lease.authorizing == ADMIN {
+            return Ok(candidates.to_vec());
+        }
+        let mut authorized = Vec::new();
+        for c in candidates {
+            if self.store.is_authorized(&lease.authorizing, c.0.id).await? {
+                authorized.push(c.clone());
+            }
+        }
+        if authorized.is_empty() {
+            // Every candidate declined: no decision is pending that could
+            // ever serve it, so it fails with who decided.
+            let decisions = self
+                .store
+                .authorizations(None, Some(&lease.authorizing))
+                .await?;
+            let declined: Vec<String> = candidates
+                .iter()
+                .filter_map(|c| {
+                    decisions
+                        .iter()
+                        .find(|a| {
+                            a.blueprint == c.0.id
+                                && a.blueprint_state == BlueprintAuthState::Declined
+                        })
+                        .map(|a| {
+                            format!(
+                                "blueprint {} ({}) declined by {}",
+                                c.0.id,
+                                c.0.name,
+                                a.decided_by.as_deref().unwrap_or("an administrator")
+                            )
+                        })
+                })
+                .collect();
+            if !candidates.is_empty() && declined.len() == candidates.len() {
+                return Err(PassError::Permanent(format!(
+                    "{} is not authorized: {}",
+                    lease.authorizing,
+                    declined.join("; ")
+                )));
+            }
+        }
+        Ok(authorized)
+    }
+
+    /// One allocator pass over a pending lease.
+    pub(crate) async fn allocate(&self, lease: &mut Lease, lock: &ObjectLock) -> PassResult<Step> {
+        let candidates = self.candidates(lease).await?;
         let generic = vec![
             events::capacity(&lease.resource_type),
             events::BLUEPRINTS.to_owned(),
             events::authorization(&lease.authorizing),
         ];
         if candidates.is_empty() {
-            return self
+            let step = self
                 .wait(lease, lock, WaitReason::NoBlueprints, generic, None)
-                .await;
-        }
-        if lease.authorizing != ADMIN {
-            let mut authorized = Vec::new();
-            for c in candidates.iter() {
-                if self.store.is_authorized(&lease.authorizing, c.0.id).await? {
-                    authorized.push(c.clone());
-                }
+                .await?;
+            // Registered for `blueprints`; look again, so a blueprint
+            // created between the first look and the registration is seen.
+            if self.candidates(lease).await?.is_empty() {
+                return Ok(step);
             }
-            if authorized.is_empty() {
-                // Every candidate declined: no decision is pending that could
-                // ever serve it, so it fails with who decided.
-                let decisions = self
-                    .store
-                    .authorizations(None, Some(&lease.authorizing))
-                    .await?;
-                let declined: Vec<String> = candidates
-                    .iter()
-                    .filter_map(|c| {
-                        decisions
-                            .iter()
-                            .find(|a| {
-                                a.blueprint == c.0.id
-                                    && a.blueprint_state == BlueprintAuthState::Declined
-                            })
-                            .map(|a| {
-                                format!(
-                                    "blueprint {} ({}) declined by {}",
-                                    c.0.id,
-                                    c.0.name,
-                                    a.decided_by.as_deref().unwrap_or("an administrator")
-                                )
-                            })
-                    })
-                    .collect();
-                if declined.len() == candidates.len() {
-                    return Err(PassError::Permanent(format!(
-                        "{} is not authorized: {}",
-                        lease.authorizing,
-                        declined.join("; ")
-                    )));
-                }
+            return Ok(Step::Progress);
+        }
+        let candidates = match self.authorized(lease, &candidates).await? {
+            authorized if authorized.is_empty() => {
                 let blueprints = candidates.iter().map(|c| c.0.id).collect();
-                return self
+                let step = self
                     .wait(
                         lease,
                         lock,
@@ -144,10 +170,17 @@ impl Engine {
                         generic,
                         None,
                     )
-                    .await;
+                    .await?;
+                // Registered for `authorization:<object>`; look again, so a
+                // decision taken meanwhile is not missed (a decline fails
+                // the lease here).
+                if self.authorized(lease, &candidates).await?.is_empty() {
+                    return Ok(step);
+                }
+                return Ok(Step::Progress);
             }
-            candidates = authorized;
-        }
+            authorized => authorized,
+        };
         let mut usable = Vec::new();
         let mut refusals = Vec::new();
         for (bp, imp) in candidates {
