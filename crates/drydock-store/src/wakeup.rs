@@ -13,6 +13,11 @@ use drydock_model::ObjectRef;
 
 impl Tx {
     /// Replace `waiter`'s registrations with `events`.
+    ///
+    /// Registrations already there are left untouched rather than deleted
+    /// and inserted again: on PostgreSQL a concurrent fire that is waiting
+    /// for our delete would then skip the old row and not see the new one
+    /// (its snapshot predates it) — a lost wake-up the engine tests found.
     pub async fn wait_on(
         &mut self,
         waiter: ObjectRef,
@@ -21,10 +26,20 @@ impl Tx {
         events: &[String],
     ) -> Result<()> {
         let key = waiter.key();
-        sqlx::query("DELETE FROM wakeups WHERE waiter = $1")
-            .bind(&key)
-            .execute(self.conn())
-            .await?;
+        let marks: Vec<String> = (0..events.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = if events.is_empty() {
+            "DELETE FROM wakeups WHERE waiter = $1".to_owned()
+        } else {
+            format!(
+                "DELETE FROM wakeups WHERE waiter = $1 AND event NOT IN ({})",
+                marks.join(", ")
+            )
+        };
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&key);
+        for event in events {
+            q = q.bind(event);
+        }
+        q.execute(self.conn()).await?;
         for event in events {
             sqlx::query(
                 "INSERT INTO wakeups (event, waiter, priority, run_at) VALUES ($1, $2, $3, $4) \
