@@ -4,6 +4,7 @@
 
 mod admin;
 mod auth_cmd;
+mod bench;
 mod config;
 mod exec_cmd;
 mod lease_cmd;
@@ -46,6 +47,8 @@ enum Cmd {
     Up(UpArgs),
     /// Run the HTTP server (API, web UI, metrics) without a daemon.
     Serve(serve::ServeArgs),
+    /// Measure the broker (latency, throughput, memory) on a scratch database.
+    Bench(bench::BenchArgs),
     /// Check a settings file and print the settings in force.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -242,5 +245,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Credential(cmd) => exec_cmd::credential(&open(db).await?, cmd, json).await,
         Cmd::Authorization(cmd) => auth_cmd::authorization(&open(db).await?, cmd, json).await,
         Cmd::Token(cmd) => auth_cmd::token(&open(db).await?, cmd, json).await,
+        Cmd::Bench(args) => bench::bench(&open(db).await?, db, args).await,
     }
 }

@@ -197,6 +197,7 @@ impl Tx {
                 token: lock.token,
             });
         }
+        self.notify_change().await?;
         self.lease(lease.id).await
     }
 }

@@ -119,6 +119,7 @@ impl Store {
             tx,
             store: self.clone(),
             wake_workers: false,
+            change_notified: false,
             deferred_fires: Vec::new(),
         })
     }
@@ -139,6 +140,8 @@ pub struct Tx {
     tx: sqlx::Transaction<'static, Any>,
     store: Store,
     wake_workers: bool,
+    /// Whether other processes were notified of a change (PostgreSQL).
+    change_notified: bool,
     /// Wake-up events to fire once this transaction has committed (see
     /// [`Tx::fire`]).
     deferred_fires: Vec<String>,
@@ -152,6 +155,7 @@ impl Tx {
             store,
             wake_workers,
             deferred_fires,
+            ..
         } = self;
         tx.commit().await?;
         store.inner.changed.notify_waiters();

@@ -33,6 +33,9 @@ use std::time::Duration;
 pub const DEFAULT_MAX_ATTEMPTS: i64 = 8;
 /// The channel used for `NOTIFY` on PostgreSQL.
 pub const NOTIFY_CHANNEL: &str = "drydock_tasks";
+/// PostgreSQL channel notified when a transaction changed a lease, so
+/// readers in other processes (an API server's long-poll) see it at once.
+pub const CHANGES_CHANNEL: &str = "drydock_changes";
 
 /// A task to schedule.
 #[derive(Clone, Debug)]
@@ -245,6 +248,19 @@ impl Tx {
     pub async fn wake(&mut self, object: ObjectRef) -> Result<TaskId> {
         self.schedule(NewTask::update(object).run_at(now_ms()))
             .await
+    }
+
+    /// Tell other processes' readers that a lease changed (PostgreSQL; on
+    /// SQLite they watch `data_version`). Once per transaction.
+    pub(crate) async fn notify_change(&mut self) -> Result<()> {
+        if self.dialect() == Dialect::Postgres && !self.change_notified {
+            self.change_notified = true;
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHANGES_CHANNEL)
+                .execute(self.conn())
+                .await?;
+        }
+        Ok(())
     }
 
     async fn notify_workers(&mut self) -> Result<()> {
@@ -586,7 +602,7 @@ impl Store {
                     loop {
                         let listener = async {
                             let mut l = sqlx::postgres::PgListener::connect(&url).await?;
-                            l.listen(NOTIFY_CHANNEL).await?;
+                            l.listen_all([NOTIFY_CHANNEL, CHANGES_CHANNEL]).await?;
                             Ok::<_, sqlx::Error>(l)
                         }
                         .await;
@@ -594,7 +610,12 @@ impl Store {
                             Ok(mut l) => loop {
                                 let got = l.try_recv().await;
                                 let Some(inner) = weak.upgrade() else { return };
-                                inner.tasks_ready.notify_waiters();
+                                // A change alone does not concern workers.
+                                let only_changes =
+                                    matches!(&got, Ok(Some(n)) if n.channel() == CHANGES_CHANNEL);
+                                if !only_changes {
+                                    inner.tasks_ready.notify_waiters();
+                                }
                                 inner.changed.notify_waiters();
                                 match got {
                                     Ok(Some(_)) => {}

@@ -280,3 +280,34 @@ fn tokens_are_shown_once_and_authorizations_are_decided_from_the_cli() {
     let o = crate::drydock(&url, &["authorization", "approve", "99"]);
     assert!(!o.status.success() && crate::stderr(&o).contains("99"));
 }
+
+/// The benchmark's short form runs in CI: it must drive the real system to
+/// the end and report every measure (its numbers are not judged here;
+/// BENCHMARKS.md records full runs).
+#[test]
+fn bench_quick_reports_every_measure() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let md = dir.path().join("bench.md");
+    let o = crate::drydock(
+        &url,
+        &["bench", "--quick", "--markdown", md.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", crate::stderr(&o));
+    let table = std::fs::read_to_string(&md).unwrap();
+    for measure in [
+        "queued → active, reusing an active resource",
+        "release → destroyed",
+        "`drydock lease` CLI wall time",
+        "50 leases requested at once",
+        "full lease cycles per second",
+        "50 leases sharing 10 exclusive resources",
+        "`until` passed → destroyed",
+        "resident memory",
+    ] {
+        assert!(table.contains(measure), "{measure} missing from\n{table}");
+    }
+    // A database in use is refused.
+    let o = crate::drydock(&url, &["bench", "--quick"]);
+    assert!(!o.status.success() && crate::stderr(&o).contains("scratch database"));
+}

@@ -1,0 +1,443 @@
+//! `drydock bench`: a load generator driving the real system — the engine
+//! in this process (like `drydock up`) or N `drydock daemon` processes —
+//! against a scratch database, reporting the measures of issue 7 as
+//! percentiles and writing a Markdown table.
+//!
+//! Latencies are taken from the database's own timestamps (lease created,
+//! activated, destroyed; command sent), so they measure the broker, not
+//! how fast this client notices.
+
+use crate::admin::daemon_id;
+use anyhow::{Context, bail, ensure};
+use clap::Args;
+use drydock_engine::client::{self, LeaseRequest};
+use drydock_model::{LeaseId, LeaseStatus};
+use drydock_store::Store;
+use drydock_store::lease::Lease;
+use serde_json::{Map, json};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Daemon processes to start (0: the engine runs in this process, as
+    /// in `drydock up`).
+    #[arg(long, default_value_t = 0)]
+    daemons: usize,
+    /// A short run (seconds instead of minutes), for CI.
+    #[arg(long)]
+    quick: bool,
+    /// Append the Markdown table to this file.
+    #[arg(long)]
+    markdown: Option<std::path::PathBuf>,
+}
+
+/// Percentile of sorted values.
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+struct Row {
+    measure: String,
+    target: String,
+    value: String,
+}
+
+struct Bench {
+    store: Store,
+    registry: Arc<drydock_engine::blueprint::Registry>,
+    root: tempfile::TempDir,
+    rows: Vec<Row>,
+}
+
+impl Bench {
+    async fn blueprint(
+        &self,
+        name: &str,
+        limit: u64,
+        lease_limit: Option<u64>,
+    ) -> anyhow::Result<String> {
+        let mut fields = Map::new();
+        fields.insert(
+            "root".into(),
+            json!(self.root.path().join(name).to_string_lossy()),
+        );
+        fields.insert("limit".into(), json!(limit));
+        if let Some(l) = lease_limit {
+            fields.insert("lease-limit".into(), json!(l));
+        }
+        let bp = client::create_blueprint(
+            &self.store,
+            &self.registry,
+            "bench",
+            name,
+            "host.local",
+            &fields,
+        )
+        .await?;
+        Ok(bp.id.to_string())
+    }
+
+    async fn lease(&self, bp: &str, until: Option<i64>) -> anyhow::Result<Lease> {
+        Ok(client::queue_lease(
+            &self.store,
+            &self.registry,
+            &LeaseRequest {
+                resource_type: "host".into(),
+                blueprints: vec![bp.to_owned()],
+                authorizing: drydock_engine::ADMIN.into(),
+                owner: Some("bench".into()),
+                until,
+                ..Default::default()
+            },
+        )
+        .await?)
+    }
+
+    async fn wait(&self, id: LeaseId, status: LeaseStatus) -> anyhow::Result<Lease> {
+        let l = client::wait_for_lease(&self.store, id, Duration::from_secs(60), |l| {
+            l.status == status || l.status == LeaseStatus::Broken
+        })
+        .await?;
+        ensure!(
+            l.status == status,
+            "lease {id} is {} ({:?}), not {status}",
+            l.status,
+            l.failure
+        );
+        Ok(l)
+    }
+
+    /// When the lease was destroyed (its last write).
+    async fn destroyed_at(&self, id: LeaseId) -> anyhow::Result<i64> {
+        Ok(self.wait(id, LeaseStatus::Destroyed).await?.modified_at)
+    }
+
+    fn row(&mut self, measure: &str, target: &str, value: String) {
+        eprintln!("  {measure}: {value}   (target {target})");
+        self.rows.push(Row {
+            measure: measure.into(),
+            target: target.into(),
+            value,
+        });
+    }
+
+    fn latency(&mut self, measure: &str, target: &str, ms: Vec<f64>) {
+        let s = sorted(ms);
+        let value = format!(
+            "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (n={})",
+            pct(&s, 0.5),
+            pct(&s, 0.99),
+            s.last().copied().unwrap_or(f64::NAN),
+            s.len()
+        );
+        self.row(measure, target, value);
+    }
+}
+
+fn spawn_daemons(url: &str, n: usize) -> anyhow::Result<Vec<Child>> {
+    let exe = std::env::current_exe()?;
+    (0..n)
+        .map(|_| {
+            Command::new(&exe)
+                .args(["--database", url, "daemon", "--workers", "4"])
+                .env("DRYDOCK_LOG", "error")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting a daemon")
+        })
+        .collect()
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+pub async fn bench(store: &Store, url: &str, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if !store.blueprints(None).await?.is_empty() {
+        bail!(
+            "drydock bench needs a scratch database (this one has blueprints); pass --database sqlite:///tmp/bench.db or an empty PostgreSQL database"
+        );
+    }
+    let registry = Arc::new(drydock_blueprints::registry());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut in_process = None;
+    let mut children = Vec::new();
+    if args.daemons == 0 {
+        let engine = Arc::new(drydock_engine::Engine::new(
+            store.clone(),
+            registry.clone(),
+            drydock_engine::EngineConfig::new(crate::admin::owner()),
+        ));
+        let id = daemon_id();
+        in_process = Some(tokio::spawn(async move {
+            drydock_engine::daemon::run(engine, Default::default(), &id, stop_rx).await
+        }));
+    } else {
+        children = spawn_daemons(url, args.daemons)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store
+        .live_daemons(drydock_engine::daemon::ALIVE_WITHIN)
+        .await?
+        .len()
+        < args.daemons.max(1)
+    {
+        ensure!(Instant::now() < deadline, "the daemons did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut b = Bench {
+        store: store.clone(),
+        registry,
+        root: tempfile::tempdir()?,
+        rows: Vec::new(),
+    };
+    let setup = if args.daemons == 0 {
+        format!(
+            "{}, engine in the client's process",
+            store.dialect().as_str()
+        )
+    } else {
+        format!(
+            "{}, {} daemon process(es) × 4 workers",
+            store.dialect().as_str(),
+            args.daemons
+        )
+    };
+    eprintln!("drydock bench: {setup}");
+    let result = run(&mut b, &args, url, &children).await;
+    let _ = stop_tx.send(true);
+    if let Some(t) = in_process {
+        let _ = t.await;
+    }
+    for mut c in children {
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let _ = c.wait();
+    }
+    result?;
+    let mut table = format!(
+        "\n### {setup}{}\n\n| measure | target | measured |\n|---|---|---|\n",
+        if args.quick { " (quick)" } else { "" }
+    );
+    for r in &b.rows {
+        table += &format!("| {} | {} | {} |\n", r.measure, r.target, r.value);
+    }
+    println!("{table}");
+    if let Some(path) = args.markdown {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        f.write_all(table.as_bytes())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(b: &mut Bench, args: &BenchArgs, url: &str, children: &[Child]) -> anyhow::Result<()> {
+    let n = if args.quick { 30 } else { 300 };
+    // 1. Queued → active, reusing an active resource (one anchor lease
+    // keeps it active; the others share it).
+    let shared = b.blueprint("shared", 1, None).await?;
+    let anchor = b.lease(&shared, None).await?;
+    b.wait(anchor.id, LeaseStatus::Active).await?;
+    let mut waits = Vec::new();
+    let mut releases = Vec::new();
+    for _ in 0..n {
+        let l = b.lease(&shared, None).await?;
+        let active = b.wait(l.id, LeaseStatus::Active).await?;
+        waits.push((active.activated_at.unwrap_or(0) - active.created_at) as f64);
+        client::release_lease(&b.store, l.id, "bench").await?;
+        let gone = b.destroyed_at(l.id).await?;
+        let command_at = b
+            .store
+            .commands_for(l.object())
+            .await?
+            .first()
+            .map_or(gone, |c| c.created_at);
+        releases.push((gone - command_at) as f64);
+    }
+    b.latency(
+        "queued → active, reusing an active resource",
+        "p50 ≤ 5 ms, p99 ≤ 25 ms",
+        waits,
+    );
+    b.latency("release → destroyed", "≤ 10 ms", releases);
+
+    // 2. `drydock lease` CLI wall time against the warm broker.
+    let exe = std::env::current_exe()?;
+    let mut walls = Vec::new();
+    for _ in 0..(if args.quick { 3 } else { 10 }) {
+        let t = Instant::now();
+        let out = Command::new(&exe)
+            .args([
+                "--database",
+                url,
+                "lease",
+                "--type",
+                "host",
+                "--blueprint",
+                &shared,
+                "--until",
+                "10m",
+            ])
+            .env("DRYDOCK_LOG", "error")
+            .output()?;
+        walls.push(t.elapsed().as_secs_f64() * 1000.0);
+        ensure!(
+            out.status.success(),
+            "drydock lease: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id: i64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+        client::release_lease(&b.store, LeaseId(id), "bench").await?;
+    }
+    b.latency(
+        "`drydock lease` CLI wall time, warm daemon",
+        "≤ 50 ms",
+        walls,
+    );
+
+    // 3. 50 leases requested at once → all active.
+    let burst = join_all((0..50).map(|_| b.lease(&shared, None))).await?;
+    let mut last = 0;
+    for l in &burst {
+        last = last.max(
+            b.wait(l.id, LeaseStatus::Active)
+                .await?
+                .activated_at
+                .unwrap_or(0),
+        );
+    }
+    let first = burst.iter().map(|l| l.created_at).min().unwrap_or(0);
+    b.row(
+        "50 leases requested at once → all active",
+        "≤ 100 ms",
+        format!("{} ms", last - first),
+    );
+    for l in &burst {
+        client::release_lease(&b.store, l.id, "bench").await?;
+    }
+    client::release_lease(&b.store, anchor.id, "bench").await?;
+
+    // 4. Full cycles per second, 8 clients.
+    let cycles_bp = b.blueprint("cycles", 8, None).await?;
+    let span = Duration::from_secs(if args.quick { 2 } else { 10 });
+    let started = Instant::now();
+    let counts = join_all((0..8).map(|_| {
+        let b = &*b;
+        let bp = cycles_bp.clone();
+        async move {
+            let mut done = 0u64;
+            while started.elapsed() < span {
+                let l = b.lease(&bp, None).await?;
+                b.wait(l.id, LeaseStatus::Active).await?;
+                client::release_lease(&b.store, l.id, "bench").await?;
+                b.wait(l.id, LeaseStatus::Destroyed).await?;
+                done += 1;
+            }
+            Ok::<_, anyhow::Error>(done)
+        }
+    }))
+    .await?;
+    let total: u64 = counts.iter().sum();
+    b.row(
+        "full lease cycles per second (8 clients)",
+        "≥ 1,000 SQLite, ≥ 700 PostgreSQL",
+        format!(
+            "{:.0}/s ({total} in {:.1} s)",
+            total as f64 / started.elapsed().as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        ),
+    );
+
+    // 5. 50 leases sharing 10 exclusive resources, each released once active.
+    let exclusive = b.blueprint("exclusive", 10, Some(1)).await?;
+    let t0 = drydock_store::now_ms();
+    let served = join_all((0..50).map(|_| {
+        let b = &*b;
+        let bp = exclusive.clone();
+        async move {
+            let l = b.lease(&bp, None).await?;
+            let a = b.wait(l.id, LeaseStatus::Active).await?;
+            client::release_lease(&b.store, l.id, "bench").await?;
+            Ok::<_, anyhow::Error>(a.activated_at.unwrap_or(0))
+        }
+    }))
+    .await?;
+    b.row(
+        "50 leases sharing 10 exclusive resources → all served",
+        "≤ 500 ms",
+        format!("{} ms", served.iter().max().copied().unwrap_or(t0) - t0),
+    );
+
+    // 6. `until` passed → destroyed.
+    let mut late = Vec::new();
+    let expiring = join_all((0..(if args.quick { 5 } else { 20 })).map(|i| {
+        let b = &*b;
+        let bp = cycles_bp.clone();
+        async move {
+            let until = drydock_store::now_ms() + 300 + i * 10;
+            let l = b.lease(&bp, Some(until)).await?;
+            Ok::<_, anyhow::Error>((l.id, until))
+        }
+    }))
+    .await?;
+    for (id, until) in expiring {
+        late.push((b.destroyed_at(id).await? - until) as f64);
+    }
+    b.latency("`until` passed → destroyed", "≤ 100 ms", late);
+
+    // 7. Daemon memory.
+    if let Some(c) = children.first()
+        && let Some(kib) = rss_kib(c.id())
+    {
+        b.row(
+            "daemon resident memory (after the runs above)",
+            "≤ 25 MiB",
+            format!("{:.1} MiB", kib as f64 / 1024.0),
+        );
+    } else if children.is_empty()
+        && let Some(kib) = rss_kib(std::process::id())
+    {
+        b.row(
+            "resident memory of this process (engine + client)",
+            "≤ 25 MiB (daemon)",
+            format!("{:.1} MiB", kib as f64 / 1024.0),
+        );
+    }
+    Ok(())
+}
+
+/// Run futures concurrently; all must succeed.
+async fn join_all<T, F>(futures: impl Iterator<Item = F>) -> anyhow::Result<Vec<T>>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let all: Vec<_> = futures.collect();
+    let mut out = Vec::with_capacity(all.len());
+    for r in futures_util::future::join_all(all).await {
+        out.push(r?);
+    }
+    Ok(out)
+}
