@@ -75,6 +75,9 @@ pub struct LogFilter {
     pub until: Option<i64>,
     /// At most this many (default and maximum 1000).
     pub limit: Option<i64>,
+    /// The latest `limit` events instead of the first (still returned
+    /// oldest first).
+    pub latest: bool,
 }
 
 fn from_row(row: &AnyRow) -> Result<LogEntry> {
@@ -141,7 +144,12 @@ impl Store {
         q.above("id", filter.after.map(|a| a.0));
         q.compare("epoch", ">=", filter.since);
         q.compare("epoch", "<", filter.until);
-        let rows = q.page("id", limit).fetch_all(self.read_pool()).await?;
-        rows.iter().map(from_row).collect()
+        let order = if filter.latest { "id DESC" } else { "id" };
+        let rows = q.page(order, limit).fetch_all(self.read_pool()).await?;
+        let mut entries = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
+        if filter.latest {
+            entries.reverse();
+        }
+        Ok(entries)
     }
 }

@@ -340,6 +340,17 @@ async fn logs_are_queried_by_object_time_and_cursor(db: &TestDb) -> anyhow::Resu
             == vec![a, b]
     );
     ensure!(
+        ids(s
+            .logs(&LogFilter {
+                limit: Some(2),
+                latest: true,
+                ..Default::default()
+            })
+            .await?)
+            == vec![c, d],
+        "the latest two, oldest first"
+    );
+    ensure!(
         s.logs(&LogFilter {
             since: Some(start),
             ..Default::default()
