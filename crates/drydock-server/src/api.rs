@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 
-/// The authenticated caller (set by [`crate::require_token`]).
+/// The authenticated caller (set by [`crate::auth::require_token`]).
 pub type Caller = axum::Extension<crate::auth::Principal>;
 
 /// A lease the caller may see: a client sees only its own; another's
@@ -201,9 +201,7 @@ pub async fn list_leases(
             ..Default::default()
         })
         .await?;
-    let next = (leases.len() as i64 == limit)
-        .then(|| leases.last().map(|l| l.id.0))
-        .flatten();
+    let next = next_cursor(&leases, limit, |l| l.id.0);
     Ok(Json(LeasePage {
         data: leases.iter().map(LeaseView::from).collect(),
         next,
@@ -550,9 +548,7 @@ pub async fn list_resources(
             ..Default::default()
         })
         .await?;
-    let next = (resources.len() as i64 == limit)
-        .then(|| resources.last().map(|r| r.id.0))
-        .flatten();
+    let next = next_cursor(&resources, limit, |r| r.id.0);
     Ok(Json(ResourcePage {
         data: resources.iter().map(ResourceView::from).collect(),
         next,

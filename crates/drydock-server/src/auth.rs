@@ -177,6 +177,40 @@ pub async fn authenticate(store: &Store, secret: &str) -> Result<Option<Principa
     }))
 }
 
+/// Why a request is not let in.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Too many failures from this address lately.
+    RateLimited,
+    /// No token given.
+    Missing,
+    /// An unknown or revoked token (counted against the address).
+    Invalid,
+    Store(StoreError),
+}
+
+/// Who is calling, with the failure limit applied: the one check every
+/// entry point (API, metrics, Conduit, web login) goes through.
+pub async fn identify(
+    store: &Store,
+    limiter: &Limiter,
+    ip: Option<IpAddr>,
+    secret: Option<&str>,
+) -> Result<Principal, Refusal> {
+    if limiter.blocked(ip) {
+        return Err(Refusal::RateLimited);
+    }
+    let secret = secret.ok_or(Refusal::Missing)?;
+    match authenticate(store, secret).await {
+        Ok(Some(p)) => Ok(p),
+        Ok(None) => {
+            limiter.failed(ip);
+            Err(Refusal::Invalid)
+        }
+        Err(e) => Err(Refusal::Store(e)),
+    }
+}
+
 /// Failed authentications per address.
 #[derive(Default)]
 pub struct Limiter {
@@ -243,4 +277,76 @@ pub fn api_allows(role: Role, method: &axum::http::Method, route: &str) -> bool 
                 || (method == Method::POST && writes.contains(&route))
         }
     }
+}
+
+/// Authenticate a bearer-token request (API, metrics) and check its role
+/// against the route; the caller becomes an [`Principal`] extension.
+pub async fn require_token(
+    axum::extract::State(s): axum::extract::State<crate::AppState>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use crate::error::ApiError;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let unauthenticated = |message: &str| {
+        (
+            [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message),
+        )
+            .into_response()
+    };
+    let secret = bearer(req.headers()).map(str::to_owned);
+    let principal = match identify(&s.store, &s.limiter, ip, secret.as_deref()).await {
+        Ok(p) => p,
+        Err(Refusal::RateLimited) => {
+            return (
+                [(axum::http::header::RETRY_AFTER, "60")],
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too-many-failures",
+                    "too many failed authentications from this address; wait a minute",
+                ),
+            )
+                .into_response();
+        }
+        Err(Refusal::Missing) => {
+            return unauthenticated(
+                "send a token: Authorization: Bearer <token> (see drydock token create)",
+            );
+        }
+        Err(Refusal::Invalid) => {
+            return unauthenticated("the token is not valid (unknown or revoked)");
+        }
+        Err(Refusal::Store(e)) => return ApiError::from(e).into_response(),
+    };
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let allowed = match route.as_deref() {
+        Some("/metrics") => principal.role != Role::Client,
+        Some(r) => api_allows(principal.role, req.method(), r),
+        // Unknown routes answer 404 to anyone authenticated.
+        None => true,
+    };
+    if !allowed {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "a {} token may not {} {}",
+                principal.role.as_str(),
+                req.method(),
+                req.uri().path()
+            ),
+        )
+        .into_response();
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
 }

@@ -123,28 +123,21 @@ async fn authenticate(
     ip: Option<std::net::IpAddr>,
     token: Option<&str>,
 ) -> Result<crate::auth::Principal, Fault> {
-    if s.limiter.blocked(ip) {
-        return Err(Fault(
+    match crate::auth::identify(&s.store, &s.limiter, ip, token).await {
+        Ok(p) => Ok(p),
+        Err(crate::auth::Refusal::RateLimited) => Err(Fault(
             "ERR-RATE-LIMIT",
             "too many failed authentications from this address; wait a minute".into(),
-        ));
-    }
-    let Some(token) = token else {
-        return Err(Fault(
+        )),
+        Err(crate::auth::Refusal::Missing) => Err(Fault(
             "ERR-INVALID-AUTH",
             "send an API token as api.token (see drydock token create)".into(),
-        ));
-    };
-    match crate::auth::authenticate(&s.store, token).await {
-        Ok(Some(p)) => Ok(p),
-        Ok(None) => {
-            s.limiter.failed(ip);
-            Err(Fault(
-                "ERR-INVALID-AUTH",
-                "the API token is not valid".into(),
-            ))
-        }
-        Err(e) => Err(internal(e)),
+        )),
+        Err(crate::auth::Refusal::Invalid) => Err(Fault(
+            "ERR-INVALID-AUTH",
+            "the API token is not valid".into(),
+        )),
+        Err(crate::auth::Refusal::Store(e)) => Err(internal(e)),
     }
 }
 
@@ -571,6 +564,56 @@ fn status(value: &str) -> Value {
     json!({ "value": value, "name": name })
 }
 
+/// One result before paging: what is particular to its type.
+struct Item {
+    id: i64,
+    created: i64,
+    modified: i64,
+    fields: Value,
+}
+
+impl Search {
+    /// The `statuses` constraint, else the builtin `active` query's.
+    fn statuses<T>(&self, active: &[T]) -> Result<Vec<T>, Fault>
+    where
+        T: std::str::FromStr + Clone + PartialEq,
+        T::Err: std::fmt::Display,
+    {
+        let mut out = match self.c("statuses") {
+            Some(v) => text_list("statuses", v)?
+                .iter()
+                .map(|t| t.parse::<T>().map_err(|e| core(e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?,
+            None if self.query_key.as_deref() == Some("active") => active.to_vec(),
+            None => vec![],
+        };
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The answer for `items` sorted newest first: one page, its cursor,
+    /// and the fields every object has.
+    fn answer(&self, kind: &str, items: Vec<Item>) -> Value {
+        let (page, more) = self.page(items, |i| i.id);
+        let data = page
+            .iter()
+            .map(|i| {
+                let mut fields = i.fields.clone();
+                fields["dateCreated"] = json!(seconds(i.created));
+                fields["dateModified"] = json!(seconds(i.modified));
+                fields["policy"] = json!({ "view": "users", "edit": "admin" });
+                json!({ "id": i.id, "type": kind, "phid": phid(kind, i.id), "fields": fields, "attachments": {} })
+            })
+            .collect();
+        self.result(
+            data,
+            page.first().map(|i| i.id),
+            page.last().map(|i| i.id),
+            more,
+        )
+    }
+}
+
 async fn blueprint_search(s: &AppState, q: &Search) -> Answer {
     let ids = q.ids("DRYB")?;
     let name = match q.c("match") {
@@ -598,43 +641,29 @@ async fn blueprint_search(s: &AppState, q: &Search) -> Answer {
             && disabled.is_none_or(|d| b.disabled == d)
             && (q.query_key.as_deref() != Some("active") || !b.disabled)
     });
-    let (page, more) = q.page(all, |b| b.id.0);
-    let data = page
+    let items = all
         .iter()
         .map(|b| {
             let mut fields = json!({
                 "name": b.name,
                 "type": s.registry.get(&b.kind).map_or(b.kind.as_str(), |i| i.resource_type()),
-                "dateCreated": seconds(b.created_at),
-                "dateModified": seconds(b.modified_at),
-                "policy": { "view": "users", "edit": "admin" },
             });
             for (k, v) in &b.fields {
                 fields[format!("custom.{k}")] = v.clone();
             }
-            json!({ "id": b.id.0, "type": "DRYB", "phid": phid("DRYB", b.id.0), "fields": fields, "attachments": {} })
+            Item {
+                id: b.id.0,
+                created: b.created_at,
+                modified: b.modified_at,
+                fields,
+            }
         })
         .collect();
-    Ok(q.result(
-        data,
-        page.first().map(|b| b.id.0),
-        page.last().map(|b| b.id.0),
-        more,
-    ))
+    Ok(q.answer("DRYB", items))
 }
 
 async fn resource_search(s: &AppState, q: &Search) -> Answer {
-    let mut statuses = match q.c("statuses") {
-        Some(v) => text_list("statuses", v)?
-            .iter()
-            .map(|t| t.parse::<ResourceStatus>().map_err(|e| core(e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?,
-        None if q.query_key.as_deref() == Some("active") => {
-            vec![ResourceStatus::Pending, ResourceStatus::Active]
-        }
-        None => vec![],
-    };
-    statuses.dedup();
+    let statuses = q.statuses(&[ResourceStatus::Pending, ResourceStatus::Active])?;
     let blueprints = match q.c("blueprintPHIDs") {
         Some(v) => phid_ids("blueprintPHIDs", "DRYB", v)?
             .into_iter()
@@ -666,46 +695,27 @@ async fn resource_search(s: &AppState, q: &Search) -> Answer {
     if q.before.is_some() {
         rows.reverse();
     }
-    let (page, more) = q.page(rows, |r| r.id.0);
-    let data = page
+    let items = rows
         .iter()
-        .map(|r| {
-            json!({
-                "id": r.id.0, "type": "DRYR", "phid": phid("DRYR", r.id.0),
-                "fields": {
-                    "blueprintPHID": phid("DRYB", r.blueprint_id.0),
-                    "status": status(r.status.as_str()),
-                    "dateCreated": seconds(r.created_at),
-                    "dateModified": seconds(r.modified_at),
-                    "policy": { "view": "users", "edit": "admin" },
-                },
-                "attachments": {},
-            })
+        .map(|r| Item {
+            id: r.id.0,
+            created: r.created_at,
+            modified: r.modified_at,
+            fields: json!({
+                "blueprintPHID": phid("DRYB", r.blueprint_id.0),
+                "status": status(r.status.as_str()),
+            }),
         })
         .collect();
-    Ok(q.result(
-        data,
-        page.first().map(|r| r.id.0),
-        page.last().map(|r| r.id.0),
-        more,
-    ))
+    Ok(q.answer("DRYR", items))
 }
 
 async fn lease_search(s: &AppState, caller: &crate::auth::Principal, q: &Search) -> Answer {
-    let statuses = match q.c("statuses") {
-        Some(v) => text_list("statuses", v)?
-            .iter()
-            .map(|t| t.parse::<LeaseStatus>().map_err(|e| core(e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?,
-        None if q.query_key.as_deref() == Some("active") => {
-            vec![
-                LeaseStatus::Pending,
-                LeaseStatus::Acquired,
-                LeaseStatus::Active,
-            ]
-        }
-        None => vec![],
-    };
+    let statuses = q.statuses(&[
+        LeaseStatus::Pending,
+        LeaseStatus::Acquired,
+        LeaseStatus::Active,
+    ])?;
     let resources = match q.c("resourcePHIDs") {
         Some(v) => phid_ids("resourcePHIDs", "DRYR", v)?
             .into_iter()
@@ -739,33 +749,23 @@ async fn lease_search(s: &AppState, caller: &crate::auth::Principal, q: &Search)
     if q.before.is_some() {
         rows.reverse();
     }
-    let (page, more) = q.page(rows, |l| l.id.0);
-    let data = page
+    let items = rows
         .iter()
-        .map(|l| {
-            json!({
-                "id": l.id.0, "type": "DRYL", "phid": phid("DRYL", l.id.0),
-                "fields": {
-                    "resourcePHID": l.resource_id.map(|r| phid("DRYR", r.0)),
-                    "resourceType": l.resource_type,
-                    "until": l.until.map(seconds),
-                    "ownerPHID": l.owner,
-                    "authorizingPHID": l.authorizing,
-                    "status": status(l.status.as_str()),
-                    "dateCreated": seconds(l.created_at),
-                    "dateModified": seconds(l.modified_at),
-                    "policy": { "view": "users", "edit": "admin" },
-                },
-                "attachments": {},
-            })
+        .map(|l| Item {
+            id: l.id.0,
+            created: l.created_at,
+            modified: l.modified_at,
+            fields: json!({
+                "resourcePHID": l.resource_id.map(|r| phid("DRYR", r.0)),
+                "resourceType": l.resource_type,
+                "until": l.until.map(seconds),
+                "ownerPHID": l.owner,
+                "authorizingPHID": l.authorizing,
+                "status": status(l.status.as_str()),
+            }),
         })
         .collect();
-    Ok(q.result(
-        data,
-        page.first().map(|l| l.id.0),
-        page.last().map(|l| l.id.0),
-        more,
-    ))
+    Ok(q.answer("DRYL", items))
 }
 
 async fn authorization_search(s: &AppState, q: &Search) -> Answer {
@@ -787,31 +787,21 @@ async fn authorization_search(s: &AppState, q: &Search) -> Answer {
                 .is_none_or(|b| b.contains(&a.blueprint.0))
             && objects.as_ref().is_none_or(|o| o.contains(&a.object))
     });
-    let (page, more) = q.page(all, |a| a.id.0);
-    let data = page
+    let items = all
         .iter()
-        .map(|a| {
-            json!({
-                "id": a.id.0, "type": "DRYA", "phid": phid("DRYA", a.id.0),
-                "fields": {
-                    "blueprintPHID": phid("DRYB", a.blueprint.0),
-                    "blueprintAuthorizationState": status(a.blueprint_state.as_str()),
-                    "objectPHID": a.object,
-                    "objectAuthorizationState": status(if a.object_active { "active" } else { "inactive" }),
-                    "dateCreated": seconds(a.created_at),
-                    "dateModified": seconds(a.modified_at),
-                    "policy": { "view": "users", "edit": "admin" },
-                },
-                "attachments": {},
-            })
+        .map(|a| Item {
+            id: a.id.0,
+            created: a.created_at,
+            modified: a.modified_at,
+            fields: json!({
+                "blueprintPHID": phid("DRYB", a.blueprint.0),
+                "blueprintAuthorizationState": status(a.blueprint_state.as_str()),
+                "objectPHID": a.object,
+                "objectAuthorizationState": status(if a.object_active { "active" } else { "inactive" }),
+            }),
         })
         .collect();
-    Ok(q.result(
-        data,
-        page.first().map(|a| a.id.0),
-        page.last().map(|a| a.id.0),
-        more,
-    ))
+    Ok(q.answer("DRYA", items))
 }
 
 fn internal(e: drydock_store::StoreError) -> Fault {

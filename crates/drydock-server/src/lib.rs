@@ -51,81 +51,9 @@ impl AppState {
     }
 }
 
-/// Authenticate a bearer-token request (API, metrics) and check its role
-/// against the route; the caller becomes an [`auth::Principal`] extension.
-pub async fn require_token(
-    axum::extract::State(s): axum::extract::State<AppState>,
-    mut req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::http::StatusCode;
-    use axum::response::IntoResponse;
-    use error::ApiError;
-    let ip = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    if s.limiter.blocked(ip) {
-        return (
-            [(axum::http::header::RETRY_AFTER, "60")],
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too-many-failures",
-                "too many failed authentications from this address; wait a minute",
-            ),
-        )
-            .into_response();
-    }
-    let unauthenticated = |message: &str| {
-        (
-            [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message),
-        )
-            .into_response()
-    };
-    let Some(secret) = auth::bearer(req.headers()) else {
-        return unauthenticated(
-            "send a token: Authorization: Bearer <token> (see drydock token create)",
-        );
-    };
-    let principal = match auth::authenticate(&s.store, secret).await {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            s.limiter.failed(ip);
-            return unauthenticated("the token is not valid (unknown or revoked)");
-        }
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|m| m.as_str().to_owned());
-    let allowed = match route.as_deref() {
-        Some("/metrics") => principal.role != auth::Role::Client,
-        Some(r) => auth::api_allows(principal.role, req.method(), r),
-        // Unknown routes answer 404 to anyone authenticated.
-        None => true,
-    };
-    if !allowed {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "a {} token may not {} {}",
-                principal.role.as_str(),
-                req.method(),
-                req.uri().path()
-            ),
-        )
-        .into_response();
-    }
-    req.extensions_mut().insert(principal);
-    next.run(req).await
-}
-
 /// The whole application: API, Conduit methods, web UI and metrics.
 pub fn app(state: AppState) -> Router {
-    let token = axum::middleware::from_fn_with_state(state.clone(), require_token);
+    let token = axum::middleware::from_fn_with_state(state.clone(), auth::require_token);
     Router::new()
         .nest("/api/v1", api::routes().route_layer(token))
         .merge(conduit::routes())

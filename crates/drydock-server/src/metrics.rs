@@ -47,7 +47,7 @@ pub fn recorder() -> Option<&'static PrometheusHandle> {
 /// `/metrics` needs an admin or viewer token; the health checks are open,
 /// for load balancers and orchestrators.
 pub fn routes(state: AppState) -> Router<AppState> {
-    let token = axum::middleware::from_fn_with_state(state, crate::require_token);
+    let token = axum::middleware::from_fn_with_state(state, crate::auth::require_token);
     Router::new()
         .route("/metrics", get(scrape).route_layer(token))
         .route("/healthz", get(healthz))

@@ -14,6 +14,16 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+/// The cursor of the page after `rows`: its last id, if the page is full
+/// (a short page is the last).
+pub fn next_cursor<T>(rows: &[T], limit: i64, id: impl Fn(&T) -> i64) -> Option<i64> {
+    if rows.len() as i64 == limit {
+        rows.last().map(id)
+    } else {
+        None
+    }
+}
+
 /// A lease. Times are Unix epoch milliseconds.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LeaseView {

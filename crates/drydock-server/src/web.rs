@@ -9,6 +9,7 @@
 
 use crate::AppState;
 use crate::auth::{self, Principal, Role};
+use crate::views::next_cursor;
 use askama::Template;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -16,7 +17,7 @@ use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
-use drydock_engine::blueprint::{FieldKind, FieldSpec};
+use drydock_engine::blueprint::FieldSpec;
 use drydock_engine::client;
 use drydock_engine::events::{describe_log, describe_waiting};
 use drydock_model::{BlueprintId, LeaseId, LeaseStatus, LogId, ResourceId, ResourceStatus};
@@ -47,12 +48,13 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/blueprints/new", get(new_blueprint).post(create_blueprint))
         .route("/blueprints/{id}", get(blueprint))
         .route("/blueprints/{id}/edit", get(edit_form).post(edit_blueprint))
-        .route("/blueprints/{id}/disable", post(disable_blueprint))
-        .route("/blueprints/{id}/enable", post(enable_blueprint))
+        .route("/blueprints/{id}/{switch}", post(switch_blueprint))
         .route("/authorizations", get(authorizations))
         .route("/authorizations/{id}", get(authorization))
-        .route("/authorizations/{id}/approve", post(approve_authorization))
-        .route("/authorizations/{id}/decline", post(decline_authorization))
+        .route(
+            "/authorizations/{id}/{decision}",
+            post(decide_authorization),
+        )
         .route("/logs", get(logs))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state, require_session))
@@ -155,18 +157,12 @@ async fn login(
             Some(&csrf),
         )
     };
-    if s.limiter.blocked(ip) {
-        return again(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many failed attempts from this address; wait a minute.",
-        );
-    }
     let secret = form_value(&form, "token")
         .unwrap_or_default()
         .trim()
         .to_owned();
-    match auth::authenticate(&s.store, &secret).await {
-        Ok(Some(p)) if p.role != Role::Client => {
+    match auth::identify(&s.store, &s.limiter, ip, Some(&secret)).await {
+        Ok(p) if p.role != Role::Client => {
             let mut r = Redirect::to("/").into_response();
             if let Ok(v) = HeaderValue::from_str(&format!(
                 "{}={secret}; Path=/; HttpOnly; SameSite=Strict",
@@ -176,24 +172,23 @@ async fn login(
             }
             r
         }
-        Ok(Some(_)) => again(
+        Ok(_) => again(
             StatusCode::FORBIDDEN,
             "Client tokens are for the API; log in with an admin or viewer token.",
         ),
-        Ok(None) => {
-            s.limiter.failed(ip);
+        Err(auth::Refusal::RateLimited) => again(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed attempts from this address; wait a minute.",
+        ),
+        Err(auth::Refusal::Missing | auth::Refusal::Invalid) => {
             again(StatusCode::UNAUTHORIZED, "That is not a valid token.")
         }
-        Err(e) => store_error(e),
+        Err(auth::Refusal::Store(e)) => store_error(e),
     }
 }
 
 async fn logout(headers: HeaderMap) -> Response {
-    if let (Some(origin), Some(host)) = (
-        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
-        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
-    ) && origin.split_once("://").map_or(origin, |(_, h)| h) != host
-    {
+    if !same_origin(&headers) {
         return message(
             StatusCode::FORBIDDEN,
             "Request refused",
@@ -279,6 +274,17 @@ fn csrf(headers: &HeaderMap) -> Csrf {
 
 /// Whether a form post may act: its token matches the cookie, and it does
 /// not come from another origin.
+/// Whether a request comes from this origin (or says nothing of where).
+fn same_origin(headers: &HeaderMap) -> bool {
+    match (
+        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
+        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
+    ) {
+        (Some(origin), Some(host)) => origin.split_once("://").map_or(origin, |(_, h)| h) == host,
+        _ => true,
+    }
+}
+
 fn check_post(headers: &HeaderMap, form: &[(String, String)]) -> Result<(), Response> {
     let refuse = |why: &str| {
         message(
@@ -287,22 +293,34 @@ fn check_post(headers: &HeaderMap, form: &[(String, String)]) -> Result<(), Resp
             &format!("{why} Reload the page and try again."),
         )
     };
-    if let (Some(origin), Some(host)) = (
-        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
-        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
-    ) {
-        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
-        if origin_host != host {
-            return Err(refuse("The form was posted from another site."));
-        }
+    if !same_origin(headers) {
+        return Err(refuse("The form was posted from another site."));
     }
-    let sent = form
-        .iter()
-        .find(|(k, _)| k == "csrf")
-        .map(|(_, v)| v.as_str());
-    match (cookie(headers, CSRF_COOKIE), sent) {
+    match (cookie(headers, CSRF_COOKIE), form_value(form, "csrf")) {
         (Some(c), Some(s)) if c.len() == 32 && constant_eq(c.as_bytes(), s.as_bytes()) => Ok(()),
         _ => Err(refuse("The form's security token is missing or stale.")),
+    }
+}
+
+/// A button's POST: the id from the path, the origin and CSRF checks, the
+/// action, then back to the object's page (`{page}/{id}`).
+async fn button(
+    headers: &HeaderMap,
+    text: &str,
+    form: &[(String, String)],
+    page: &str,
+    action: impl AsyncFnOnce(i64) -> Result<(), client::ClientError>,
+) -> Response {
+    let id = match id(text) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_post(headers, form) {
+        return r;
+    }
+    match action(id).await {
+        Ok(()) => Redirect::to(&format!("{page}/{id}")).into_response(),
+        Err(e) => client_error(e),
     }
 }
 
@@ -418,6 +436,24 @@ struct ListQuery {
     kind: Option<String>,
 }
 
+/// The statuses a list page shows (unknown ones ignored), and the same as
+/// the filter text its links carry.
+fn status_filter<T: std::str::FromStr + std::fmt::Display>(
+    text: &Option<String>,
+) -> (Vec<T>, String) {
+    let statuses: Vec<T> = text
+        .iter()
+        .flat_map(|t| t.split(','))
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let filter = statuses
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    (statuses, filter)
+}
+
 fn num(t: &Option<String>) -> Option<i64> {
     t.as_deref().and_then(|t| t.parse().ok())
 }
@@ -450,23 +486,16 @@ fn log_rows(entries: &[LogEntry]) -> Vec<LogRow> {
 /// The latest `n` events matching `filter`, oldest first.
 async fn recent_logs(
     store: &Store,
-    mut filter: LogFilter,
+    filter: LogFilter,
     n: i64,
 ) -> Result<Vec<LogEntry>, StoreError> {
-    // Logs page oldest first; walk to the end keeping the last `n`.
-    filter.limit = Some(1000);
-    let mut kept: Vec<LogEntry> = Vec::new();
-    loop {
-        let batch = store.logs(&filter).await?;
-        let full = batch.len() == 1000;
-        filter.after = batch.last().map(|e| e.id).or(filter.after);
-        kept.extend(batch);
-        let excess = kept.len().saturating_sub(usize::try_from(n).unwrap_or(100));
-        kept.drain(..excess);
-        if !full {
-            return Ok(kept);
-        }
-    }
+    store
+        .logs(&LogFilter {
+            limit: Some(n),
+            latest: true,
+            ..filter
+        })
+        .await
 }
 
 struct CommandRow {
@@ -620,17 +649,7 @@ struct LeasesPage {
 }
 
 async fn leases(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Response {
-    let statuses: Vec<LeaseStatus> = q
-        .status
-        .iter()
-        .flat_map(|t| t.split(','))
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    let filter = statuses
-        .iter()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
+    let (statuses, filter) = status_filter::<LeaseStatus>(&q.status);
     let rows = match s
         .store
         .leases(&LeaseFilter {
@@ -645,9 +664,7 @@ async fn leases(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Respon
         Ok(r) => r,
         Err(e) => return store_error(e),
     };
-    let next = (rows.len() as i64 == PAGE)
-        .then(|| rows.last().map(|l| l.id.0))
-        .flatten();
+    let next = next_cursor(&rows, PAGE, |l| l.id.0);
     render(
         &LeasesPage {
             title: "Leases",
@@ -766,26 +783,6 @@ async fn lease(
     }
 }
 
-async fn release_lease(
-    State(s): State<AppState>,
-    axum::Extension(who): axum::Extension<Principal>,
-    headers: HeaderMap,
-    Path(text): Path<String>,
-    Form(form): Form<Vec<(String, String)>>,
-) -> Response {
-    let id = match id(&text) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_post(&headers, &form) {
-        return r;
-    }
-    match client::release_lease(&s.store, LeaseId(id), &web_actor(&who)).await {
-        Ok(_) => Redirect::to(&format!("/leases/{id}")).into_response(),
-        Err(e) => client_error(e),
-    }
-}
-
 // -------------------------------------------------------- resources
 
 #[derive(Template)]
@@ -800,17 +797,7 @@ struct ResourcesPage {
 }
 
 async fn resources(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Response {
-    let statuses: Vec<ResourceStatus> = q
-        .status
-        .iter()
-        .flat_map(|t| t.split(','))
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    let filter = statuses
-        .iter()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
+    let (statuses, filter) = status_filter::<ResourceStatus>(&q.status);
     let rows = match s
         .store
         .resources_matching(&ResourceFilter {
@@ -825,9 +812,7 @@ async fn resources(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Res
         Ok(r) => r,
         Err(e) => return store_error(e),
     };
-    let next = (rows.len() as i64 == PAGE)
-        .then(|| rows.last().map(|r| r.id.0))
-        .flatten();
+    let next = next_cursor(&rows, PAGE, |r| r.id.0);
     render(
         &ResourcesPage {
             title: "Resources",
@@ -927,26 +912,6 @@ async fn resource(
     match page.await {
         Ok(p) => render(&p, StatusCode::OK, Some(&csrf)),
         Err(e) => store_error(e),
-    }
-}
-
-async fn release_resource(
-    State(s): State<AppState>,
-    axum::Extension(who): axum::Extension<Principal>,
-    headers: HeaderMap,
-    Path(text): Path<String>,
-    Form(form): Form<Vec<(String, String)>>,
-) -> Response {
-    let id = match id(&text) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_post(&headers, &form) {
-        return r;
-    }
-    match client::release_resource(&s.store, ResourceId(id), &web_actor(&who)).await {
-        Ok(_) => Redirect::to(&format!("/resources/{id}")).into_response(),
-        Err(e) => client_error(e),
     }
 }
 
@@ -1349,11 +1314,8 @@ async fn edit_blueprint(
                 changes.insert(spec.name.into(), Value::Null);
             }
         } else if text != current {
-            let value = match spec.kind {
-                FieldKind::Text | FieldKind::Credential => Value::String(text.into()),
-                _ => Value::String(text.into()),
-            };
-            changes.insert(spec.name.into(), value);
+            // Text as typed: the field's declaration parses it.
+            changes.insert(spec.name.into(), Value::String(text.into()));
         }
     }
     let name = form_value(&form, "name")
@@ -1385,49 +1347,6 @@ async fn edit_blueprint(
             )
         }
     }
-}
-
-async fn set_disabled(
-    s: AppState,
-    who: Principal,
-    headers: HeaderMap,
-    text: String,
-    form: Vec<(String, String)>,
-    disabled: bool,
-) -> Response {
-    let id = match id(&text) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_post(&headers, &form) {
-        return r;
-    }
-    match client::set_blueprint_disabled(&s.store, &web_actor(&who), BlueprintId(id), disabled)
-        .await
-    {
-        Ok(_) => Redirect::to(&format!("/blueprints/{id}")).into_response(),
-        Err(e) => client_error(e),
-    }
-}
-
-async fn disable_blueprint(
-    State(s): State<AppState>,
-    axum::Extension(who): axum::Extension<Principal>,
-    headers: HeaderMap,
-    Path(text): Path<String>,
-    Form(form): Form<Vec<(String, String)>>,
-) -> Response {
-    set_disabled(s, who, headers, text, form, true).await
-}
-
-async fn enable_blueprint(
-    State(s): State<AppState>,
-    axum::Extension(who): axum::Extension<Principal>,
-    headers: HeaderMap,
-    Path(text): Path<String>,
-    Form(form): Form<Vec<(String, String)>>,
-) -> Response {
-    set_disabled(s, who, headers, text, form, false).await
 }
 
 // --------------------------------------------------- authorizations
@@ -1466,61 +1385,6 @@ struct AuthorizationPage {
     refresh: bool,
     a: AuthRow,
     csrf: String,
-}
-
-async fn decide_authorization(
-    s: AppState,
-    who: Principal,
-    headers: HeaderMap,
-    text: String,
-    form: Vec<(String, String)>,
-    approve: bool,
-) -> Response {
-    let id = match id(&text) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_post(&headers, &form) {
-        return r;
-    }
-    let decision = if approve {
-        client::Decision::Approve
-    } else {
-        client::Decision::Decline {
-            release_leases: form_value(&form, "release_leases").is_some(),
-        }
-    };
-    match client::decide_authorization(
-        &s.store,
-        drydock_model::AuthorizationId(id),
-        decision,
-        &web_actor(&who),
-    )
-    .await
-    {
-        Ok(_) => Redirect::to(&format!("/authorizations/{id}")).into_response(),
-        Err(e) => client_error(e),
-    }
-}
-
-async fn approve_authorization(
-    State(s): State<AppState>,
-    axum::Extension(who): axum::Extension<Principal>,
-    headers: HeaderMap,
-    Path(text): Path<String>,
-    Form(form): Form<Vec<(String, String)>>,
-) -> Response {
-    decide_authorization(s, who, headers, text, form, true).await
-}
-
-async fn decline_authorization(
-    State(s): State<AppState>,
-    axum::Extension(who): axum::Extension<Principal>,
-    headers: HeaderMap,
-    Path(text): Path<String>,
-    Form(form): Form<Vec<(String, String)>>,
-) -> Response {
-    decide_authorization(s, who, headers, text, form, false).await
 }
 
 async fn authorization(
@@ -1590,9 +1454,7 @@ async fn logs(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Response
             &LogsPage {
                 title,
                 refresh: false,
-                next: (entries.len() as i64 == PAGE * 4)
-                    .then(|| entries.last().map(|e| e.id.0))
-                    .flatten(),
+                next: next_cursor(&entries, PAGE * 4, |e| e.id.0),
                 logs: log_rows(&entries),
                 more,
             },
@@ -1601,4 +1463,85 @@ async fn logs(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Response
         ),
         Err(e) => store_error(e),
     }
+}
+
+// ------------------------------------------------------------ buttons
+
+async fn release_lease(
+    State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<Principal>,
+    headers: HeaderMap,
+    Path(text): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    button(&headers, &text, &form, "/leases", async |id| {
+        client::release_lease(&s.store, LeaseId(id), &web_actor(&who))
+            .await
+            .map(drop)
+    })
+    .await
+}
+
+async fn release_resource(
+    State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<Principal>,
+    headers: HeaderMap,
+    Path(text): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    button(&headers, &text, &form, "/resources", async |id| {
+        client::release_resource(&s.store, ResourceId(id), &web_actor(&who))
+            .await
+            .map(drop)
+    })
+    .await
+}
+
+/// `/blueprints/{id}/disable` and `…/enable`.
+async fn switch_blueprint(
+    State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<Principal>,
+    headers: HeaderMap,
+    Path((text, switch)): Path<(String, String)>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let disabled = match switch.as_str() {
+        "disable" => true,
+        "enable" => false,
+        _ => return not_found().await,
+    };
+    button(&headers, &text, &form, "/blueprints", async |id| {
+        client::set_blueprint_disabled(&s.store, &web_actor(&who), BlueprintId(id), disabled)
+            .await
+            .map(drop)
+    })
+    .await
+}
+
+/// `/authorizations/{id}/approve` and `…/decline` (with `release_leases`).
+async fn decide_authorization(
+    State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<Principal>,
+    headers: HeaderMap,
+    Path((text, decision)): Path<(String, String)>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let decision = match decision.as_str() {
+        "approve" => client::Decision::Approve,
+        "decline" => client::Decision::Decline {
+            release_leases: form_value(&form, "release_leases").is_some(),
+        },
+        _ => return not_found().await,
+    };
+    button(&headers, &text, &form, "/authorizations", async |id| {
+        client::decide_authorization(
+            &s.store,
+            drydock_model::AuthorizationId(id),
+            decision,
+            &web_actor(&who),
+        )
+        .await
+        .map(drop)
+    })
+    .await
 }

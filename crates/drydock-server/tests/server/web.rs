@@ -255,5 +255,51 @@ async fn blueprint_forms_create_edit_and_disable(db: &TestDb) -> anyhow::Result<
         html.contains("Enable Blueprint") && html.contains("fields.limit"),
         "{html}"
     );
+    // Authorization buttons: approve, then decline (revoke); an unknown
+    // decision is not a route.
+    let auth = s
+        .store
+        .request_authorization("ci:web", drydock_model::BlueprintId(id))
+        .await?;
+    let a = auth.id.0;
+    let (status, _, location) = post_form(
+        &s,
+        &format!("/authorizations/{a}/approve"),
+        Some(&t),
+        None,
+        &[("csrf", &t)],
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::SEE_OTHER
+            && location.as_deref() == Some(&format!("/authorizations/{a}")[..])
+    );
+    let decided = s.store.authorization(auth.id).await?;
+    ensure!(
+        decided.blueprint_state == drydock_store::authorization::BlueprintAuthState::Authorized
+            && decided.decided_by.as_deref() == Some("web:test-admin")
+    );
+    let (status, _, _) = post_form(
+        &s,
+        &format!("/authorizations/{a}/decline"),
+        Some(&t),
+        None,
+        &[("csrf", &t), ("release_leases", "1")],
+    )
+    .await?;
+    ensure!(status == StatusCode::SEE_OTHER);
+    ensure!(
+        s.store.authorization(auth.id).await?.blueprint_state
+            == drydock_store::authorization::BlueprintAuthState::Declined
+    );
+    let (status, _, _) = post_form(
+        &s,
+        &format!("/authorizations/{a}/frobnicate"),
+        Some(&t),
+        None,
+        &[("csrf", &t)],
+    )
+    .await?;
+    ensure!(status == StatusCode::NOT_FOUND);
     Ok(())
 }
