@@ -51,8 +51,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = (self.status == StatusCode::SERVICE_UNAVAILABLE)
+            .then_some([(axum::http::header::RETRY_AFTER, "1")]);
         (
             self.status,
+            retry_after,
             Json(ErrorBody {
                 error: ErrorDetail {
                     code: self.code,
@@ -69,6 +72,15 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound { .. } => Self::not_found(e.to_string()),
             StoreError::Invalid { .. } => Self::bad_request(e.to_string()),
+            // An outage, not a fault of the request: say so, and when to retry.
+            StoreError::Unavailable(_) | StoreError::Busy(_) => {
+                tracing::warn!("request failed: {e}");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database-unavailable",
+                    format!("{e}; try again shortly"),
+                )
+            }
             e => {
                 tracing::error!("request failed: {e}");
                 Self::new(

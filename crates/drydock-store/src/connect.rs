@@ -143,9 +143,11 @@ impl Store {
                         )));
                     }
                 }
+                // Requests wait at most 5 s for a connection, so an outage
+                // is reported while it lasts instead of hanging callers.
                 let pool = AnyPoolOptions::new()
                     .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(10))
+                    .acquire_timeout(Duration::from_secs(5))
                     .connect(url)
                     .await
                     .map_err(|e| connect_error(url, e))?;

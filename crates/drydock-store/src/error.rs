@@ -74,9 +74,12 @@ impl StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
+            sqlx::Error::PoolTimedOut => StoreError::Unavailable(
+                "no database connection in time: the database is down, restarting or overloaded"
+                    .into(),
+            ),
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
             sqlx::Error::Database(db) => {

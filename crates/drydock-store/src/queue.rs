@@ -599,6 +599,7 @@ impl Store {
             .listener
             .get_or_init(|| async move {
                 tokio::spawn(async move {
+                    let mut reconnected = false;
                     loop {
                         let listener = async {
                             let mut l = sqlx::postgres::PgListener::connect(&url).await?;
@@ -608,6 +609,15 @@ impl Store {
                         .await;
                         match listener {
                             Ok(mut l) => loop {
+                                if let Some(inner) = weak.upgrade()
+                                    && reconnected
+                                {
+                                    // Notifications sent while the connection
+                                    // was down are lost: everyone looks again.
+                                    reconnected = false;
+                                    inner.tasks_ready.notify_waiters();
+                                    inner.changed.notify_waiters();
+                                }
                                 let got = l.try_recv().await;
                                 let Some(inner) = weak.upgrade() else { return };
                                 // A change alone does not concern workers.
@@ -630,6 +640,7 @@ impl Store {
                         if weak.strong_count() == 0 {
                             return;
                         }
+                        reconnected = true;
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 });

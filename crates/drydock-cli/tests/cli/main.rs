@@ -5,7 +5,9 @@
 #[macro_use]
 extern crate drydock_testkit;
 
+mod audit;
 mod crash;
+mod faults;
 mod ssh;
 mod up;
 mod workflows;

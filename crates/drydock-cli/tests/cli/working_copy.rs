@@ -32,7 +32,7 @@ fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
 
 /// A bare repository with commits A and B on `main` and a `feature` branch.
 /// Returns (url, A, B).
-fn repository(root: &Path) -> anyhow::Result<(String, String, String)> {
+pub fn repository(root: &Path) -> anyhow::Result<(String, String, String)> {
     let bare = root.join("app.git");
     let work = root.join("work");
     std::fs::create_dir_all(&work)?;

@@ -166,7 +166,7 @@ async fn every_route_needs_a_token_and_a_role_that_may_use_it(db: &TestDb) -> an
         }
         let (status, body) = call(&viewer, &s, m, path).await?;
         ensure!(
-            (status == StatusCode::FORBIDDEN) == !viewer_may,
+            (status == StatusCode::FORBIDDEN) != *viewer_may,
             "{m} {path} as a viewer: {status} {body}"
         );
         let (status, body) = call(&client, &s, m, path).await?;

@@ -63,7 +63,16 @@ async fn check(db: &TestDb) -> anyhow::Result<()> {
     let (_, before) = s.get("/api/v1/leases").await;
     let json_ct = Some("application/json");
     use reqwest::Method as M;
-    let cases: Vec<(M, String, Option<&str>, Vec<u8>, StatusCode, &str, &str)> = vec![
+    type Case<'a> = (
+        M,
+        String,
+        Option<&'a str>,
+        Vec<u8>,
+        StatusCode,
+        &'a str,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             M::POST,
             "/api/v1/leases".into(),

@@ -6,7 +6,7 @@ use drydock_store::queue::{
     ClaimedTask, Completion, Handler, NewTask, Outcome, TaskState, WorkerConfig, run_claimed,
 };
 use drydock_store::{StoreError, now_ms};
-use drydock_testkit::{Backend, TestDb, wait_until};
+use drydock_testkit::{TestDb, wait_until};
 use std::time::{Duration, Instant};
 
 backend_tests!(

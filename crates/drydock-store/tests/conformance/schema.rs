@@ -16,11 +16,13 @@ async fn migrating_again_applies_nothing(db: &TestDb) -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn sqlite_and_postgres_schemas_have_the_same_tables_and_columns() {
-    let seen: Arc<Mutex<Vec<Vec<(String, String)>>>> = Arc::default();
+    type Columns = Vec<(String, String)>;
+    let seen: Arc<Mutex<Vec<Columns>>> = Arc::default();
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let seen = seen.clone();
         run(backend, async move |db: &TestDb| {
-            seen.lock().unwrap().push(db.store.schema_columns().await?);
+            let columns = db.store.schema_columns().await?;
+            seen.lock().unwrap().push(columns);
             Ok(())
         })
         .await;

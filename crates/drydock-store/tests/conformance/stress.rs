@@ -251,7 +251,7 @@ async fn stress_slot_locks_never_have_two_owners(db: &TestDb) -> anyhow::Result<
             violations.clone(),
         );
         actors.push(tokio::spawn(async move {
-            let mut rng = Rng(0xDEAD_BEEF ^ (a + 1) * 7919);
+            let mut rng = Rng(0xDEAD_BEEF ^ ((a + 1) * 7919));
             let me = format!("lease:{}", a + 1);
             for _ in 0..40 {
                 let want = vec![
