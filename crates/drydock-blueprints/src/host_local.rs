@@ -163,10 +163,10 @@ impl BlueprintImpl for HostLocal {
     fn should_allocate_supplemental(
         &self,
         bp: &Blueprint,
-        resource: &Resource,
+        _resource: &Resource,
         _lease: &Lease,
     ) -> bool {
         // With a lease limit, prefer another slot over stacking on a busy one.
-        self.lease_limit(bp, resource).is_some()
+        self.lease_limit(bp).is_some()
     }
 }

@@ -28,6 +28,11 @@ pub struct BenchArgs {
     /// A short run (seconds instead of minutes), for CI.
     #[arg(long)]
     quick: bool,
+    /// Also measure allocation with 10,000 busy resources and 1,000,000
+    /// finished leases in the database (bulk-inserted; adds minutes), and
+    /// the daemon's memory then. With --quick: 100 and 10,000.
+    #[arg(long)]
+    scale: bool,
     /// Append the Markdown table to this file.
     #[arg(long)]
     markdown: Option<std::path::PathBuf>,
@@ -89,12 +94,17 @@ impl Bench {
     }
 
     async fn lease(&self, bp: &str, until: Option<i64>) -> anyhow::Result<Lease> {
+        self.lease_from(Some(bp), until).await
+    }
+
+    /// A lease from blueprint `bp`, or from any blueprint of the type.
+    async fn lease_from(&self, bp: Option<&str>, until: Option<i64>) -> anyhow::Result<Lease> {
         Ok(client::queue_lease(
             &self.store,
             &self.registry,
             &LeaseRequest {
                 resource_type: "host".into(),
-                blueprints: vec![bp.to_owned()],
+                blueprints: bp.map(str::to_owned).into_iter().collect(),
                 authorizing: drydock_engine::ADMIN.into(),
                 owner: Some("bench".into()),
                 until,
@@ -408,6 +418,10 @@ async fn run(b: &mut Bench, args: &BenchArgs, url: &str, children: &[Child]) -> 
     }
     b.latency("`until` passed → destroyed", "≤ 100 ms", late);
 
+    if args.scale {
+        scale(b, args.quick).await?;
+    }
+
     // 7. Daemon memory.
     if let Some(c) = children.first()
         && let Some(kib) = rss_kib(c.id())
@@ -426,6 +440,76 @@ async fn run(b: &mut Bench, args: &BenchArgs, url: &str, children: &[Child]) -> 
             format!("{:.1} MiB", kib as f64 / 1024.0),
         );
     }
+    Ok(())
+}
+
+/// Queued → active latencies (ms) of `n` leases reusing an active
+/// resource, from blueprint `bp` or from any blueprint of the type; each
+/// is released and destroyed before the next.
+async fn reuse_latencies(b: &Bench, bp: Option<&str>, n: usize) -> anyhow::Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let l = b.lease_from(bp, None).await?;
+        let active = b.wait(l.id, LeaseStatus::Active).await?;
+        out.push((active.activated_at.unwrap_or(0) - active.created_at) as f64);
+        client::release_lease(&b.store, l.id, "bench").await?;
+        b.wait(l.id, LeaseStatus::Destroyed).await?;
+    }
+    Ok(sorted(out))
+}
+
+/// 8. Allocation with a big database: the same reuse measure before and
+/// after adding a fleet of busy resources and a long lease history.
+async fn scale(b: &mut Bench, quick: bool) -> anyhow::Result<()> {
+    let (resources, history, n) = if quick {
+        (100, 10_000, 20)
+    } else {
+        (10_000, 1_000_000, 200)
+    };
+    let pool = b.blueprint("pool", 4, None).await?;
+    let anchor = b.lease(&pool, None).await?;
+    b.wait(anchor.id, LeaseStatus::Active).await?;
+    let small_named = reuse_latencies(b, Some(&pool), n).await?;
+    let small_any = reuse_latencies(b, None, n).await?;
+    let fleet = b.blueprint("fleet", 2 * resources as u64, Some(1)).await?;
+    let t = Instant::now();
+    b.store
+        .seed_fleet(
+            fleet.parse::<i64>().map(drydock_model::BlueprintId)?,
+            "host",
+            resources,
+            history,
+        )
+        .await?;
+    eprintln!(
+        "  seeded {resources} busy resources and {history} finished leases in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let big_named = reuse_latencies(b, Some(&pool), n).await?;
+    let big_any = reuse_latencies(b, None, n).await?;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / (v.len().max(1) as f64);
+    let show = |small: &[f64], big: &[f64]| {
+        format!(
+            "mean {:.1} → {:.1} ms (×{:.2}), p99 {:.0} → {:.0} ms",
+            mean(small),
+            mean(big),
+            mean(big) / mean(small).max(0.1),
+            pct(small, 0.99),
+            pct(big, 0.99)
+        )
+    };
+    b.row(
+        &format!(
+            "allocation (reuse), 10 vs {resources} active resources and {history} historical leases"
+        ),
+        "within 1.5×",
+        format!(
+            "blueprint named: {}; any blueprint: {}",
+            show(&small_named, &big_named),
+            show(&small_any, &big_any)
+        ),
+    );
+    client::release_lease(&b.store, anchor.id, "bench").await?;
     Ok(())
 }
 

@@ -221,23 +221,28 @@ impl Engine {
         lease: &Lease,
         candidates: &[Candidate],
     ) -> PassResult<Vec<(Resource, usize, i64)>> {
-        let bp_ids: Vec<BlueprintId> = candidates.iter().map(|c| c.0.id).collect();
+        // Resources at their lease limit are skipped in the database, so a
+        // fleet of busy resources costs nothing here.
+        let room: Vec<(BlueprintId, Option<i64>)> = candidates
+            .iter()
+            .map(|(bp, imp)| {
+                let limit = imp
+                    .lease_limit(bp)
+                    .map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+                (bp.id, limit)
+            })
+            .collect();
         let resources = self
             .store
-            .resources_of(&bp_ids, ResourceStatus::Active)
-            .await?;
-        let counts = self
-            .store
-            .live_lease_counts(&resources.iter().map(|r| r.id).collect::<Vec<_>>())
+            .active_resources_with_room(&lease.resource_type, &room)
             .await?;
         let mut out = Vec::new();
-        for r in resources {
+        for (r, n) in resources {
             let Some(ci) = candidates.iter().position(|c| c.0.id == r.blueprint_id) else {
                 continue;
             };
             let (bp, imp) = &candidates[ci];
-            if r.resource_type == lease.resource_type && imp.can_acquire(bp, &r, lease) {
-                let n = counts.get(&r.id).copied().unwrap_or(0);
+            if imp.can_acquire(bp, &r, lease) {
                 let rank = imp
                     .rank(
                         &Context {
@@ -510,19 +515,14 @@ impl Engine {
         // Step 9: the least recently used idle resource past its grace period.
         let now = now_ms();
         let grace = drydock_store::ms(self.cfg.reclaim_grace);
+        let no_lease: Vec<(BlueprintId, Option<i64>)> =
+            at_limit.iter().map(|b| (*b, Some(1))).collect();
         let resources = self
             .store
-            .resources_of(at_limit, ResourceStatus::Active)
-            .await?;
-        let counts = self
-            .store
-            .live_lease_counts(&resources.iter().map(|r| r.id).collect::<Vec<_>>())
+            .active_resources_with_room(&lease.resource_type, &no_lease)
             .await?;
         let mut idle = Vec::new();
-        for r in resources
-            .into_iter()
-            .filter(|r| counts.get(&r.id).copied().unwrap_or(0) == 0)
-        {
+        for (r, _) in resources {
             let last = self
                 .store
                 .last_lease_activity(r.id)
@@ -614,7 +614,7 @@ impl Engine {
             Err(e) => return Err(e.into()),
         };
         let mut slots = acquisition.slot_locks;
-        if let Some(limit) = imp.lease_limit(bp, resource) {
+        if let Some(limit) = imp.lease_limit(bp) {
             match self
                 .pick_slot(&lease_limit_prefix(resource.id), limit)
                 .await?

@@ -364,7 +364,7 @@ pub trait BlueprintImpl: Send + Sync + 'static {
 
     /// Most live leases on one resource at once. Enforced exactly by slot
     /// locks. Default: the `lease-limit` field, if any.
-    fn lease_limit(&self, bp: &Blueprint, _resource: &Resource) -> Option<u64> {
+    fn lease_limit(&self, bp: &Blueprint) -> Option<u64> {
         bp.fields
             .get("lease-limit")
             .and_then(Value::as_u64)

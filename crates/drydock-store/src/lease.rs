@@ -119,6 +119,9 @@ pub struct LeaseFilter {
     pub limit: Option<i64>,
 }
 
+/// Lease statuses that occupy their resource (counted in `live_leases`).
+const LIVE: [&str; 3] = ["pending", "acquired", "active"];
+
 impl Tx {
     /// Insert a new pending lease. The caller schedules its update task in
     /// the same transaction.
@@ -166,6 +169,31 @@ impl Tx {
     pub async fn save_lease(&mut self, lease: &Lease, lock: &ObjectLock) -> Result<Lease> {
         let attributes = check_map("lease attributes", &lease.attributes)?;
         let internal = check_map("lease bookkeeping", &lease.internal)?;
+        // The resources whose live-lease count this write changes: the one
+        // it had and the one it has, when liveness or the resource changes.
+        let before: Option<(Option<i64>, String)> =
+            sqlx::query_as("SELECT resource_id, status FROM leases WHERE id = $1")
+                .bind(lease.id.0)
+                .fetch_optional(self.conn())
+                .await?;
+        let mut recount: Vec<i64> = Vec::new();
+        if let Some((old_resource, old_status)) = before {
+            let was_live = LIVE.contains(&old_status.as_str());
+            let is_live = LIVE.contains(&lease.status.as_str());
+            let new_resource = lease.resource_id.map(|r| r.0);
+            if was_live != is_live || old_resource != new_resource {
+                recount.extend(old_resource.filter(|_| was_live));
+                recount.extend(new_resource.filter(|_| is_live));
+            }
+        }
+        recount.sort_unstable();
+        recount.dedup();
+        // Lock them first (resource before lease, the order every writer
+        // takes), so a concurrent lease write on the same resource commits
+        // before our count is taken and neither count is stale.
+        for r in &recount {
+            self.lock_resource_row(*r).await?;
+        }
         let sql = format!(
             "UPDATE leases SET status = $1, resource_id = $2, attributes = $3, internal = $4, until_at = $5, \
                waiting = $6, failure = $7, acquired_at = $8, activated_at = $9, version = version + 1, fence = $10, \
@@ -196,6 +224,15 @@ impl Tx {
                 object: lease.object().key(),
                 token: lock.token,
             });
+        }
+        for r in recount {
+            sqlx::query(
+                "UPDATE resources SET live_leases = (SELECT COUNT(*) FROM leases \
+                   WHERE resource_id = $1 AND status IN ('pending', 'acquired', 'active')) WHERE id = $1",
+            )
+            .bind(r)
+            .execute(self.conn())
+            .await?;
         }
         self.notify_change().await?;
         self.lease(lease.id).await
@@ -253,30 +290,6 @@ impl Tx {
 }
 
 impl Store {
-    /// Number of live (pending, acquired, active) leases on each resource.
-    pub async fn live_lease_counts(
-        &self,
-        resources: &[ResourceId],
-    ) -> Result<std::collections::HashMap<ResourceId, i64>> {
-        if resources.is_empty() {
-            return Ok(Default::default());
-        }
-        // Ids are integers, formatted, never text from input.
-        let ids = resources
-            .iter()
-            .map(|r| r.0.to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "SELECT resource_id, COUNT(*) FROM leases WHERE resource_id IN ({ids}) \
-             AND status IN ('pending', 'acquired', 'active') GROUP BY resource_id"
-        );
-        let rows: Vec<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_all(self.read_pool())
-            .await?;
-        Ok(rows.into_iter().map(|(r, n)| (ResourceId(r), n)).collect())
-    }
-
     /// When a lease on `resource` last changed (acquired, released,
     /// destroyed): the resource's "last used" time for reclaim.
     pub async fn last_lease_activity(&self, resource: ResourceId) -> Result<Option<i64>> {

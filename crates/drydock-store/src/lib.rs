@@ -26,6 +26,7 @@ pub mod object_lock;
 pub mod queue;
 pub mod resource;
 mod row;
+mod seed;
 pub mod slot_lock;
 pub mod stats;
 pub mod token;

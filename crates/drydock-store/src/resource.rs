@@ -199,6 +199,18 @@ impl Store {
 }
 
 impl Tx {
+    /// On PostgreSQL, lock a resource's row until the transaction ends
+    /// (SQLite transactions are serial anyway).
+    pub(crate) async fn lock_resource_row(&mut self, id: i64) -> Result<()> {
+        if self.dialect() == crate::Dialect::Postgres {
+            sqlx::query("SELECT id FROM resources WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(self.conn())
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Read a resource and, on PostgreSQL, lock its row until the
     /// transaction ends: lease acquisition and resource release/reclaim
     /// serialize on it (spec PHI312). SQLite transactions are serial anyway.
@@ -220,28 +232,66 @@ impl Tx {
 }
 
 impl Store {
-    /// Resources of any of `blueprints` in `status`, oldest first.
-    pub async fn resources_of(
+    /// Active resources of `resource_type` with room for another lease,
+    /// with their live-lease counts, oldest first: for each blueprint, those
+    /// with fewer live leases than its limit (`None`: no limit). Resources
+    /// at their limit are skipped by the `resources_room` index, however
+    /// many there are.
+    pub async fn active_resources_with_room(
         &self,
-        blueprints: &[BlueprintId],
-        status: ResourceStatus,
-    ) -> Result<Vec<Resource>> {
-        if blueprints.is_empty() {
+        resource_type: &str,
+        room: &[(BlueprintId, Option<i64>)],
+    ) -> Result<Vec<(Resource, i64)>> {
+        if room.is_empty() {
             return Ok(Vec::new());
         }
-        let ids = blueprints
+        // Integers formatted, never text from input.
+        let unlimited: Vec<String> = room
             .iter()
-            .map(|b| b.0.to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
+            .filter(|(_, limit)| limit.is_none())
+            .map(|(b, _)| b.0.to_string())
+            .collect();
+        let mut terms: Vec<String> = room
+            .iter()
+            .filter_map(|(b, limit)| {
+                limit.map(|l| format!("(blueprint_id = {} AND live_leases < {l})", b.0))
+            })
+            .collect();
+        if !unlimited.is_empty() {
+            terms.push(format!("blueprint_id IN ({})", unlimited.join(", ")));
+        }
         let sql = format!(
-            "SELECT {COLUMNS} FROM resources WHERE blueprint_id IN ({ids}) AND status = $1 ORDER BY id"
+            "SELECT {COLUMNS}, live_leases FROM resources \
+             WHERE status = 'active' AND type = $1 AND ({}) ORDER BY id",
+            terms.join(" OR ")
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(status.as_str())
+            .bind(resource_type)
             .fetch_all(self.read_pool())
             .await?;
-        rows.iter().map(from_row).collect()
+        rows.iter()
+            .map(|row| {
+                use sqlx::Row;
+                Ok((from_row(row)?, row.try_get::<i64, _>("live_leases")?))
+            })
+            .collect()
+    }
+
+    /// Resources whose stored live-lease count differs from their leases
+    /// (always none; fault and stress tests check it): `(id, stored, real)`.
+    pub async fn live_lease_drift(&self) -> Result<Vec<(ResourceId, i64, i64)>> {
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT id, live_leases, (SELECT COUNT(*) FROM leases l WHERE l.resource_id = r.id \
+               AND l.status IN ('pending', 'acquired', 'active')) AS real_count \
+             FROM resources r WHERE live_leases <> (SELECT COUNT(*) FROM leases l WHERE l.resource_id = r.id \
+               AND l.status IN ('pending', 'acquired', 'active')) ORDER BY id",
+        )
+        .fetch_all(self.read_pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, stored, real)| (ResourceId(id), stored, real))
+            .collect())
     }
 
     /// Number of resources in each status.

@@ -125,6 +125,7 @@ pub struct Audit {
     pub locks_held: usize,
     pub leaked_slots: usize,
     pub lost: usize,
+    pub drift: usize,
 }
 
 impl fmt::Display for Audit {
@@ -133,7 +134,7 @@ impl fmt::Display for Audit {
             f,
             "{} leases: never active {}, broken {}, overlapping exclusive leases {}, \
              most live resources of a blueprint {} (limit {}), locks held {}, leaked slot locks {}, \
-             objects without a task {}",
+             objects without a task {}, wrong live-lease counts {}",
             self.leases,
             self.never_active,
             self.broken,
@@ -142,7 +143,8 @@ impl fmt::Display for Audit {
             self.limit,
             self.locks_held,
             self.leaked_slots,
-            self.lost
+            self.lost,
+            self.drift
         )
     }
 }
@@ -220,6 +222,7 @@ impl Audit {
             locks_held: store.held_locks().await?.len(),
             leaked_slots,
             lost: store.orphaned_objects(1000).await?.len(),
+            drift: store.live_lease_drift().await?.len(),
         })
     }
 
@@ -232,7 +235,8 @@ impl Audit {
                 && self.max_live_resources <= self.limit
                 && self.locks_held == 0
                 && self.leaked_slots == 0
-                && self.lost == 0,
+                && self.lost == 0
+                && self.drift == 0,
             "invariants violated: {self}"
         );
         Ok(())

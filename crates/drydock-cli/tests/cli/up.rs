@@ -291,7 +291,13 @@ fn bench_quick_reports_every_measure() {
     let md = dir.path().join("bench.md");
     let o = crate::drydock(
         &url,
-        &["bench", "--quick", "--markdown", md.to_str().unwrap()],
+        &[
+            "bench",
+            "--quick",
+            "--scale",
+            "--markdown",
+            md.to_str().unwrap(),
+        ],
     );
     assert!(o.status.success(), "{}", crate::stderr(&o));
     let table = std::fs::read_to_string(&md).unwrap();
@@ -304,6 +310,7 @@ fn bench_quick_reports_every_measure() {
         "50 leases sharing 10 exclusive resources",
         "`until` passed → destroyed",
         "resident memory",
+        "allocation (reuse), 10 vs 100 active resources and 10000 historical leases",
     ] {
         assert!(table.contains(measure), "{measure} missing from\n{table}");
     }

@@ -211,7 +211,7 @@ impl BlueprintImpl for Scripted {
         Ok(())
     }
     fn should_allocate_supplemental(&self, bp: &Blueprint, r: &Resource, _lease: &Lease) -> bool {
-        self.lease_limit(bp, r).is_some()
+        self.lease_limit(bp).is_some()
     }
 }
 

@@ -126,6 +126,8 @@ async fn limits_hold_under_contention(db: &TestDb) -> anyhow::Result<()> {
             .all(|(k, _)| k.starts_with("limit(")),
         "lease slot locks leaked"
     );
+    let drift = h.store.live_lease_drift().await?;
+    ensure!(drift.is_empty(), "live-lease counts wrong: {drift:?}");
     h.stop().await;
     Ok(())
 }
