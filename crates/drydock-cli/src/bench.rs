@@ -458,7 +458,7 @@ async fn reuse_latencies(b: &Bench, bp: Option<&str>, n: usize) -> anyhow::Resul
     Ok(sorted(out))
 }
 
-/// 8. Allocation with a big database: the same reuse measure before and
+/// Step 8, allocation with a big database: the same reuse measure before and
 /// after adding a fleet of busy resources and a long lease history.
 async fn scale(b: &mut Bench, quick: bool) -> anyhow::Result<()> {
     let (resources, history, n) = if quick {

@@ -210,7 +210,7 @@ impl BlueprintImpl for Scripted {
         }
         Ok(())
     }
-    fn should_allocate_supplemental(&self, bp: &Blueprint, r: &Resource, _lease: &Lease) -> bool {
+    fn should_allocate_supplemental(&self, bp: &Blueprint, _r: &Resource, _lease: &Lease) -> bool {
         self.lease_limit(bp).is_some()
     }
 }
