@@ -53,37 +53,50 @@ impl Engine {
         let object = ObjectRef::lease(id);
         let next = self
             .locked(object, async |lock| {
-                let mut lease = self.store.lease(id).await?;
-                if lease.status.is_commandable() {
-                    lease = self.lease_commands(lease, lock).await?;
-                }
-                // A few steps per pass: pending -> acquired -> active, or
-                // released -> destroyed, without another trip through the queue.
-                for _ in 0..4 {
-                    let step = match lease.status {
-                        LeaseStatus::Pending => {
-                            let started = std::time::Instant::now();
-                            let step = self.allocate(&mut lease, lock).await;
-                            metrics::histogram!(crate::metrics::ALLOCATOR_PASS_SECONDS)
-                                .record(started.elapsed().as_secs_f64());
-                            step?
-                        }
-                        LeaseStatus::Acquired => self.activate_lease(&mut lease, lock).await?,
-                        LeaseStatus::Active => Step::Wait(lease.until.map_or(Next::Idle, Next::At)),
-                        LeaseStatus::Released | LeaseStatus::Broken => {
-                            self.destroy_lease(&mut lease, lock).await?;
-                            Step::Wait(Next::Idle)
-                        }
-                        LeaseStatus::Destroyed => Step::Wait(Next::Idle),
-                    };
-                    if let Step::Wait(next) = step {
-                        return Ok(next);
-                    }
-                }
-                Ok(Next::At(now_ms()))
+                let result = self.lease_steps(id, lock).await;
+                // Slots handed to this lease that it did not take go on to
+                // the next waiter, whatever the pass did.
+                let lease = self.store.lease(id).await?;
+                let holding = lease.resource_id.filter(|_| lease.status.is_live());
+                self.store
+                    .settle_handoffs(object, lease.priority, lease.created_at, holding)
+                    .await?;
+                result
             })
             .await?;
         Ok(next.unwrap_or(Next::Contended))
+    }
+
+    /// The steps of one pass, under the lease's lock.
+    async fn lease_steps(&self, id: LeaseId, lock: &ObjectLock) -> PassResult<Next> {
+        let mut lease = self.store.lease(id).await?;
+        if lease.status.is_commandable() {
+            lease = self.lease_commands(lease, lock).await?;
+        }
+        // A few steps per pass: pending -> acquired -> active, or
+        // released -> destroyed, without another trip through the queue.
+        for _ in 0..4 {
+            let step = match lease.status {
+                LeaseStatus::Pending => {
+                    let started = std::time::Instant::now();
+                    let step = self.allocate(&mut lease, lock).await;
+                    metrics::histogram!(crate::metrics::ALLOCATOR_PASS_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    step?
+                }
+                LeaseStatus::Acquired => self.activate_lease(&mut lease, lock).await?,
+                LeaseStatus::Active => Step::Wait(lease.until.map_or(Next::Idle, Next::At)),
+                LeaseStatus::Released | LeaseStatus::Broken => {
+                    self.destroy_lease(&mut lease, lock).await?;
+                    Step::Wait(Next::Idle)
+                }
+                LeaseStatus::Destroyed => Step::Wait(Next::Idle),
+            };
+            if let Step::Wait(next) = step {
+                return Ok(next);
+            }
+        }
+        Ok(Next::At(now_ms()))
     }
 
     /// Consume the lease's commands in order (and its expiry), in one
@@ -293,9 +306,18 @@ impl Engine {
         lock: &ObjectLock,
         cleanup_failure: Option<&str>,
     ) -> PassResult<()> {
-        let resource_type = match lease.resource_id {
-            Some(rid) => Some(self.store.resource(rid).await?.resource_type),
-            None => None,
+        // A slot freed on a resource with a lease limit goes to one waiter
+        // (who hands it on if it cannot use it); other capacity wakes all.
+        let (resource_type, one_slot) = match lease.resource_id {
+            Some(rid) => {
+                let r = self.store.resource(rid).await?;
+                let limited = match self.implementation_of(&r).await {
+                    Ok((bp, imp)) => imp.lease_limit(&bp).is_some(),
+                    Err(_) => false,
+                };
+                (Some(r.resource_type), limited.then_some(rid))
+            }
+            None => (None, None),
         };
         let mut next = lease.clone();
         transition(&mut next, LeaseStatus::Destroyed)?;
@@ -309,8 +331,10 @@ impl Engine {
         )
         .await?;
         *lease = tx.save_lease(&next, lock).await?;
-        if let Some(t) = resource_type {
-            tx.fire(&events::capacity(&t)).await?;
+        match (resource_type, one_slot) {
+            (Some(t), Some(rid)) => tx.hand_over(&events::capacity(&t), rid).await?,
+            (Some(t), None) => tx.fire(&events::capacity(&t)).await?,
+            (None, _) => {}
         }
         wake_owner(&mut tx, &next).await?;
         tx.commit().await?;

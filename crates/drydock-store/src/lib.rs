@@ -143,9 +143,9 @@ pub struct Tx {
     wake_workers: bool,
     /// Whether other processes were notified of a change (PostgreSQL).
     change_notified: bool,
-    /// Wake-up events to fire once this transaction has committed (see
+    /// Wake-ups to fire once this transaction has committed (see
     /// [`Tx::fire`]).
-    deferred_fires: Vec<String>,
+    deferred_fires: Vec<wakeup::Fire>,
 }
 
 impl Tx {
@@ -168,8 +168,8 @@ impl Tx {
             // change (and the change itself is committed).
             let fired = async {
                 let mut tx = store.begin().await?;
-                for event in &deferred_fires {
-                    tx.fire_now(event).await?;
+                for fire in &deferred_fires {
+                    tx.fire_now(fire).await?;
                 }
                 tx.commit().await
             };

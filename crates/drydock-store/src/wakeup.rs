@@ -9,7 +9,7 @@
 
 use crate::queue::NewTask;
 use crate::{Result, Store, Tx};
-use drydock_model::ObjectRef;
+use drydock_model::{ObjectRef, ResourceId};
 
 impl Tx {
     /// Replace `waiter`'s registrations with `events`.
@@ -73,21 +73,53 @@ impl Tx {
     /// transaction commits; so the event is fired just after commit, when
     /// any later registration's scan is sure to see the change.
     pub async fn fire(&mut self, event: &str) -> Result<()> {
+        self.fire_or_defer(Fire::All(event.to_owned())).await
+    }
+
+    /// Hand one slot freed on `resource` to the best-ranked waiter for
+    /// `event` only, instead of waking them all (a thundering herd where
+    /// one wins). The waiter records the hand-off; when its pass ends
+    /// without the lease holding `resource`, it hands the slot on to the
+    /// next waiter in rank ([`Store::settle_handoffs`]). Fired like
+    /// [`Tx::fire`].
+    pub async fn hand_over(&mut self, event: &str, resource: ResourceId) -> Result<()> {
+        self.fire_or_defer(Fire::One {
+            event: event.to_owned(),
+            resource,
+            after: None,
+        })
+        .await
+    }
+
+    async fn fire_or_defer(&mut self, fire: Fire) -> Result<()> {
         match self.dialect() {
             crate::Dialect::Sqlite => {
-                self.fire_now(event).await?;
+                self.fire_now(&fire).await?;
             }
             crate::Dialect::Postgres => {
-                if !self.deferred_fires.iter().any(|e| e == event) {
-                    self.deferred_fires.push(event.to_owned());
+                if !self.deferred_fires.contains(&fire) {
+                    self.deferred_fires.push(fire);
                 }
             }
         }
         Ok(())
     }
 
-    /// Wake everybody waiting for `event` now. Returns how many were woken.
-    pub(crate) async fn fire_now(&mut self, event: &str) -> Result<usize> {
+    /// Fire now. Returns how many waiters were woken.
+    pub(crate) async fn fire_now(&mut self, fire: &Fire) -> Result<usize> {
+        match fire {
+            Fire::All(event) => self.wake_all(event).await,
+            Fire::One {
+                event,
+                resource,
+                after,
+            } => Ok(usize::from(
+                self.hand_now(event, *resource, after.as_ref()).await?,
+            )),
+        }
+    }
+
+    async fn wake_all(&mut self, event: &str) -> Result<usize> {
         // One statement takes exactly the registrations it deletes: a
         // registration committed concurrently is either taken (and woken)
         // here or left for the next firing, never deleted unseen.
@@ -102,19 +134,143 @@ impl Tx {
         }
         waiters.sort_by_key(|(w, p, r)| (-p, *r, w.clone()));
         for (waiter, priority, run_at) in &waiters {
-            if let Some(obj) = ObjectRef::parse(waiter) {
-                self.schedule(NewTask::update(obj).priority(*priority).run_at(*run_at))
-                    .await?;
-            }
+            self.schedule_waiter(waiter, *priority, *run_at).await?;
         }
         Ok(waiters.len())
+    }
+
+    async fn schedule_waiter(&mut self, waiter: &str, priority: i64, run_at: i64) -> Result<()> {
+        if let Some(obj) = ObjectRef::parse(waiter) {
+            self.schedule(NewTask::update(obj).priority(priority).run_at(run_at))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Give the slot to the best-ranked waiter (ranked after `after`, when
+    /// handing on). Returns whether anybody took it.
+    async fn hand_now(
+        &mut self,
+        event: &str,
+        resource: ResourceId,
+        after: Option<&Rank>,
+    ) -> Result<bool> {
+        let (p, r, w) = after.map_or((i64::MAX, i64::MIN, String::new()), |a| {
+            (a.priority, a.run_at, a.waiter.clone())
+        });
+        // A concurrent firing may take our pick first: then try the next.
+        for _ in 0..16 {
+            let pick: Option<(String, i64, i64)> = sqlx::query_as(
+                "SELECT waiter, priority, run_at FROM wakeups WHERE event = $1 \
+                   AND (priority < $2 OR (priority = $2 AND (run_at > $3 OR (run_at = $3 AND waiter > $4)))) \
+                 ORDER BY priority DESC, run_at, waiter LIMIT 1",
+            )
+            .bind(event)
+            .bind(p)
+            .bind(r)
+            .bind(&w)
+            .fetch_optional(self.conn())
+            .await?;
+            let Some((waiter, priority, run_at)) = pick else {
+                return Ok(false);
+            };
+            let taken = sqlx::query("DELETE FROM wakeups WHERE event = $1 AND waiter = $2")
+                .bind(event)
+                .bind(&waiter)
+                .execute(self.conn())
+                .await?
+                .rows_affected();
+            if taken == 0 {
+                continue;
+            }
+            sqlx::query("INSERT INTO handoffs (waiter, event, resource_id) VALUES ($1, $2, $3)")
+                .bind(&waiter)
+                .bind(event)
+                .bind(resource.0)
+                .execute(self.conn())
+                .await?;
+            self.schedule_waiter(&waiter, priority, run_at).await?;
+            return Ok(true);
+        }
+        // Contended that long: wake everybody rather than lose the slot.
+        Ok(self.wake_all(event).await? > 0)
+    }
+}
+
+/// A wake-up to fire: everybody waiting for an event, or one slot handed
+/// to one waiter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fire {
+    All(String),
+    One {
+        event: String,
+        resource: ResourceId,
+        after: Option<Rank>,
+    },
+}
+
+/// A waiter's place in line: higher priority first, then earlier `run_at`,
+/// then the waiter's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rank {
+    priority: i64,
+    run_at: i64,
+    waiter: String,
+}
+
+impl Store {
+    /// End of a waiter's pass: slots handed to it are used when it now holds
+    /// that resource (`holding`), and otherwise handed on to the next
+    /// waiter in rank, so a slot one waiter cannot use is never lost.
+    /// Returns how many were handed on.
+    pub async fn settle_handoffs(
+        &self,
+        waiter: ObjectRef,
+        priority: i64,
+        run_at: i64,
+        holding: Option<ResourceId>,
+    ) -> Result<usize> {
+        let key = waiter.key();
+        let any: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM handoffs WHERE waiter = $1 LIMIT 1")
+                .bind(&key)
+                .fetch_optional(self.read_pool())
+                .await?;
+        if any.is_none() {
+            return Ok(0);
+        }
+        let mut tx = self.begin().await?;
+        let slots: Vec<(String, i64)> =
+            sqlx::query_as("DELETE FROM handoffs WHERE waiter = $1 RETURNING event, resource_id")
+                .bind(&key)
+                .fetch_all(tx.conn())
+                .await?;
+        let mut handed = 0;
+        for (event, resource) in slots {
+            if holding == Some(ResourceId(resource)) {
+                continue; // used
+            }
+            handed += 1;
+            tx.fire_or_defer(Fire::One {
+                event,
+                resource: ResourceId(resource),
+                after: Some(Rank {
+                    priority,
+                    run_at,
+                    waiter: key.clone(),
+                }),
+            })
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(handed)
     }
 }
 
 impl Store {
     pub async fn fire(&self, event: &str) -> Result<usize> {
         let mut tx = self.begin().await?;
-        let n = tx.fire_now(event).await?;
+        let n = tx.fire_now(&Fire::All(event.to_owned())).await?;
         tx.commit().await?;
         Ok(n)
     }

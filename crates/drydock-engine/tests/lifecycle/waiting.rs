@@ -16,6 +16,7 @@ backend_tests!(
     declined_lease_fails_with_who_declined,
     revoking_stops_new_leases_and_can_release_live_ones,
     at_limit_waits_and_is_served_first_come_first_served_within_priority,
+    a_freed_slot_the_first_waiter_cannot_use_is_handed_on,
     idle_resource_is_reclaimed_for_a_lease_that_cannot_use_it,
     disabled_blueprint_stops_new_leases_and_enabling_wakes_them,
 );
@@ -234,6 +235,45 @@ async fn disabled_blueprint_stops_new_leases_and_enabling_wakes_them(
     h.wait_reason(lease.id, "no-blueprints").await?;
     client::set_blueprint_disabled(&h.store, "admin", bp, false).await?;
     h.wait_status(lease.id, LeaseStatus::Active).await?;
+    h.stop().await;
+    Ok(())
+}
+
+/// A slot freed on an exclusive resource goes to the first waiter only (no
+/// thundering herd); when that waiter cannot use it (it asked for another
+/// blueprint), it hands it on, so the next waiter gets it — with the
+/// safety poll out of reach, only the hand-off can pass this test.
+async fn a_freed_slot_the_first_waiter_cannot_use_is_handed_on(db: &TestDb) -> anyhow::Result<()> {
+    let h = Harness::start(db, 2).await;
+    let a = h
+        .blueprint("a", json!({"limit": 1, "lease-limit": 1}))
+        .await?;
+    let b = h
+        .blueprint("b", json!({"limit": 1, "lease-limit": 1}))
+        .await?;
+    let from = |bp| drydock_store::lease::NewLease {
+        resource_type: "thing".into(),
+        authorizing: drydock_engine::ADMIN.into(),
+        blueprint_ids: vec![bp],
+        ..Default::default()
+    };
+    let holds_a = client::request_lease(&h.store, &from(a)).await?;
+    let holds_b = client::request_lease(&h.store, &from(b)).await?;
+    h.wait_status(holds_a.id, LeaseStatus::Active).await?;
+    h.wait_status(holds_b.id, LeaseStatus::Active).await?;
+    // First in line wants b; second wants a.
+    let wants_b = client::request_lease(&h.store, &from(b)).await?;
+    h.wait_reason(wants_b.id, "at-limit").await?;
+    let wants_a = client::request_lease(&h.store, &from(a)).await?;
+    h.wait_reason(wants_a.id, "at-limit").await?;
+    client::release_lease(&h.store, holds_a.id, "u").await?;
+    h.wait_status(wants_a.id, LeaseStatus::Active).await?;
+    ensure!(
+        h.store.lease(wants_b.id).await?.status == LeaseStatus::Pending,
+        "the lease waiting for b was served from a"
+    );
+    client::release_lease(&h.store, holds_b.id, "u").await?;
+    h.wait_status(wants_b.id, LeaseStatus::Active).await?;
     h.stop().await;
     Ok(())
 }
