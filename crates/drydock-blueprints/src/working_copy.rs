@@ -394,6 +394,17 @@ impl BlueprintImpl for WorkingCopy {
             .map_err(iface_error)?
             .0 == 0;
             if !exists {
+                // Clone beside it and rename into place: a clone cut off
+                // (a daemon killed, a timeout) never leaves a half-made
+                // repository that a later activation would take as cloned.
+                let partial = format!("{dir}.partial");
+                step(
+                    iface.as_ref(),
+                    "",
+                    &["rm", "-rf", "--", &dir, &partial],
+                    timeout,
+                )
+                .await?;
                 step(
                     iface.as_ref(),
                     "",
@@ -403,8 +414,15 @@ impl BlueprintImpl for WorkingCopy {
                         "--quiet",
                         "--",
                         url.as_str().unwrap_or_default(),
-                        &dir,
+                        &partial,
                     ],
+                    timeout,
+                )
+                .await?;
+                step(
+                    iface.as_ref(),
+                    "",
+                    &["mv", "-T", "--", &partial, &dir],
                     timeout,
                 )
                 .await?;
@@ -518,6 +536,16 @@ impl BlueprintImpl for WorkingCopy {
         let iface = host_interface(ctx, &host).await?;
         let dir = format!("{WC_DIR}/{}", req.repository);
         let t = git_timeout(ctx.blueprint);
+        // A git command cut off by a killed daemon leaves its lock behind;
+        // nobody else works in this copy (one lease at a time, under the
+        // lease's lock), so it is stale.
+        step(
+            iface.as_ref(),
+            &dir,
+            &["rm", "-f", "--", ".git/index.lock"],
+            t,
+        )
+        .await?;
         step(
             iface.as_ref(),
             &dir,

@@ -237,16 +237,24 @@ impl Engine {
             }
             drydock_model::ResourceStatus::Active => {
                 let (bp, imp) = self.implementation_of(&resource).await?;
-                let attrs = imp
-                    .activate_lease(
-                        &Context {
-                            store: &self.store,
-                            blueprint: &bp,
-                        },
-                        &resource,
-                        lease,
-                    )
-                    .await?;
+                let ctx = Context {
+                    store: &self.store,
+                    blueprint: &bp,
+                };
+                let attrs = match imp.activate_lease(&ctx, &resource, lease).await {
+                    Ok(attrs) => attrs,
+                    // The resource was released while we set the lease up,
+                    // and its teardown is what failed us: start over on
+                    // another one (the next step sees it gone) instead of
+                    // breaking the lease.
+                    Err(_)
+                        if self.store.resource(rid).await?.status
+                            != drydock_model::ResourceStatus::Active =>
+                    {
+                        return Ok(Step::Progress);
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 let mut next = lease.clone();
                 next.attributes.extend(attrs);
                 transition(&mut next, LeaseStatus::Active)?;

@@ -74,7 +74,19 @@ impl Engine {
                             tx.log(resource_log(&next, log::RESOURCE_ACTIVATED)).await?;
                             r = tx.save_resource(&next, lock).await?;
                             tx.fire(&events::resource(id)).await?;
-                            tx.fire(&events::capacity(&r.resource_type)).await?;
+                            // Others may use it only if it has room: with a
+                            // lease limit, one hand-off per free slot (a
+                            // resource built for a lease usually has none).
+                            let capacity = events::capacity(&r.resource_type);
+                            match imp.lease_limit(&bp) {
+                                Some(limit) => {
+                                    let live = tx.live_leases_on(id).await?.len() as u64;
+                                    for _ in live..limit.min(live + 64) {
+                                        tx.hand_over(&capacity, id).await?;
+                                    }
+                                }
+                                None => tx.fire(&capacity).await?,
+                            }
                             tx.commit().await?;
                         }
                         ResourceStatus::Active => return Ok(r.until.map_or(Next::Idle, Next::At)),

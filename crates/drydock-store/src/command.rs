@@ -64,6 +64,10 @@ async fn pending<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     rows.iter().map(from_row).collect()
 }
 
+/// Task priority of an object's pass that has a command to act on: above
+/// any lease priority in use.
+pub const COMMAND_PRIORITY: i64 = 1 << 40;
+
 impl Tx {
     /// Insert a command for `target` and wake its update task, in this
     /// transaction.
@@ -93,7 +97,15 @@ impl Tx {
         .bind(now)
         .fetch_one(self.conn())
         .await?;
-        self.schedule(NewTask::update(target).run_at(now)).await?;
+        // Acting on a command (a release frees capacity) goes before the
+        // allocator passes of waiting leases, which are queued at their
+        // leases' rank: a release never waits behind a crowd of waiters.
+        self.schedule(
+            NewTask::update(target)
+                .run_at(now)
+                .priority(COMMAND_PRIORITY),
+        )
+        .await?;
         Ok(CommandId(id))
     }
 

@@ -97,7 +97,8 @@ impl Tx {
                 self.fire_now(&fire).await?;
             }
             crate::Dialect::Postgres => {
-                if !self.deferred_fires.contains(&fire) {
+                // Waking everybody twice is once; each hand-off is a slot.
+                if matches!(fire, Fire::One { .. }) || !self.deferred_fires.contains(&fire) {
                     self.deferred_fires.push(fire);
                 }
             }

@@ -126,6 +126,8 @@ pub struct Audit {
     pub leaked_slots: usize,
     pub lost: usize,
     pub drift: usize,
+    /// Why broken leases broke, for the failure message.
+    pub failures: Vec<String>,
 }
 
 impl fmt::Display for Audit {
@@ -223,6 +225,13 @@ impl Audit {
             leaked_slots,
             lost: store.orphaned_objects(1000).await?.len(),
             drift: store.live_lease_drift().await?.len(),
+            failures: leases
+                .iter()
+                .filter_map(|l| {
+                    let f = l.failure.as_ref()?;
+                    Some(format!("lease {} ({}): {f}", l.id.0, l.resource_type))
+                })
+                .collect(),
         })
     }
 
@@ -237,7 +246,8 @@ impl Audit {
                 && self.leaked_slots == 0
                 && self.lost == 0
                 && self.drift == 0,
-            "invariants violated: {self}"
+            "invariants violated: {self}; failures: {:?}",
+            self.failures
         );
         Ok(())
     }

@@ -67,7 +67,7 @@ const FIELDS: &[FieldSpec] = &[
         kind: FieldKind::Text,
         required: false,
         default: Some("ok"),
-        description: "ok|instant|fail|flaky-2|temporary|hold",
+        description: "ok|instant|fail|flaky-2|temporary|hold|torn-down-once",
         secret: false,
     },
 ];
@@ -169,6 +169,23 @@ impl BlueprintImpl for Scripted {
                 ));
             }
             "temporary" => return Err(BlueprintError::Temporary("connection reset".into())),
+            // The first setup meets its resource being torn down under it
+            // (released meanwhile) and fails the way a vanished workspace
+            // makes a real blueprint fail: permanently.
+            "torn-down-once" if n == 0 => {
+                let _ = drydock_engine::client::release_resource(ctx.store, r.id, "admin").await;
+                let released = async {
+                    while ctx.store.resource(r.id).await.ok().map(|x| x.status)
+                        == Some(drydock_model::ResourceStatus::Active)
+                    {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(20), released).await;
+                return Err(BlueprintError::Permanent(
+                    "workspace vanished: not a git repository".into(),
+                ));
+            }
             "flaky-2" if n < 2 => return Err(BlueprintError::Temporary("connection reset".into())),
             "hold" if self.0.hold.load(Ordering::SeqCst) => {
                 return Err(BlueprintError::Yield {

@@ -17,6 +17,7 @@ backend_tests!(
     temporary_failures_that_persist_break_the_lease,
     resource_activation_failure_breaks_it_and_the_lease_gets_another,
     an_acquired_lease_whose_resource_goes_away_reacquires,
+    a_lease_whose_resource_is_torn_down_during_its_setup_reacquires,
     releasing_a_resource_releases_its_leases,
     releasing_a_pending_lease_destroys_it,
     a_broken_resource_releases_its_leases,
@@ -205,6 +206,40 @@ async fn resource_activation_failure_breaks_it_and_the_lease_gets_another(
     ensure!(
         rlogs.contains(&"resource.broken".into()) && rlogs.contains(&"resource.destroyed".into()),
         "{rlogs:?}"
+    );
+    h.stop().await;
+    Ok(())
+}
+
+/// A resource released while a lease is being set up on it is torn down
+/// under the setup, which fails; that failure is the teardown's, so the
+/// lease starts over on another resource instead of breaking.
+async fn a_lease_whose_resource_is_torn_down_during_its_setup_reacquires(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let h = Harness::start(db, 2).await;
+    h.blueprint(
+        "pool",
+        json!({"lease-activation": "torn-down-once", "limit": 2}),
+    )
+    .await?;
+    let lease = h.lease(none()).await?;
+    let active = h.wait_status(lease.id, LeaseStatus::Active).await?;
+    let logs = h.lease_logs(lease.id).await?;
+    ensure!(
+        logs.contains(&"lease.reacquire".into()) && active.failure.is_none(),
+        "{logs:?}"
+    );
+    let first = h
+        .store
+        .resources(None, None, 10)
+        .await?
+        .into_iter()
+        .map(|r| r.id)
+        .min();
+    ensure!(
+        active.resource_id != first,
+        "still on the torn-down resource"
     );
     h.stop().await;
     Ok(())
