@@ -56,11 +56,13 @@ impl Engine {
                 let result = self.lease_steps(id, lock).await;
                 // Slots handed to this lease that it did not take go on to
                 // the next waiter, whatever the pass did.
-                let lease = self.store.lease(id).await?;
-                let holding = lease.resource_id.filter(|_| lease.status.is_live());
-                self.store
-                    .settle_handoffs(object, lease.priority, lease.created_at, holding)
-                    .await?;
+                if self.store.has_handoffs(object).await? {
+                    let lease = self.store.lease(id).await?;
+                    let holding = lease.resource_id.filter(|_| lease.status.is_live());
+                    self.store
+                        .settle_handoffs(object, lease.priority, lease.created_at, holding)
+                        .await?;
+                }
                 result
             })
             .await?;

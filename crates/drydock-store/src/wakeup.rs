@@ -220,6 +220,17 @@ pub(crate) struct Rank {
 }
 
 impl Store {
+    /// Whether slots were handed to `waiter` (one cheap indexed read, so a
+    /// pass without any costs nothing more).
+    pub async fn has_handoffs(&self, waiter: ObjectRef) -> Result<bool> {
+        let any: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM handoffs WHERE waiter = $1 LIMIT 1")
+                .bind(waiter.key())
+                .fetch_optional(self.read_pool())
+                .await?;
+        Ok(any.is_some())
+    }
+
     /// End of a waiter's pass: slots handed to it are used when it now holds
     /// that resource (`holding`), and otherwise handed on to the next
     /// waiter in rank, so a slot one waiter cannot use is never lost.
@@ -232,14 +243,6 @@ impl Store {
         holding: Option<ResourceId>,
     ) -> Result<usize> {
         let key = waiter.key();
-        let any: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM handoffs WHERE waiter = $1 LIMIT 1")
-                .bind(&key)
-                .fetch_optional(self.read_pool())
-                .await?;
-        if any.is_none() {
-            return Ok(0);
-        }
         let mut tx = self.begin().await?;
         let slots: Vec<(String, i64)> =
             sqlx::query_as("DELETE FROM handoffs WHERE waiter = $1 RETURNING event, resource_id")
