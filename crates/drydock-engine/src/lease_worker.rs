@@ -4,7 +4,7 @@
 use crate::blueprint::{BlueprintImpl, Context};
 use crate::events::{self, log};
 use crate::{Engine, Next, PassError, PassResult};
-use drydock_model::{CommandKind, LeaseId, LeaseStatus, ObjectRef};
+use drydock_model::{CommandKind, LeaseId, LeaseStatus, ObjectRef, ResourceId};
 use drydock_store::lease::Lease;
 use drydock_store::log::NewLog;
 use drydock_store::object_lock::ObjectLock;
@@ -12,6 +12,22 @@ use drydock_store::resource::Resource;
 use drydock_store::{StoreError, Tx, now_ms};
 use serde_json::json;
 use std::sync::Arc;
+
+/// Capacity a destroyed lease gives back: on a resource of this type, and
+/// exactly one slot of `one_slot` when the resource has a lease limit.
+pub(crate) struct Freed {
+    resource_type: String,
+    one_slot: Option<ResourceId>,
+}
+
+impl Freed {
+    fn of(r: &Resource, lease_limited: bool) -> Freed {
+        Freed {
+            resource_type: r.resource_type.clone(),
+            one_slot: lease_limited.then_some(r.id),
+        }
+    }
+}
 
 /// What one step of a pass achieved.
 pub(crate) enum Step {
@@ -293,6 +309,7 @@ impl Engine {
     /// then one transaction that frees the lease's slot locks and wakes
     /// whoever waits for the capacity.
     async fn destroy_lease(&self, lease: &mut Lease, lock: &ObjectLock) -> PassResult<()> {
+        let mut freed = None;
         if let Some(rid) = lease.resource_id {
             let resource = self.store.resource(rid).await?;
             let (bp, imp) = self.implementation_of(&resource).await?;
@@ -304,8 +321,23 @@ impl Engine {
                 imp.did_release_lease(&ctx, &resource, lease).await?;
             }
             imp.destroy_lease(&ctx, &resource, lease).await?;
+            freed = Some(Freed::of(&resource, imp.lease_limit(&bp).is_some()));
         }
-        self.finish_destroy(lease, lock, None).await
+        self.finish_destroy(lease, lock, freed, None).await
+    }
+
+    /// What a lease leaving its resource frees, when the caller has not
+    /// read the resource and blueprint already.
+    async fn freed_by(&self, lease: &Lease) -> PassResult<Option<Freed>> {
+        let Some(rid) = lease.resource_id else {
+            return Ok(None);
+        };
+        let r = self.store.resource(rid).await?;
+        let limited = match self.implementation_of(&r).await {
+            Ok((bp, imp)) => imp.lease_limit(&bp).is_some(),
+            Err(_) => false,
+        };
+        Ok(Some(Freed::of(&r, limited)))
     }
 
     /// The destroy transaction: `destroyed`, slot locks freed, waiters for
@@ -314,21 +346,9 @@ impl Engine {
         &self,
         lease: &mut Lease,
         lock: &ObjectLock,
+        freed: Option<Freed>,
         cleanup_failure: Option<&str>,
     ) -> PassResult<()> {
-        // A slot freed on a resource with a lease limit goes to one waiter
-        // (who hands it on if it cannot use it); other capacity wakes all.
-        let (resource_type, one_slot) = match lease.resource_id {
-            Some(rid) => {
-                let r = self.store.resource(rid).await?;
-                let limited = match self.implementation_of(&r).await {
-                    Ok((bp, imp)) => imp.lease_limit(&bp).is_some(),
-                    Err(_) => false,
-                };
-                (Some(r.resource_type), limited.then_some(rid))
-            }
-            None => (None, None),
-        };
         let mut next = lease.clone();
         transition(&mut next, LeaseStatus::Destroyed)?;
         next.waiting = None;
@@ -341,10 +361,14 @@ impl Engine {
         )
         .await?;
         *lease = tx.save_lease(&next, lock).await?;
-        match (resource_type, one_slot) {
-            (Some(t), Some(rid)) => tx.hand_over(&events::capacity(&t), rid).await?,
-            (Some(t), None) => tx.fire(&events::capacity(&t)).await?,
-            (None, _) => {}
+        // A slot freed on a resource with a lease limit goes to one waiter
+        // (who hands it on if it cannot use it); other capacity wakes all.
+        if let Some(f) = freed {
+            let capacity = events::capacity(&f.resource_type);
+            match f.one_slot {
+                Some(rid) => tx.hand_over(&capacity, rid).await?,
+                None => tx.fire(&capacity).await?,
+            }
         }
         wake_owner(&mut tx, &next).await?;
         tx.commit().await?;
@@ -359,7 +383,10 @@ impl Engine {
             if matches!(lease.status, LeaseStatus::Released | LeaseStatus::Broken) {
                 // Its teardown kept failing: finish it, with the
                 // failure logged, instead of retrying forever.
-                return self.finish_destroy(&mut lease, lock, Some(reason)).await;
+                let freed = self.freed_by(&lease).await?;
+                return self
+                    .finish_destroy(&mut lease, lock, freed, Some(reason))
+                    .await;
             }
             if !lease.status.is_live() {
                 return Ok(());

@@ -281,10 +281,11 @@ impl Store {
     /// (always none; fault and stress tests check it): `(id, stored, real)`.
     pub async fn live_lease_drift(&self) -> Result<Vec<(ResourceId, i64, i64)>> {
         let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
-            "SELECT id, live_leases, (SELECT COUNT(*) FROM leases l WHERE l.resource_id = r.id \
-               AND l.status IN ('pending', 'acquired', 'active')) AS real_count \
-             FROM resources r WHERE live_leases <> (SELECT COUNT(*) FROM leases l WHERE l.resource_id = r.id \
-               AND l.status IN ('pending', 'acquired', 'active')) ORDER BY id",
+            "SELECT id, live_leases, real_count FROM (SELECT id, live_leases, \
+               (SELECT COUNT(*) FROM leases l WHERE l.resource_id = r.id \
+                  AND l.status IN ('pending', 'acquired', 'active')) AS real_count \
+               FROM resources r) counted \
+             WHERE live_leases <> real_count ORDER BY id",
         )
         .fetch_all(self.read_pool())
         .await?;

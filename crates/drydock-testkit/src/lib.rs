@@ -323,6 +323,8 @@ pub struct PrivatePostgres {
     pub port: u16,
     dir: tempfile::TempDir,
     bin: std::path::PathBuf,
+    /// Running as root: PostgreSQL's programs run as the `postgres` user.
+    as_postgres: bool,
 }
 
 impl PrivatePostgres {
@@ -356,7 +358,11 @@ impl PrivatePostgres {
         let dir = tempfile::tempdir().expect("tempdir");
         // PostgreSQL refuses to run as root: hand the directory to the
         // `postgres` user and run its programs as that user.
-        if is_root() {
+        let as_postgres = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        if as_postgres {
             let ok = std::process::Command::new("chown")
                 .args(["postgres:postgres"])
                 .arg(dir.path())
@@ -369,7 +375,12 @@ impl PrivatePostgres {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let pg = PrivatePostgres { port, dir, bin };
+        let pg = PrivatePostgres {
+            port,
+            dir,
+            bin,
+            as_postgres,
+        };
         let data = pg.data();
         pg.run(
             "initdb",
@@ -393,16 +404,24 @@ impl PrivatePostgres {
         self.dir.path().join("data").display().to_string()
     }
 
-    fn run(&self, program: &str, args: &[&str]) {
+    /// One of PostgreSQL's programs, as the user that may run it.
+    fn command(&self, program: &str) -> std::process::Command {
         let exe = self.bin.join(program);
-        let mut cmd = if is_root() {
+        if self.as_postgres {
             let mut c = std::process::Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c.args(["-u", "postgres", "--"]).arg(exe);
             c
         } else {
-            std::process::Command::new(&exe)
-        };
-        let out = cmd.args(args).output().expect("run a PostgreSQL program");
+            std::process::Command::new(exe)
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = self
+            .command(program)
+            .args(args)
+            .output()
+            .expect("run a PostgreSQL program");
         assert!(
             out.status.success(),
             "{program} {args:?} failed: {}{}",
@@ -453,25 +472,10 @@ impl PrivatePostgres {
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        let exe = self.bin.join("pg_ctl");
-        let data = self.data();
-        let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
-        let _ = if is_root() {
-            std::process::Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&exe)
-                .args(args)
-                .output()
-        } else {
-            std::process::Command::new(&exe).args(args).output()
-        };
+        // Already stopped is fine here.
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", &self.data(), "-m", "immediate", "-w", "stop"])
+            .output();
     }
-}
-
-fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.trim_ascii() == b"0")
-        .unwrap_or(false)
 }

@@ -4,7 +4,7 @@
 //! never exceeded, no object lock or slot lock leaked, no object lost its
 //! task.
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 use drydock_engine::client;
 use drydock_model::{LeaseStatus, ResourceId, ResourceStatus};
 use drydock_store::Store;
@@ -14,6 +14,31 @@ use std::collections::HashMap;
 use std::fmt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The fault tests' blueprint shape: a `host.local` blueprint of at most
+/// `LIMIT` resources, one lease per resource (exclusive hosts).
+pub const LIMIT: usize = 3;
+
+pub async fn exclusive_hosts(
+    store: &Store,
+    name: &str,
+    root: &std::path::Path,
+) -> anyhow::Result<drydock_model::BlueprintId> {
+    std::fs::create_dir_all(root)?;
+    let fields = serde_json::json!({
+        "root": root.to_string_lossy(), "limit": LIMIT.to_string(), "lease-limit": "1"
+    });
+    let bp = client::create_blueprint(
+        store,
+        &drydock_blueprints::registry(),
+        "test",
+        name,
+        "host.local",
+        fields.as_object().context("fields")?,
+    )
+    .await?;
+    Ok(bp.id)
+}
 
 /// Start `drydock daemon` with a short claim expiry, so a killed daemon's
 /// tasks and locks are taken over quickly.

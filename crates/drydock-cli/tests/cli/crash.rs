@@ -4,7 +4,8 @@
 //! was lost, and no exclusive resource ever had two leases at once.
 
 use crate::audit::{
-    Audit, all_leases, drain, release, release_resource, spawn_daemon, stop_daemons,
+    Audit, LIMIT, all_leases, drain, exclusive_hosts, release, release_resource, spawn_daemon,
+    stop_daemons,
 };
 use anyhow::ensure;
 use drydock_engine::{ADMIN, client};
@@ -20,21 +21,10 @@ backend_tests!(
 
 const ITERATIONS: usize = 50;
 const BOUND: Duration = Duration::from_secs(150);
-const LIMIT: usize = 3;
 
 async fn crash_loop_with_sigkilled_daemons(db: &TestDb) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let registry = drydock_blueprints::registry();
-    let fields = serde_json::json!({"root": dir.path().to_string_lossy(), "limit": LIMIT.to_string(), "lease-limit": "1"});
-    let bp = client::create_blueprint(
-        &db.store,
-        &registry,
-        "test",
-        "exclusive",
-        "host.local",
-        fields.as_object().unwrap(),
-    )
-    .await?;
+    let bp = exclusive_hosts(&db.store, "exclusive", dir.path()).await?;
     let start = Instant::now();
     let mut rng = Rng(0x5EED ^ ((db.backend as u64 + 1) * 0x9E37_79B9));
     let mut daemons = vec![spawn_daemon(&db.url, 2)?, spawn_daemon(&db.url, 2)?];
@@ -42,7 +32,7 @@ async fn crash_loop_with_sigkilled_daemons(db: &TestDb) -> anyhow::Result<()> {
     let new = NewLease {
         resource_type: "host".into(),
         authorizing: ADMIN.into(),
-        blueprint_ids: vec![bp.id],
+        blueprint_ids: vec![bp],
         ..Default::default()
     };
     for _ in 0..ITERATIONS {
@@ -107,25 +97,13 @@ async fn crash_loop_on_working_copies_kills_during_activation_and_destruction(
     const WC_ITERATIONS: usize = 30;
     let dir = tempfile::tempdir()?;
     let (repo, a, b) = crate::working_copy::repository(dir.path())?;
-    let registry = drydock_blueprints::registry();
-    let root = dir.path().join("hosts");
-    std::fs::create_dir_all(&root)?;
-    let host_fields = serde_json::json!({"root": root.to_string_lossy(), "limit": LIMIT.to_string(), "lease-limit": "1"});
-    client::create_blueprint(
-        &db.store,
-        &registry,
-        "test",
-        "hosts",
-        "host.local",
-        host_fields.as_object().unwrap(),
-    )
-    .await?;
+    exclusive_hosts(&db.store, "hosts", &dir.path().join("hosts")).await?;
     let wc_fields = serde_json::json!({
         "host-blueprints": "hosts", "repositories": format!("app={repo}"), "limit": LIMIT.to_string()
     });
     let wc = client::create_blueprint(
         &db.store,
-        &registry,
+        &drydock_blueprints::registry(),
         "test",
         "wc",
         "working-copy",

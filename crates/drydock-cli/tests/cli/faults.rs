@@ -3,7 +3,9 @@
 //! under many concurrent CLI processes. Each ends with the same audit as
 //! the crash loop and prints its counts.
 
-use crate::audit::{Audit, all_leases, drain, release, spawn_daemon, stop_daemons};
+use crate::audit::{
+    Audit, LIMIT, all_leases, drain, exclusive_hosts, release, spawn_daemon, stop_daemons,
+};
 use crate::{drydock, stderr, stdout};
 use anyhow::{Context, ensure};
 use drydock_engine::{ADMIN, client};
@@ -17,24 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-const LIMIT: usize = 3;
 const BOUND: Duration = Duration::from_secs(150);
-
-async fn exclusive_blueprint(store: &Store, root: &std::path::Path) -> anyhow::Result<BlueprintId> {
-    let fields = serde_json::json!({
-        "root": root.to_string_lossy(), "limit": LIMIT.to_string(), "lease-limit": "1"
-    });
-    let bp = client::create_blueprint(
-        store,
-        &drydock_blueprints::registry(),
-        "test",
-        "exclusive",
-        "host.local",
-        fields.as_object().context("fields")?,
-    )
-    .await?;
-    Ok(bp.id)
-}
 
 /// `drydock serve` on a free loopback port; returns it and its base URL.
 fn spawn_server(url: &str) -> anyhow::Result<(Child, String)> {
@@ -112,7 +97,7 @@ async fn postgres_restarted_in_the_middle_of_a_load_run() -> anyhow::Result<()> 
     let url = pg.url();
     let store = Store::open(&url).await?;
     let dir = tempfile::tempdir()?;
-    let bp = exclusive_blueprint(&store, dir.path()).await?;
+    let bp = exclusive_hosts(&store, "exclusive", dir.path()).await?;
     let token = stdout(&drydock(
         &url,
         &["token", "create", "--name", "fault", "--role", "admin"],
@@ -211,6 +196,31 @@ async fn postgres_restarted_in_the_middle_of_a_load_run() -> anyhow::Result<()> 
     audit.ensure_clean()
 }
 
+/// Run `drydock --database URL ARGS…` for every ARGS at once; the stderr
+/// of each that failed.
+fn at_once(url: &str, runs: &[Vec<&str>]) -> anyhow::Result<Vec<String>> {
+    let children = runs
+        .iter()
+        .map(|args| {
+            Command::new(env!("CARGO_BIN_EXE_drydock"))
+                .args(["--database", url])
+                .args(args)
+                .env("DRYDOCK_LOG", "error")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut failed = Vec::new();
+    for c in children {
+        let out = c.wait_with_output()?;
+        if !out.status.success() {
+            failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+    }
+    Ok(failed)
+}
+
 /// SQLite has one writer at a time: many `drydock` processes writing at
 /// once (requests, releases, reads, beside a daemon) wait their turn; none
 /// fails with "database is locked".
@@ -221,7 +231,7 @@ async fn sqlite_under_concurrent_cli_processes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let url = format!("sqlite://{}", dir.path().join("drydock.db").display());
     let store = Store::open(&url).await?;
-    let bp = exclusive_blueprint(&store, dir.path()).await?;
+    let bp = exclusive_hosts(&store, "exclusive", dir.path()).await?;
     let daemons = vec![spawn_daemon(&url, 4)?];
     let start = Instant::now();
     let mut runs = 0;
@@ -230,38 +240,15 @@ async fn sqlite_under_concurrent_cli_processes() -> anyhow::Result<()> {
     for _ in 0..ROUNDS {
         // CLIENTS processes at once: each queues a lease (the limit is 3, so
         // most wait), and as many list the leases.
-        let mut children = Vec::new();
-        for i in 0..CLIENTS * 2 {
-            let args: Vec<String> = if i % 2 == 0 {
-                vec![
-                    "lease".into(),
-                    "--type".into(),
-                    "host".into(),
-                    "--blueprint".into(),
-                    bp.0.to_string(),
-                    "--no-wait".into(),
-                ]
-            } else {
-                vec!["lease".into(), "list".into()]
-            };
-            children.push(
-                Command::new(env!("CARGO_BIN_EXE_drydock"))
-                    .arg("--database")
-                    .arg(&url)
-                    .args(&args)
-                    .env("DRYDOCK_LOG", "error")
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()?,
-            );
-        }
-        for c in children {
-            let out = c.wait_with_output()?;
-            runs += 1;
-            if !out.status.success() {
-                failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
-            }
-        }
+        let bp = bp.0.to_string();
+        let requests: Vec<Vec<&str>> = (0..CLIENTS * 2)
+            .map(|i| match i % 2 {
+                0 => vec!["lease", "--type", "host", "--blueprint", &bp, "--no-wait"],
+                _ => vec!["lease", "list"],
+            })
+            .collect();
+        failures.extend(at_once(&url, &requests)?);
+        runs += requests.len();
         // And releases from CLI processes, all at once, for the active ones.
         // (Once each: a lease released in an earlier round may still show
         // active until the daemon gets to it.)
@@ -271,24 +258,12 @@ async fn sqlite_under_concurrent_cli_processes() -> anyhow::Result<()> {
             .filter(|l| l.status == LeaseStatus::Active && released.insert(l.id))
             .map(|l| l.id.0.to_string())
             .collect();
-        let mut children = Vec::new();
-        for id in &active {
-            children.push(
-                Command::new(env!("CARGO_BIN_EXE_drydock"))
-                    .args(["--database", &url, "release-lease", "--id", id])
-                    .env("DRYDOCK_LOG", "error")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()?,
-            );
-        }
-        for c in children {
-            let out = c.wait_with_output()?;
-            runs += 1;
-            if !out.status.success() {
-                failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
-            }
-        }
+        let releases: Vec<Vec<&str>> = active
+            .iter()
+            .map(|id| vec!["release-lease", "--id", id])
+            .collect();
+        failures.extend(at_once(&url, &releases)?);
+        runs += releases.len();
     }
     drain(&store, start, BOUND).await?;
     stop_daemons(daemons)?;
