@@ -216,7 +216,15 @@ pub async fn queue_lease(
         .collect();
     let mut blueprint_ids = Vec::new();
     for b in &req.blueprints {
-        let id = find_blueprint(store, b).await?.id;
+        // Named as `find_blueprint` reads them: a number is an id.
+        let known = of_type.iter().find(|bp| match b.parse::<i64>() {
+            Ok(id) => bp.id.0 == id,
+            Err(_) => bp.name == *b,
+        });
+        let id = match known {
+            Some(bp) => bp.id,
+            None => find_blueprint(store, b).await?.id,
+        };
         if !of_type.iter().any(|bp| bp.id == id) {
             return Err(ClientError::InvalidRequest(format!(
                 "blueprint {b:?} does not build {kind:?} resources"
@@ -277,7 +285,7 @@ pub async fn wait_for_lease(
 ) -> Result<Lease, ClientError> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let signal = store.change_signal().await;
+        let signal = store.lease_signal(id).await;
         let lease = store.lease(id).await?;
         let now = tokio::time::Instant::now();
         if done(&lease) || now >= deadline {

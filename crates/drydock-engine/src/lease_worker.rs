@@ -65,10 +65,14 @@ pub(crate) fn lease_log(lease: &Lease, kind: &str) -> NewLog {
 }
 
 impl Engine {
-    pub(crate) async fn lease_pass(&self, id: LeaseId) -> PassResult<Next> {
+    pub(crate) async fn lease_pass(
+        &self,
+        id: LeaseId,
+        held: Option<&ObjectLock>,
+    ) -> PassResult<Next> {
         let object = ObjectRef::lease(id);
         let next = self
-            .locked(object, async |lock| {
+            .locked(object, held, async |lock| {
                 let result = self.lease_steps(id, lock).await;
                 // Slots handed to this lease that it did not take go on to
                 // the next waiter, whatever the pass did.
@@ -377,8 +381,13 @@ impl Engine {
 
     /// Break a lease (spec §6.4), under its lock. Already finished leases are
     /// left as they are.
-    pub(crate) async fn break_lease(&self, id: LeaseId, reason: &str) -> PassResult<Option<()>> {
-        self.locked(ObjectRef::lease(id), async |lock| {
+    pub(crate) async fn break_lease(
+        &self,
+        id: LeaseId,
+        reason: &str,
+        held: Option<&ObjectLock>,
+    ) -> PassResult<Option<()>> {
+        self.locked(ObjectRef::lease(id), held, async |lock| {
             let mut lease = self.store.lease(id).await?;
             if matches!(lease.status, LeaseStatus::Released | LeaseStatus::Broken) {
                 // Its teardown kept failing: finish it, with the

@@ -22,6 +22,7 @@ mod resource_worker;
 
 use blueprint::{BlueprintError, Registry};
 use drydock_model::{LeaseId, ObjectKind, ObjectRef, ResourceId};
+use drydock_store::object_lock::ObjectLock;
 use drydock_store::queue::{ClaimedTask, DEFAULT_MAX_ATTEMPTS, Handler, Outcome};
 use drydock_store::{Store, StoreError, now_ms};
 use std::sync::Arc;
@@ -127,25 +128,33 @@ impl Engine {
     /// Run one update pass over `object` now, in this process (the CLI's
     /// `update-lease` / `update-resource`). Returns what the queue would do.
     pub async fn update_now(&self, object: ObjectRef) -> Outcome {
-        self.pass(object, 0).await
+        self.pass(object, 0, None).await
     }
 
-    async fn pass(&self, object: ObjectRef, attempts: i64) -> Outcome {
+    /// One update pass, under `held` (the lock taken with the task's claim)
+    /// or else a lock of its own.
+    async fn pass(&self, object: ObjectRef, attempts: i64, held: Option<&ObjectLock>) -> Outcome {
         let result = match object.kind {
-            ObjectKind::Lease => self.lease_pass(LeaseId(object.id)).await,
-            ObjectKind::Resource => self.resource_pass(ResourceId(object.id)).await,
+            ObjectKind::Lease => self.lease_pass(LeaseId(object.id), held).await,
+            ObjectKind::Resource => self.resource_pass(ResourceId(object.id), held).await,
             ObjectKind::Blueprint => {
                 return Outcome::Fail(format!("{object} has no update worker"));
             }
         };
-        self.outcome(object, attempts, result).await
+        self.outcome(object, attempts, result, held).await
     }
 
     /// Turn a pass result into a queue outcome: yields for waits and
     /// contention, bounded retries for temporary failures, and a break for
     /// permanent ones (spec §4.3, with transient errors retried instead of
     /// breaking at once).
-    async fn outcome(&self, object: ObjectRef, attempts: i64, result: PassResult<Next>) -> Outcome {
+    async fn outcome(
+        &self,
+        object: ObjectRef,
+        attempts: i64,
+        result: PassResult<Next>,
+        held: Option<&ObjectLock>,
+    ) -> Outcome {
         let now = now_ms();
         let reason = match result {
             Ok(Next::Idle) => return Outcome::Done,
@@ -182,7 +191,7 @@ impl Engine {
             }
             Err(temporary) => format!("gave up after {} attempts: {temporary}", attempts + 1),
         };
-        match self.break_object(object, &reason).await {
+        match self.break_under(object, &reason, held).await {
             // Broken: the next pass destroys it.
             Ok(()) => Outcome::Yield(Duration::ZERO),
             Err(e) if e.is_temporary() => Outcome::Yield(self.cfg.store_retry),
@@ -194,9 +203,23 @@ impl Engine {
     /// health checks; the engine also calls it on permanent failures). A
     /// broken resource releases its leases; the next pass destroys it.
     pub async fn break_object(&self, object: ObjectRef, reason: &str) -> Result<(), StoreError> {
+        self.break_under(object, reason, None).await
+    }
+
+    /// [`Engine::break_object`] under `held`, the lock of the pass that
+    /// failed, if it has one.
+    async fn break_under(
+        &self,
+        object: ObjectRef,
+        reason: &str,
+        held: Option<&ObjectLock>,
+    ) -> Result<(), StoreError> {
         let result = match object.kind {
-            ObjectKind::Lease => self.break_lease(LeaseId(object.id), reason).await,
-            ObjectKind::Resource => self.break_resource(ResourceId(object.id), reason).await,
+            ObjectKind::Lease => self.break_lease(LeaseId(object.id), reason, held).await,
+            ObjectKind::Resource => {
+                self.break_resource(ResourceId(object.id), reason, held)
+                    .await
+            }
             ObjectKind::Blueprint => return Ok(()),
         };
         match result {
@@ -213,13 +236,19 @@ impl Engine {
         }
     }
 
-    /// Take the object's lock, renewing it while `work` runs; `None` when
+    /// Run `work` under `held` (a lock the caller holds and renews, such as
+    /// the one taken with a task's claim), or else take the object's lock,
+    /// renewing it while `work` runs, and release it after; `None` when
     /// another worker holds it.
     pub(crate) async fn locked<T>(
         &self,
         object: ObjectRef,
-        work: impl AsyncFnOnce(&drydock_store::object_lock::ObjectLock) -> PassResult<T>,
+        held: Option<&ObjectLock>,
+        work: impl AsyncFnOnce(&ObjectLock) -> PassResult<T>,
     ) -> PassResult<Option<T>> {
+        if let Some(lock) = held {
+            return work(lock).await.map(Some);
+        }
         let Some(lock) = self
             .store
             .try_lock(&object.key(), &self.cfg.owner, self.cfg.lock_ttl)
@@ -256,7 +285,7 @@ impl Handler for Engine {
         match task.kind.as_str() {
             "lease.update" | "resource.update" => {
                 match task.object_key.as_deref().and_then(ObjectRef::parse) {
-                    Some(object) => self.pass(object, task.attempts).await,
+                    Some(object) => self.pass(object, task.attempts, task.lock.as_ref()).await,
                     None => Outcome::Fail(format!(
                         "update task without a valid object: {:?}",
                         task.object_key

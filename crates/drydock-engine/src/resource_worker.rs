@@ -47,9 +47,13 @@ async fn release_leases(tx: &mut Tx, r: &Resource) -> Result<usize, StoreError> 
 }
 
 impl Engine {
-    pub(crate) async fn resource_pass(&self, id: ResourceId) -> PassResult<Next> {
+    pub(crate) async fn resource_pass(
+        &self,
+        id: ResourceId,
+        held: Option<&ObjectLock>,
+    ) -> PassResult<Next> {
         let next = self
-            .locked(ObjectRef::resource(id), async |lock| {
+            .locked(ObjectRef::resource(id), held, async |lock| {
                 let mut r = self.store.resource(id).await?;
                 if r.status.is_commandable() {
                     r = self.resource_commands(r, lock).await?;
@@ -240,8 +244,9 @@ impl Engine {
         &self,
         id: ResourceId,
         reason: &str,
+        held: Option<&ObjectLock>,
     ) -> PassResult<Option<()>> {
-        self.locked(ObjectRef::resource(id), async |lock| {
+        self.locked(ObjectRef::resource(id), held, async |lock| {
             let mut r = self.store.resource(id).await?;
             match r.status {
                 ResourceStatus::Pending | ResourceStatus::Active => {

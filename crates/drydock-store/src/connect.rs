@@ -96,6 +96,9 @@ impl Store {
                 let opts = || {
                     AnyPoolOptions::new()
                         .acquire_timeout(Duration::from_secs(60))
+                        // A file does not hang up: no ping (a round trip to
+                        // the connection's thread) before every use.
+                        .test_before_acquire(false)
                         .after_connect(|conn, _meta| {
                             Box::pin(async move {
                                 use sqlx::Executor;
@@ -148,6 +151,19 @@ impl Store {
                 let pool = AnyPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(5))
+                    // A ping costs a round trip: only for a connection idle
+                    // long enough that the server may have gone away meanwhile
+                    // (one that breaks in use is dropped when it is returned).
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            use sqlx::Connection;
+                            if meta.idle_for > Duration::from_secs(1) {
+                                conn.ping().await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect(url)
                     .await
                     .map_err(|e| connect_error(url, e))?;
@@ -162,6 +178,8 @@ impl Store {
                 tasks_ready: tokio::sync::Notify::new(),
                 changed: tokio::sync::Notify::new(),
                 url: url.to_owned(),
+                instance: instance_name(),
+                lease_waiters: Default::default(),
                 listener: tokio::sync::OnceCell::new(),
             }),
         })
@@ -216,6 +234,18 @@ impl Store {
         cols.sort();
         Ok(cols)
     }
+}
+
+/// A name for one `Store` handle, unique across processes and hosts: a
+/// per-process random key and a counter.
+fn instance_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!("{random:016x}.{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The file path of a SQLite URL.

@@ -198,10 +198,10 @@ impl Tx {
             "UPDATE leases SET status = $1, resource_id = $2, attributes = $3, internal = $4, until_at = $5, \
                waiting = $6, failure = $7, acquired_at = $8, activated_at = $9, version = version + 1, fence = $10, \
                modified_at = $11 \
-             WHERE id = $12 AND version = $13 AND {}",
+             WHERE id = $12 AND version = $13 AND {} RETURNING {COLUMNS}",
             fence_condition(14, 10)
         );
-        let n = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let saved = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(lease.status.as_str())
             .bind(lease.resource_id.map(|r| r.0))
             .bind(attributes)
@@ -216,15 +216,14 @@ impl Tx {
             .bind(lease.id.0)
             .bind(lease.version)
             .bind(&lock.name)
-            .execute(self.conn())
-            .await?
-            .rows_affected();
-        if n == 0 {
+            .fetch_optional(self.conn())
+            .await?;
+        let Some(saved) = saved else {
             return Err(StoreError::Stale {
                 object: lease.object().key(),
                 token: lock.token,
             });
-        }
+        };
         for r in recount {
             sqlx::query(
                 "UPDATE resources SET live_leases = (SELECT COUNT(*) FROM leases \
@@ -234,8 +233,8 @@ impl Tx {
             .execute(self.conn())
             .await?;
         }
-        self.notify_change().await?;
-        self.lease(lease.id).await
+        self.lease_changed(lease.id).await?;
+        from_row(&saved)
     }
 }
 

@@ -73,11 +73,19 @@ struct Inner {
     /// Woken after a commit that made a task runnable (and, on PostgreSQL,
     /// by `NOTIFY` from other processes).
     tasks_ready: Notify,
-    /// Woken after every commit (and by other processes' commits, once the
-    /// listener runs): readers waiting for an object to change re-read it.
+    /// Woken when another process changed something this one cannot name
+    /// (a SQLite commit seen through `data_version`, a PostgreSQL listener
+    /// reconnecting): every reader waiting for a lease re-reads it.
     changed: Notify,
+    /// Readers waiting for particular leases ([`Store::lease_signal`]),
+    /// woken by commits that wrote those leases — here or, through
+    /// `NOTIFY`, in another process.
+    lease_waiters: std::sync::Mutex<std::collections::HashMap<i64, Arc<Notify>>>,
     /// The connection URL (kept for the PostgreSQL listener; never printed).
     url: String,
+    /// This handle's name in `NOTIFY` payloads, so its listener can tell
+    /// its own notifications (already delivered in-process) from others'.
+    instance: String,
     listener: tokio::sync::OnceCell<()>,
 }
 
@@ -120,7 +128,7 @@ impl Store {
             tx,
             store: self.clone(),
             wake_workers: false,
-            change_notified: false,
+            changed_leases: Vec::new(),
             deferred_fires: Vec::new(),
         })
     }
@@ -141,8 +149,9 @@ pub struct Tx {
     tx: sqlx::Transaction<'static, Any>,
     store: Store,
     wake_workers: bool,
-    /// Whether other processes were notified of a change (PostgreSQL).
-    change_notified: bool,
+    /// Leases this transaction wrote (their waiters are woken on commit;
+    /// on PostgreSQL other processes are told in the same transaction).
+    changed_leases: Vec<i64>,
     /// Wake-ups to fire once this transaction has committed (see
     /// [`Tx::fire`]).
     deferred_fires: Vec<wakeup::Fire>,
@@ -156,12 +165,14 @@ impl Tx {
             store,
             wake_workers,
             deferred_fires,
-            ..
+            changed_leases,
         } = self;
         tx.commit().await?;
-        store.inner.changed.notify_waiters();
+        store.leases_changed(&changed_leases);
         if wake_workers {
-            store.inner.tasks_ready.notify_waiters();
+            // One idle worker looks; if it finds work it wakes the next
+            // (`run_worker`), so a commit never sets every worker claiming.
+            store.inner.tasks_ready.notify_one();
         }
         if !deferred_fires.is_empty() {
             // Best effort: if this fails, the waiters' safety poll finds the

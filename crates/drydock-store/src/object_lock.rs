@@ -49,72 +49,27 @@ impl Store {
         owner: &str,
         ttl: Duration,
     ) -> Result<Option<ObjectLock>> {
-        let now = now_ms();
-        let expires_at = now.saturating_add(ms(ttl));
         let mut tx = self.begin().await?;
-        let token: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO object_locks (name, owner, token, expires_at, acquired_at) VALUES ($1, $2, 1, $3, $4) \
-             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, token = object_locks.token + 1, \
-               expires_at = excluded.expires_at, acquired_at = excluded.acquired_at \
-             WHERE object_locks.owner IS NULL OR object_locks.expires_at < $4 \
-             RETURNING token",
-        )
-        .bind(name)
-        .bind(owner)
-        .bind(expires_at)
-        .bind(now)
-        .fetch_optional(tx.conn())
-        .await?;
+        let lock = tx.try_lock(name, owner, ttl).await?;
         tx.commit().await?;
-        Ok(token.map(|token| ObjectLock {
-            name: name.to_owned(),
-            owner: owner.to_owned(),
-            token,
-            expires_at,
-        }))
+        Ok(lock)
     }
 
     /// Extend a held lock. Fails with [`StoreError::Stale`] if it was taken
     /// over (or released) meanwhile.
     pub async fn renew_lock(&self, lock: &mut ObjectLock, ttl: Duration) -> Result<()> {
-        let now = now_ms();
-        let expires_at = now.saturating_add(ms(ttl));
         let mut tx = self.begin().await?;
-        let n = sqlx::query(
-            "UPDATE object_locks SET expires_at = $1 WHERE name = $2 AND token = $3 AND owner = $4",
-        )
-        .bind(expires_at)
-        .bind(&lock.name)
-        .bind(lock.token)
-        .bind(&lock.owner)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        if n == 0 {
-            return Err(StoreError::Stale {
-                object: lock.name.clone(),
-                token: lock.token,
-            });
-        }
-        lock.expires_at = expires_at;
-        Ok(())
+        tx.renew_lock(lock, ttl).await?;
+        tx.commit().await
     }
 
     /// Release a lock. Releasing a lock that was already taken over does
     /// nothing to the new holder.
     pub async fn unlock(&self, lock: ObjectLock) -> Result<bool> {
         let mut tx = self.begin().await?;
-        let n = sqlx::query(
-            "UPDATE object_locks SET owner = NULL, expires_at = 0 WHERE name = $1 AND token = $2",
-        )
-        .bind(&lock.name)
-        .bind(lock.token)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
+        let released = tx.unlock(&lock).await?;
         tx.commit().await?;
-        Ok(n > 0)
+        Ok(released)
     }
 
     /// The stored state of a lock, if it was ever taken.
@@ -157,6 +112,73 @@ impl Store {
 }
 
 impl Tx {
+    /// [`Store::try_lock`] inside this transaction (the task queue takes an
+    /// object's lock with the claim of its update task).
+    pub async fn try_lock(
+        &mut self,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<ObjectLock>> {
+        let now = now_ms();
+        let expires_at = now.saturating_add(ms(ttl));
+        let token: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO object_locks (name, owner, token, expires_at, acquired_at) VALUES ($1, $2, 1, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, token = object_locks.token + 1, \
+               expires_at = excluded.expires_at, acquired_at = excluded.acquired_at \
+             WHERE object_locks.owner IS NULL OR object_locks.expires_at < $4 \
+             RETURNING token",
+        )
+        .bind(name)
+        .bind(owner)
+        .bind(expires_at)
+        .bind(now)
+        .fetch_optional(self.conn())
+        .await?;
+        Ok(token.map(|token| ObjectLock {
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+            token,
+            expires_at,
+        }))
+    }
+
+    /// [`Store::renew_lock`] inside this transaction.
+    pub async fn renew_lock(&mut self, lock: &mut ObjectLock, ttl: Duration) -> Result<()> {
+        let expires_at = now_ms().saturating_add(ms(ttl));
+        let n = sqlx::query(
+            "UPDATE object_locks SET expires_at = $1 WHERE name = $2 AND token = $3 AND owner = $4",
+        )
+        .bind(expires_at)
+        .bind(&lock.name)
+        .bind(lock.token)
+        .bind(&lock.owner)
+        .execute(self.conn())
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(StoreError::Stale {
+                object: lock.name.clone(),
+                token: lock.token,
+            });
+        }
+        lock.expires_at = expires_at;
+        Ok(())
+    }
+
+    /// [`Store::unlock`] inside this transaction.
+    pub async fn unlock(&mut self, lock: &ObjectLock) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE object_locks SET owner = NULL, expires_at = 0 WHERE name = $1 AND token = $2",
+        )
+        .bind(&lock.name)
+        .bind(lock.token)
+        .execute(self.conn())
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
     /// Fail with [`StoreError::Stale`] unless `lock` is still the current
     /// grant of its lock. For writes not covered by a versioned row update.
     pub async fn check_fence(&mut self, lock: &ObjectLock) -> Result<()> {

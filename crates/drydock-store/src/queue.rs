@@ -19,9 +19,10 @@
 //!
 //! [`Notify`]: tokio::sync::Notify
 
+use crate::object_lock::ObjectLock;
 use crate::row::{get, json, to_json};
 use crate::{Dialect, Result, Store, StoreError, Tx, ms, now_ms};
-use drydock_model::{ObjectRef, TaskId};
+use drydock_model::{LeaseId, ObjectRef, TaskId};
 use serde_json::Value;
 use sqlx::any::AnyRow;
 use std::future::Future;
@@ -155,6 +156,11 @@ pub struct ClaimedTask {
     pub attempts: i64,
     pub token: i64,
     pub owner: String,
+    /// The lock of the task's object (named by `object_key`), taken with
+    /// the claim when it was free: renewed by the claim's heartbeat and
+    /// released when the task completes, in the same transactions. `None`
+    /// when another holder had it (or the task has no object).
+    pub lock: Option<ObjectLock>,
 }
 
 /// How a claimed task ends, as the store records it.
@@ -250,28 +256,35 @@ impl Tx {
             .await
     }
 
-    /// Tell other processes' readers that a lease changed (PostgreSQL; on
-    /// SQLite they watch `data_version`). Once per transaction.
-    pub(crate) async fn notify_change(&mut self) -> Result<()> {
-        if self.dialect() == Dialect::Postgres && !self.change_notified {
-            self.change_notified = true;
-            sqlx::query("SELECT pg_notify($1, '')")
+    /// Record that lease `id` changed: its waiters here are woken when this
+    /// transaction commits, and (PostgreSQL; on SQLite they watch
+    /// `data_version`) other processes' are told in it. Once per lease.
+    pub(crate) async fn lease_changed(&mut self, id: LeaseId) -> Result<()> {
+        if self.changed_leases.contains(&id.0) {
+            return Ok(());
+        }
+        self.changed_leases.push(id.0);
+        if self.dialect() == Dialect::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANGES_CHANNEL)
+                .bind(format!("{} {}", self.store.inner.instance, id.0))
                 .execute(self.conn())
                 .await?;
         }
         Ok(())
     }
 
+    /// Once per transaction.
     async fn notify_workers(&mut self) -> Result<()> {
-        self.wake_workers = true;
-        if self.dialect() == Dialect::Postgres {
+        if self.dialect() == Dialect::Postgres && !self.wake_workers {
             // Delivered to listeners when (and only if) this transaction commits.
-            sqlx::query("SELECT pg_notify($1, '')")
+            sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(NOTIFY_CHANNEL)
+                .bind(self.store.inner.instance.clone())
                 .execute(self.conn())
                 .await?;
         }
+        self.wake_workers = true;
         Ok(())
     }
 }
@@ -325,7 +338,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         };
-        let task = ClaimedTask {
+        let mut task = ClaimedTask {
             id: TaskId(get(&row, "id")?),
             kind: get(&row, "kind")?,
             object_key: get(&row, "object_key")?,
@@ -333,6 +346,7 @@ impl Store {
             attempts: get(&row, "attempts")?,
             token: get(&row, "claim_token")?,
             owner: owner.to_owned(),
+            lock: None,
         };
         let max_attempts: i64 = get(&row, "max_attempts")?;
         if task.attempts >= max_attempts {
@@ -352,12 +366,28 @@ impl Store {
             tx.commit().await?;
             return Box::pin(self.claim(owner, ttl)).await;
         }
+        if let Some(key) = &task.object_key {
+            task.lock = tx.try_lock(key, owner, ttl).await?;
+        }
+        // Another runnable task: one more idle worker looks (and so on while
+        // each finds one), instead of every commit waking every worker.
+        let more: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM tasks WHERE state = 'queued' AND run_at <= $1 LIMIT 1",
+        )
+        .bind(now)
+        .fetch_optional(tx.conn())
+        .await?;
         tx.commit().await?;
+        if more.is_some() {
+            self.more_tasks_maybe();
+        }
         Ok(Some(task))
     }
 
     /// Extend a claim. Fails with [`StoreError::LostClaim`] if the claim was
     /// taken over or the task finished.
+    /// The object lock taken with the claim is extended with it; a lock
+    /// taken over meanwhile counts as a lost claim.
     pub async fn heartbeat(&self, task: &ClaimedTask, ttl: Duration) -> Result<()> {
         let mut tx = self.begin().await?;
         let n = sqlx::query(
@@ -369,8 +399,16 @@ impl Store {
         .execute(tx.conn())
         .await?
         .rows_affected();
+        let lock_held = match &task.lock {
+            Some(lock) => tx.renew_lock(&mut lock.clone(), ttl).await.is_ok(),
+            None => true,
+        };
         tx.commit().await?;
-        if n == 0 { Err(lost(task)) } else { Ok(()) }
+        if n == 0 || !lock_held {
+            Err(lost(task))
+        } else {
+            Ok(())
+        }
     }
 
     /// Record how a claimed task ended. Conditional on the claim token.
@@ -492,6 +530,9 @@ impl Store {
             tx.rollback().await?;
             return Err(lost(task));
         }
+        if let Some(lock) = &task.lock {
+            tx.unlock(lock).await?;
+        }
         if matches!(completion, Completion::Requeue { .. }) {
             tx.notify_workers().await?;
         }
@@ -547,14 +588,12 @@ impl Store {
     /// When the next task becomes runnable: the earliest queued `run_at` or
     /// claim expiry. `None` when nothing is waiting.
     pub async fn next_due(&self) -> Result<Option<i64>> {
-        let a: Option<i64> =
-            sqlx::query_scalar("SELECT MIN(run_at) FROM tasks WHERE state = 'queued'")
-                .fetch_one(self.read_pool())
-                .await?;
-        let b: Option<i64> =
-            sqlx::query_scalar("SELECT MIN(claim_expires_at) FROM tasks WHERE state = 'claimed'")
-                .fetch_one(self.read_pool())
-                .await?;
+        let (a, b): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT MIN(run_at) FROM tasks WHERE state = 'queued'), \
+                    (SELECT MIN(claim_expires_at) FROM tasks WHERE state = 'claimed')",
+        )
+        .fetch_one(self.read_pool())
+        .await?;
         Ok(match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -569,6 +608,11 @@ impl Store {
         let mut notified = Box::pin(self.inner.tasks_ready.notified());
         notified.as_mut().enable();
         TaskSignal { notified }
+    }
+
+    /// Wake one idle worker of this process to look for work.
+    fn more_tasks_maybe(&self) {
+        self.inner.tasks_ready.notify_one();
     }
 
     /// Wait until the signal fires, the next scheduled task is due, or
@@ -620,17 +664,35 @@ impl Store {
                                 }
                                 let got = l.try_recv().await;
                                 let Some(inner) = weak.upgrade() else { return };
-                                // A change alone does not concern workers.
-                                let only_changes =
-                                    matches!(&got, Ok(Some(n)) if n.channel() == CHANGES_CHANNEL);
-                                if !only_changes {
-                                    inner.tasks_ready.notify_waiters();
-                                }
-                                inner.changed.notify_waiters();
                                 match got {
-                                    Ok(Some(_)) => {}
-                                    // Connection lost: reconnect below.
-                                    Ok(None) | Err(_) => break,
+                                    Ok(Some(n)) => {
+                                        // Payload: the sender's instance and,
+                                        // for a change, the lease.
+                                        let mut words = n.payload().split(' ');
+                                        let sender = words.next().unwrap_or("");
+                                        let lease = words.next().and_then(|w| w.parse().ok());
+                                        if sender == inner.instance {
+                                            // Our own commit woke this process already.
+                                        } else if n.channel() != CHANGES_CHANNEL {
+                                            // New work wakes one worker (who
+                                            // wakes the next if it finds some).
+                                            inner.tasks_ready.notify_one();
+                                        } else if let Some(id) = lease {
+                                            Store {
+                                                inner: inner.clone(),
+                                            }
+                                            .leases_changed(&[id]);
+                                        } else {
+                                            inner.changed.notify_waiters();
+                                        }
+                                    }
+                                    // Connection lost: everyone looks, then
+                                    // reconnect below.
+                                    Ok(None) | Err(_) => {
+                                        inner.tasks_ready.notify_waiters();
+                                        inner.changed.notify_waiters();
+                                        break;
+                                    }
                                 }
                             },
                             Err(e) => tracing::warn!(
@@ -651,40 +713,29 @@ impl Store {
 
 impl Store {
     /// On SQLite, notice commits by other processes (a CLI queueing a lease
-    /// for a daemon) by watching `PRAGMA data_version` on a connection of
-    /// its own: it changes when another connection commits. A cheap check
-    /// every 20 ms instead of the 1 s safety poll.
+    /// for a daemon) by watching `PRAGMA data_version` on the writer
+    /// connection: it changes only when *another* connection commits, and
+    /// every write of this process goes through that one connection, so
+    /// this process's own commits (which woke its workers already) are not
+    /// seen again. A cheap check every 20 ms instead of the 1 s safety poll.
     async fn ensure_sqlite_watcher(&self) {
         let weak = Arc::downgrade(&self.inner);
-        let url = self.inner.url.clone();
         self.inner
             .listener
             .get_or_init(|| async move {
                 tokio::spawn(async move {
-                    use sqlx::Connection;
-                    let url = if url.contains('?') {
-                        url
-                    } else {
-                        format!("{url}?mode=rwc")
-                    };
-                    let Ok(mut conn) = sqlx::AnyConnection::connect(&url).await else {
-                        tracing::warn!(
-                            "cannot watch the database for other processes' work; polling instead"
-                        );
-                        return;
-                    };
                     let mut last: Option<i64> = None;
                     loop {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         let Some(inner) = weak.upgrade() else { return };
                         let Ok(version) = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
-                            .fetch_one(&mut conn)
+                            .fetch_one(&inner.write)
                             .await
                         else {
                             continue;
                         };
                         if last.is_some_and(|l| l != version) {
-                            inner.tasks_ready.notify_waiters();
+                            inner.tasks_ready.notify_one();
                             inner.changed.notify_waiters();
                         }
                         last = Some(version);
@@ -696,28 +747,86 @@ impl Store {
 }
 
 impl Store {
-    /// A signal that fires after the next commit to the database (this
-    /// process's, or — through the listener — another's). Take it before
-    /// reading, then wait on it, so no change between the read and the
-    /// wait is missed. Other processes' PostgreSQL commits are only seen
-    /// when they queue work, so waiters also poll.
-    pub async fn change_signal(&self) -> ChangeSignal<'_> {
+    /// A signal that fires when lease `id` is written (by this process, or
+    /// — through the listener — another), or when another process changed
+    /// something unnamed. Take it before reading the lease, then wait on
+    /// it, so no change between the read and the wait is missed. Only the
+    /// readers of the lease written wake: many waiting clients cost one
+    /// read per change of their own lease, not one per commit.
+    pub async fn lease_signal(&self, id: LeaseId) -> LeaseSignal<'_> {
         self.ensure_listener().await;
-        let mut notified = Box::pin(self.inner.changed.notified());
-        notified.as_mut().enable();
-        ChangeSignal { notified }
+        let notify = self
+            .lease_waiters()
+            .entry(id.0)
+            .or_insert_with(|| Arc::new(tokio::sync::Notify::new()))
+            .clone();
+        let mut lease = Box::pin(notify.notified_owned());
+        lease.as_mut().enable();
+        let mut any = Box::pin(self.inner.changed.notified());
+        any.as_mut().enable();
+        LeaseSignal {
+            store: self,
+            id: id.0,
+            lease,
+            any,
+        }
+    }
+
+    fn lease_waiters(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, Arc<tokio::sync::Notify>>> {
+        self.inner
+            .lease_waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Wake the readers waiting for these leases.
+    pub(crate) fn leases_changed(&self, ids: &[i64]) {
+        if ids.is_empty() {
+            return;
+        }
+        let waiters = self.lease_waiters();
+        for id in ids {
+            if let Some(n) = waiters.get(id) {
+                n.notify_waiters();
+            }
+        }
     }
 }
 
-/// See [`Store::change_signal`].
-pub struct ChangeSignal<'a> {
-    notified: Pin<Box<tokio::sync::futures::Notified<'a>>>,
+/// See [`Store::lease_signal`].
+pub struct LeaseSignal<'a> {
+    store: &'a Store,
+    id: i64,
+    lease: Pin<Box<tokio::sync::futures::OwnedNotified>>,
+    any: Pin<Box<tokio::sync::futures::Notified<'a>>>,
 }
 
-impl ChangeSignal<'_> {
+impl LeaseSignal<'_> {
     /// Wait for the change, or at most `poll`.
-    pub async fn wait(self, poll: Duration) {
-        let _ = tokio::time::timeout(poll, self.notified).await;
+    pub async fn wait(mut self, poll: Duration) {
+        let changed = async {
+            tokio::select! {
+                _ = self.lease.as_mut() => {}
+                _ = self.any.as_mut() => {}
+            }
+        };
+        let _ = tokio::time::timeout(poll, changed).await;
+    }
+}
+
+impl Drop for LeaseSignal<'_> {
+    fn drop(&mut self) {
+        // The last reader of the lease removes its entry (the map holds
+        // one reference and this signal's future the other).
+        let mut waiters = self.store.lease_waiters();
+        if waiters
+            .get(&self.id)
+            .is_some_and(|n| Arc::strong_count(n) <= 2)
+        {
+            waiters.remove(&self.id);
+        }
     }
 }
 
@@ -873,6 +982,9 @@ pub async fn run_worker<H: Handler>(
         let signal = store.task_signal().await;
         match store.claim(&cfg.owner, cfg.claim_ttl).await {
             Ok(Some(task)) => {
+                // Pass on any wake-up the signal caught while this worker
+                // was claiming (`claim` woke another worker if it saw more).
+                drop(signal);
                 if let Err(e) = run_claimed(&store, handler.as_ref(), &cfg, &task).await {
                     tracing::warn!(task = task.id.0, kind = %task.kind, "recording task outcome failed: {e}");
                 }

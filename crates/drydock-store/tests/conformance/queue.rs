@@ -25,6 +25,9 @@ backend_tests!(
     waiting_worker_is_woken_by_notification_not_poll,
     hand_back_returns_the_task_unchanged,
     crashed_runs_count_and_stop_at_the_limit,
+    a_claimed_update_holds_its_objects_lock_until_it_completes,
+    a_commit_wakes_one_idle_worker_not_all,
+    a_lease_reader_wakes_for_its_own_lease_only,
 );
 
 const TTL: Duration = Duration::from_secs(30);
@@ -411,4 +414,120 @@ async fn crashed_runs_count_and_stop_at_the_limit(db: &TestDb) -> anyhow::Result
             .contains("gave up after 2 attempts")
     );
     Ok(())
+}
+
+async fn a_claimed_update_holds_its_objects_lock_until_it_completes(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let s = &db.store;
+    let object = ObjectRef::lease(LeaseId(41));
+    let key = object.key();
+    s.schedule(NewTask::update(object)).await?;
+    let t = s.claim("w1", TTL).await?.expect("task");
+    let lock = t.lock.clone().expect("the lock comes with the claim");
+    ensure!(lock.name == key && lock.owner == "w1");
+    let state = s.lock_state(&key).await?.expect("lock row");
+    ensure!(state.is_held(now_ms()) && state.token == lock.token);
+    ensure!(
+        s.try_lock(&key, "other", TTL).await?.is_none(),
+        "nobody else may take the object while its task runs"
+    );
+    // The heartbeat extends the lock with the claim.
+    s.heartbeat(&t, Duration::from_secs(60)).await?;
+    let renewed = s.lock_state(&key).await?.expect("lock row");
+    ensure!(renewed.expires_at > state.expires_at && renewed.token == lock.token);
+    s.complete(&t, Completion::Done).await?;
+    ensure!(
+        !s.lock_state(&key)
+            .await?
+            .expect("lock row")
+            .is_held(now_ms()),
+        "completing the task releases its lock"
+    );
+
+    // Held by someone else at claim time: the claim goes on without it.
+    let other = s.try_lock(&key, "admin", TTL).await?.expect("free again");
+    s.schedule(NewTask::update(object)).await?;
+    let t = s.claim("w1", TTL).await?.expect("task");
+    ensure!(t.lock.is_none());
+    s.complete(&t, Completion::Done).await?;
+    ensure!(
+        s.lock_state(&key).await?.expect("lock row").token == other.token,
+        "a task that did not take the lock leaves it to its holder"
+    );
+    Ok(())
+}
+
+async fn a_commit_wakes_one_idle_worker_not_all(db: &TestDb) -> anyhow::Result<()> {
+    // Four idle workers wait; one commit makes work. One of them looks (and
+    // wakes the next only if it finds more): not all four claiming at once.
+    let (ready, mut registered) = tokio::sync::mpsc::channel(4);
+    let (done, mut woken) = tokio::sync::mpsc::channel(4);
+    let mut waiters = Vec::new();
+    for _ in 0..4 {
+        let (s, ready, done) = (db.store.clone(), ready.clone(), done.clone());
+        waiters.push(tokio::spawn(async move {
+            let signal = s.task_signal().await;
+            ready.send(()).await.ok();
+            s.wait_for_tasks(signal, Duration::from_secs(20)).await;
+            done.send(()).await.ok();
+        }));
+    }
+    for _ in 0..4 {
+        registered.recv().await;
+    }
+    // Due in an hour: only the commit's wake-up can end a wait.
+    db.store
+        .schedule(NewTask::new("test.wake").run_at(now_ms() + 3_600_000))
+        .await?;
+    tokio::time::timeout(Duration::from_secs(5), woken.recv())
+        .await?
+        .expect("one worker woken");
+    // A second wake-up would follow at once; give it a generous moment.
+    let second = tokio::time::timeout(Duration::from_millis(300), woken.recv()).await;
+    ensure!(second.is_err(), "one commit woke more than one idle worker");
+    for w in waiters {
+        w.abort();
+    }
+    Ok(())
+}
+
+async fn a_lease_reader_wakes_for_its_own_lease_only(db: &TestDb) -> anyhow::Result<()> {
+    let s = &db.store;
+    let new = drydock_store::lease::NewLease {
+        resource_type: "host".into(),
+        authorizing: "cli".into(),
+        ..Default::default()
+    };
+    let (a, b) = (s.insert_lease(&new).await?, s.insert_lease(&new).await?);
+    let write = async |id: LeaseId, note: &str| -> anyhow::Result<()> {
+        let key = ObjectRef::lease(id).key();
+        let lock = s.try_lock(&key, "w", TTL).await?.expect("lock");
+        let mut lease = s.lease(id).await?;
+        lease.failure = Some(note.into());
+        let mut tx = s.begin().await?;
+        tx.save_lease(&lease, &lock).await?;
+        tx.commit().await?;
+        s.unlock(lock).await?;
+        Ok(())
+    };
+    let signal = s.lease_signal(a.id).await;
+    let (tx_woken, mut woken) = tokio::sync::oneshot::channel();
+    let reader = async move {
+        signal.wait(Duration::from_secs(20)).await;
+        tx_woken.send(()).ok();
+    };
+    let writer = async {
+        write(b.id, "other").await?;
+        // Another lease's write must not wake the reader.
+        let early = tokio::time::timeout(Duration::from_millis(300), &mut woken).await;
+        ensure!(early.is_err(), "woken by a write to another lease");
+        write(a.id, "mine").await?;
+        tokio::time::timeout(Duration::from_secs(5), &mut woken)
+            .await
+            .map_err(|_| anyhow::anyhow!("not woken by a write to its lease"))??;
+        Ok(())
+    };
+    let ((), result) = tokio::join!(reader, writer);
+    result
 }
