@@ -413,6 +413,19 @@ impl Store {
 
     /// Record how a claimed task ended. Conditional on the claim token.
     pub async fn complete(&self, task: &ClaimedTask, completion: Completion) -> Result<()> {
+        self.complete_then_next_due(task, completion)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Store::complete`], and when the next task is due ([`Store::next_due`]),
+    /// read in the same transaction: a worker that finds nothing due waits
+    /// without another look at the queue.
+    pub async fn complete_then_next_due(
+        &self,
+        task: &ClaimedTask,
+        completion: Completion,
+    ) -> Result<Option<i64>> {
         // A requeue can race with someone scheduling the same object (the
         // partial unique index then refuses the second queued row); the
         // second round sees the other row and merges into it.
@@ -428,7 +441,11 @@ impl Store {
         )))
     }
 
-    async fn try_complete(&self, task: &ClaimedTask, completion: &Completion) -> Result<()> {
+    async fn try_complete(
+        &self,
+        task: &ClaimedTask,
+        completion: &Completion,
+    ) -> Result<Option<i64>> {
         let now = now_ms();
         let mut tx = self.begin().await?;
         let n = match completion {
@@ -536,7 +553,9 @@ impl Store {
         if matches!(completion, Completion::Requeue { .. }) {
             tx.notify_workers().await?;
         }
-        tx.commit().await
+        let due = next_due_in(tx.conn()).await?;
+        tx.commit().await?;
+        Ok(due)
     }
 
     /// Give a claimed task back to the queue unchanged (a worker shutting
@@ -588,16 +607,7 @@ impl Store {
     /// When the next task becomes runnable: the earliest queued `run_at` or
     /// claim expiry. `None` when nothing is waiting.
     pub async fn next_due(&self) -> Result<Option<i64>> {
-        let (a, b): (Option<i64>, Option<i64>) = sqlx::query_as(
-            "SELECT (SELECT MIN(run_at) FROM tasks WHERE state = 'queued'), \
-                    (SELECT MIN(claim_expires_at) FROM tasks WHERE state = 'claimed')",
-        )
-        .fetch_one(self.read_pool())
-        .await?;
-        Ok(match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
+        next_due_in(self.read_pool()).await
     }
 
     /// A signal that fires when new work may be runnable. Take it *before*
@@ -618,9 +628,18 @@ impl Store {
     /// Wait until the signal fires, the next scheduled task is due, or
     /// `poll` passes (the safety net), whichever is first.
     pub async fn wait_for_tasks(&self, signal: TaskSignal<'_>, poll: Duration) {
+        let due = self.next_due().await.ok().flatten();
+        Self::wait_until_due(signal, due, poll).await;
+    }
+
+    /// Wait until the signal fires, `due` (when the next task is due) comes,
+    /// or `poll` passes. `due` may have been read before the signal was
+    /// taken: work committed in between wakes an idle worker, or leaves
+    /// the permit this signal takes at once.
+    async fn wait_until_due(signal: TaskSignal<'_>, due: Option<i64>, poll: Duration) {
         let now = now_ms();
-        let wait = match self.next_due().await {
-            Ok(Some(due)) => {
+        let wait = match due {
+            Some(due) => {
                 Duration::from_millis(u64::try_from(due.saturating_sub(now)).unwrap_or(0)).min(poll)
             }
             _ => poll,
@@ -835,6 +854,22 @@ pub struct TaskSignal<'a> {
     notified: Pin<Box<tokio::sync::futures::Notified<'a>>>,
 }
 
+/// When the next task becomes runnable (see [`Store::next_due`]).
+async fn next_due_in<'e>(
+    conn: impl sqlx::Executor<'e, Database = sqlx::Any>,
+) -> Result<Option<i64>> {
+    let (a, b): (Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT (SELECT MIN(run_at) FROM tasks WHERE state = 'queued'), \
+                (SELECT MIN(claim_expires_at) FROM tasks WHERE state = 'claimed')",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
+}
+
 async fn set_state(
     tx: &mut Tx,
     task: &ClaimedTask,
@@ -926,6 +961,18 @@ pub async fn run_claimed<H: Handler>(
     cfg: &WorkerConfig,
     task: &ClaimedTask,
 ) -> Result<Outcome> {
+    run_task(store, handler, cfg, task)
+        .await
+        .map(|(outcome, _)| outcome)
+}
+
+/// [`run_claimed`], also returning when the next task is due.
+async fn run_task<H: Handler>(
+    store: &Store,
+    handler: &H,
+    cfg: &WorkerConfig,
+    task: &ClaimedTask,
+) -> Result<(Outcome, Option<i64>)> {
     // Heartbeat from a task of its own, never by pausing the handler (on
     // SQLite a paused handler may hold the one writer connection).
     let beat = (cfg.claim_ttl / 3).max(Duration::from_millis(10));
@@ -966,8 +1013,8 @@ pub async fn run_claimed<H: Handler>(
     };
     metrics::counter!(TASK_OUTCOMES, "kind" => task.kind.clone(), "outcome" => outcome_name)
         .increment(1);
-    store.complete(task, completion).await?;
-    Ok(outcome)
+    let due = store.complete_then_next_due(task, completion).await?;
+    Ok((outcome, due))
 }
 
 /// Claim and run tasks until `stop` turns true. The task in hand when `stop`
@@ -978,15 +1025,29 @@ pub async fn run_worker<H: Handler>(
     cfg: WorkerConfig,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    // Set when the last completion saw no task due yet: then wait for that
+    // time (or a wake-up) without looking at the queue first.
+    let mut not_due: Option<Option<i64>> = None;
     while !*stop.borrow() {
         let signal = store.task_signal().await;
+        if let Some(due) = not_due.take() {
+            tokio::select! {
+                _ = Store::wait_until_due(signal, due, cfg.poll) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
         match store.claim(&cfg.owner, cfg.claim_ttl).await {
             Ok(Some(task)) => {
                 // Pass on any wake-up the signal caught while this worker
                 // was claiming (`claim` woke another worker if it saw more).
                 drop(signal);
-                if let Err(e) = run_claimed(&store, handler.as_ref(), &cfg, &task).await {
-                    tracing::warn!(task = task.id.0, kind = %task.kind, "recording task outcome failed: {e}");
+                match run_task(&store, handler.as_ref(), &cfg, &task).await {
+                    Ok((_, due)) if due.is_none_or(|d| d > now_ms()) => not_due = Some(due),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(task = task.id.0, kind = %task.kind, "recording task outcome failed: {e}");
+                    }
                 }
             }
             Ok(None) => {

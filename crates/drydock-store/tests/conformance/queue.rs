@@ -28,6 +28,7 @@ backend_tests!(
     a_claimed_update_holds_its_objects_lock_until_it_completes,
     a_commit_wakes_one_idle_worker_not_all,
     a_lease_reader_wakes_for_its_own_lease_only,
+    a_worker_returns_at_the_due_time_of_a_task_it_requeued,
 );
 
 const TTL: Duration = Duration::from_secs(30);
@@ -530,4 +531,42 @@ async fn a_lease_reader_wakes_for_its_own_lease_only(db: &TestDb) -> anyhow::Res
     };
     let ((), result) = tokio::join!(reader, writer);
     result
+}
+
+/// Yields twice (300 ms each), then is done.
+struct YieldTwice(std::sync::atomic::AtomicU32);
+
+impl Handler for YieldTwice {
+    async fn handle(&self, _: &ClaimedTask) -> Outcome {
+        match self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 | 1 => Outcome::Yield(Duration::from_millis(300)),
+            _ => Outcome::Done,
+        }
+    }
+}
+
+async fn a_worker_returns_at_the_due_time_of_a_task_it_requeued(db: &TestDb) -> anyhow::Result<()> {
+    // After its completion the worker sees nothing due and waits for the
+    // requeued task's time, not for its (here unreachable) poll.
+    let s = db.store.clone();
+    let id = s.schedule(NewTask::new("test.yield")).await?;
+    let handler = std::sync::Arc::new(YieldTwice(Default::default()));
+    let mut cfg = WorkerConfig::new("w");
+    cfg.poll = Duration::from_secs(600);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(drydock_store::queue::run_worker(
+        s.clone(),
+        handler.clone(),
+        cfg,
+        rx,
+    ));
+    let done = wait_until(Duration::from_secs(10), "the task to finish", async || {
+        s.task(id).await.is_ok_and(|t| t.state == TaskState::Done)
+    })
+    .await;
+    stop.send(true).ok();
+    worker.abort();
+    done?;
+    ensure!(handler.0.load(std::sync::atomic::Ordering::SeqCst) == 3);
+    Ok(())
 }
