@@ -119,9 +119,6 @@ pub struct LeaseFilter {
     pub limit: Option<i64>,
 }
 
-/// Lease statuses that occupy their resource (counted in `live_leases`).
-const LIVE: [&str; 3] = ["pending", "acquired", "active"];
-
 impl Tx {
     /// Insert a new pending lease. The caller schedules its update task in
     /// the same transaction.
@@ -169,31 +166,8 @@ impl Tx {
     pub async fn save_lease(&mut self, lease: &Lease, lock: &ObjectLock) -> Result<Lease> {
         let attributes = check_map("lease attributes", &lease.attributes)?;
         let internal = check_map("lease bookkeeping", &lease.internal)?;
-        // The resources whose live-lease count this write changes: the one
-        // it had and the one it has, when liveness or the resource changes.
-        let before: Option<(Option<i64>, String)> =
-            sqlx::query_as("SELECT resource_id, status FROM leases WHERE id = $1")
-                .bind(lease.id.0)
-                .fetch_optional(self.conn())
-                .await?;
-        let mut recount: Vec<i64> = Vec::new();
-        if let Some((old_resource, old_status)) = before {
-            let was_live = LIVE.contains(&old_status.as_str());
-            let is_live = LIVE.contains(&lease.status.as_str());
-            let new_resource = lease.resource_id.map(|r| r.0);
-            if was_live != is_live || old_resource != new_resource {
-                recount.extend(old_resource.filter(|_| was_live));
-                recount.extend(new_resource.filter(|_| is_live));
-            }
-        }
-        recount.sort_unstable();
-        recount.dedup();
-        // Lock them first (resource before lease, the order every writer
-        // takes), so a concurrent lease write on the same resource commits
-        // before our count is taken and neither count is stale.
-        for r in &recount {
-            self.lock_resource_row(*r).await?;
-        }
+        // The resources' live-lease counts follow in the same statement
+        // (triggers, migration 0007).
         let sql = format!(
             "UPDATE leases SET status = $1, resource_id = $2, attributes = $3, internal = $4, until_at = $5, \
                waiting = $6, failure = $7, acquired_at = $8, activated_at = $9, version = version + 1, fence = $10, \
@@ -224,15 +198,6 @@ impl Tx {
                 token: lock.token,
             });
         };
-        for r in recount {
-            sqlx::query(
-                "UPDATE resources SET live_leases = (SELECT COUNT(*) FROM leases \
-                   WHERE resource_id = $1 AND status IN ('pending', 'acquired', 'active')) WHERE id = $1",
-            )
-            .bind(r)
-            .execute(self.conn())
-            .await?;
-        }
         self.lease_changed(lease.id).await?;
         from_row(&saved)
     }

@@ -199,18 +199,6 @@ impl Store {
 }
 
 impl Tx {
-    /// On PostgreSQL, lock a resource's row until the transaction ends
-    /// (SQLite transactions are serial anyway).
-    pub(crate) async fn lock_resource_row(&mut self, id: i64) -> Result<()> {
-        if self.dialect() == crate::Dialect::Postgres {
-            sqlx::query("SELECT id FROM resources WHERE id = $1 FOR UPDATE")
-                .bind(id)
-                .fetch_optional(self.conn())
-                .await?;
-        }
-        Ok(())
-    }
-
     /// Read a resource and, on PostgreSQL, lock its row until the
     /// transaction ends: lease acquisition and resource release/reclaim
     /// serialize on it (spec PHI312). SQLite transactions are serial anyway.

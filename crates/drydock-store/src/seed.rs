@@ -24,7 +24,7 @@ impl Store {
         sqlx::query(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
              INSERT INTO resources (blueprint_id, type, status, attributes, live_leases, last_used_at, created_at, modified_at) \
-             SELECT $2, $3, 'active', '{}', 1, $4, $4, $4 FROM n",
+             SELECT $2, $3, 'active', '{}', 0, $4, $4, $4 FROM n",
         )
         .bind(resources)
         .bind(blueprint.0)

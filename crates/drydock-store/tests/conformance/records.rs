@@ -16,6 +16,7 @@ backend_tests!(
     blueprint_edits_are_audited_and_bad_input_changes_nothing,
     leases_are_inserted_listed_and_saved_under_their_lock,
     resources_are_inserted_and_saved_under_their_lock,
+    each_resource_counts_the_leases_that_hold_or_wait_for_it,
     logs_are_queried_by_object_time_and_cursor,
     authorization_decisions_are_recorded_and_declines_stick,
     daemon_heartbeats_show_who_is_alive,
@@ -429,5 +430,94 @@ async fn daemon_heartbeats_show_who_is_alive(db: &TestDb) -> anyhow::Result<()> 
     s.daemon_stopped("d2").await?;
     let live = s.live_daemons(Duration::from_secs(10)).await?;
     ensure!(live.len() == 1 && live[0].id == "d1" && live[0].pid == 100);
+    Ok(())
+}
+
+async fn each_resource_counts_the_leases_that_hold_or_wait_for_it(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let s = &db.store;
+    let bp = s
+        .create_blueprint("admin", "bp", "host.local", Map::new())
+        .await?;
+    let mut resources = Vec::new();
+    for dir in ["/tmp/r1", "/tmp/r2"] {
+        let mut tx = s.begin().await?;
+        resources.push(
+            tx.insert_resource(&NewResource {
+                blueprint_id: bp.id,
+                resource_type: "host".into(),
+                status: ResourceStatus::Active,
+                attributes: map(json!({ "dir": dir })),
+                until: None,
+            })
+            .await?,
+        );
+        tx.commit().await?;
+    }
+    let (r1, r2) = (resources[0].id, resources[1].id);
+    let counts = async || -> anyhow::Result<Vec<i64>> {
+        let room = s
+            .active_resources_with_room("host", &[(bp.id, None)])
+            .await?;
+        Ok([r1, r2]
+            .iter()
+            .map(|id| {
+                room.iter()
+                    .find(|(r, _)| r.id == *id)
+                    .map_or(-1, |(_, n)| *n)
+            })
+            .collect())
+    };
+    let new = NewLease {
+        resource_type: "host".into(),
+        authorizing: "cli".into(),
+        ..Default::default()
+    };
+    let (a, b) = (s.insert_lease(&new).await?, s.insert_lease(&new).await?);
+    let step = async |id, status, resource: Option<drydock_model::ResourceId>| {
+        let lock = s
+            .try_lock(
+                &drydock_model::ObjectRef::lease(id).key(),
+                "w",
+                Duration::from_secs(30),
+            )
+            .await?
+            .expect("lock");
+        let mut lease = s.lease(id).await?;
+        lease.status = status;
+        lease.resource_id = resource;
+        let mut tx = s.begin().await?;
+        tx.save_lease(&lease, &lock).await?;
+        tx.commit().await?;
+        s.unlock(lock).await?;
+        anyhow::Ok(())
+    };
+    ensure!(
+        counts().await? == [0, 0],
+        "pending leases without a resource count nowhere"
+    );
+    step(a.id, LeaseStatus::Acquired, Some(r1)).await?;
+    step(b.id, LeaseStatus::Acquired, Some(r1)).await?;
+    ensure!(counts().await? == [2, 0]);
+    step(a.id, LeaseStatus::Active, Some(r1)).await?;
+    ensure!(
+        counts().await? == [2, 0],
+        "acquired -> active on the same resource changes nothing"
+    );
+    // Reacquired elsewhere: leaves r1, joins r2.
+    step(b.id, LeaseStatus::Pending, None).await?;
+    ensure!(counts().await? == [1, 0]);
+    step(b.id, LeaseStatus::Acquired, Some(r2)).await?;
+    ensure!(counts().await? == [1, 1]);
+    step(a.id, LeaseStatus::Released, Some(r1)).await?;
+    step(b.id, LeaseStatus::Broken, Some(r2)).await?;
+    ensure!(
+        counts().await? == [0, 0],
+        "released and broken leases no longer count"
+    );
+    step(a.id, LeaseStatus::Destroyed, Some(r1)).await?;
+    ensure!(counts().await? == [0, 0]);
+    ensure!(s.live_lease_drift().await?.is_empty());
     Ok(())
 }
