@@ -146,7 +146,7 @@ impl Store {
         let sql = format!("SELECT {COLUMNS} FROM authorizations WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id.0)
-            .fetch_optional(self.read_pool())
+            .fetch_optional(&mut self.reader().await?.raw)
             .await?;
         from_row(&row.ok_or(StoreError::NotFound {
             what: "authorization",
@@ -166,7 +166,7 @@ impl Store {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(blueprint.map(|b| b.0))
             .bind(object)
-            .fetch_all(self.read_pool())
+            .fetch_all(&mut self.reader().await?.raw)
             .await?;
         rows.iter().map(from_row).collect()
     }
@@ -179,7 +179,7 @@ impl Store {
         )
         .bind(object)
         .bind(blueprint.0)
-        .fetch_one(self.read_pool())
+        .fetch_one(&mut self.reader().await?.raw)
         .await?;
         Ok(n > 0)
     }

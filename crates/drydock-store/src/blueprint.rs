@@ -273,7 +273,7 @@ impl Store {
 
     pub async fn blueprint(&self, id: BlueprintId) -> Result<Blueprint> {
         crate::row::by_id(
-            self.read_pool(),
+            &mut self.reader().await?.raw,
             COLUMNS,
             "blueprints",
             "blueprint",
@@ -287,7 +287,7 @@ impl Store {
         let sql = format!("SELECT {COLUMNS} FROM blueprints WHERE name = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(name)
-            .fetch_optional(self.read_pool())
+            .fetch_optional(&mut self.reader().await?.raw)
             .await?;
         from_row(&row.ok_or(StoreError::NotFound {
             what: "blueprint",
@@ -301,7 +301,7 @@ impl Store {
             format!("SELECT {COLUMNS} FROM blueprints WHERE ($1 IS NULL OR type = $1) ORDER BY id");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(kind)
-            .fetch_all(self.read_pool())
+            .fetch_all(&mut self.reader().await?.raw)
             .await?;
         rows.iter().map(from_row).collect()
     }
@@ -313,7 +313,7 @@ impl Store {
              WHERE blueprint_id = $1 ORDER BY id",
         )
         .bind(id.0)
-        .fetch_all(self.read_pool())
+        .fetch_all(&mut self.reader().await?.raw)
         .await?;
         rows.iter()
             .map(|r| {

@@ -147,7 +147,7 @@ impl Store {
 
     /// Unconsumed commands of `target`, oldest first.
     pub async fn pending_commands(&self, target: ObjectRef) -> Result<Vec<Command>> {
-        pending(self.read_pool(), target).await
+        pending(&mut self.reader().await?.raw, target).await
     }
 
     /// Every command of `target` (consumed or not), oldest first.
@@ -158,7 +158,7 @@ impl Store {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(target.kind.as_str())
             .bind(target.id)
-            .fetch_all(self.read_pool())
+            .fetch_all(&mut self.reader().await?.raw)
             .await?;
         rows.iter().map(from_row).collect()
     }
@@ -175,7 +175,7 @@ impl Store {
         .bind(target.kind.as_str())
         .bind(target.id)
         .bind(command.as_str())
-        .fetch_one(self.read_pool())
+        .fetch_one(&mut self.reader().await?.raw)
         .await?;
         Ok(n > 0)
     }

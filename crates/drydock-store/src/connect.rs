@@ -1,7 +1,6 @@
 //! Choosing and connecting a backend from a URL, and running migrations.
 
-use crate::{Inner, Result, Store, StoreError};
-use sqlx::any::AnyPoolOptions;
+use crate::{Inner, Result, Store, StoreError, pool};
 use sqlx::migrate::Migrator;
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,37 +92,16 @@ impl Store {
                             ))
                         })?;
                 }
-                let opts = || {
-                    AnyPoolOptions::new()
-                        .acquire_timeout(Duration::from_secs(60))
-                        // A file does not hang up: no ping (a round trip to
-                        // the connection's thread) before every use.
-                        .test_before_acquire(false)
-                        .after_connect(|conn, _meta| {
-                            Box::pin(async move {
-                                use sqlx::Executor;
-                                // WAL lets readers run beside the writer;
-                                // NORMAL is durable across process crashes.
-                                conn.execute("PRAGMA journal_mode = WAL").await?;
-                                conn.execute("PRAGMA synchronous = NORMAL").await?;
-                                conn.execute("PRAGMA busy_timeout = 30000").await?;
-                                conn.execute("PRAGMA foreign_keys = ON").await?;
-                                Ok(())
-                            })
-                        })
-                };
                 // One writer connection: writers queue here instead of
                 // spinning on SQLite's file lock (sqlx #4166).
-                let write = opts()
-                    .max_connections(1)
-                    .connect(&url)
-                    .await
-                    .map_err(|e| connect_error(&url, e))?;
-                let read = opts()
-                    .max_connections(4)
-                    .connect(&url)
-                    .await
-                    .map_err(|e| connect_error(&url, e))?;
+                let write = pool::pool(&url, dialect, 1, Duration::from_secs(60))?;
+                let read = pool::pool(&url, dialect, 4, Duration::from_secs(60))?;
+                // Open the writer now: a bad path or permission is reported
+                // here, not at the first query.
+                drop(write.get().await.map_err(|e| match e {
+                    deadpool::managed::PoolError::Backend(e) => connect_error(&url, e),
+                    e => e.into(),
+                })?);
                 (write, read)
             }
             Dialect::Postgres => {
@@ -148,25 +126,7 @@ impl Store {
                 }
                 // Requests wait at most 5 s for a connection, so an outage
                 // is reported while it lasts instead of hanging callers.
-                let pool = AnyPoolOptions::new()
-                    .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(5))
-                    // A ping costs a round trip: only for a connection idle
-                    // long enough that the server may have gone away meanwhile
-                    // (one that breaks in use is dropped when it is returned).
-                    .test_before_acquire(false)
-                    .before_acquire(|conn, meta| {
-                        Box::pin(async move {
-                            use sqlx::Connection;
-                            if meta.idle_for > Duration::from_secs(1) {
-                                conn.ping().await?;
-                            }
-                            Ok(true)
-                        })
-                    })
-                    .connect(url)
-                    .await
-                    .map_err(|e| connect_error(url, e))?;
+                let pool = pool::pool(url, dialect, 8, Duration::from_secs(5))?;
                 (pool.clone(), pool)
             }
         };
@@ -194,7 +154,7 @@ impl Store {
         };
         let before = self.applied_migrations().await.unwrap_or(0);
         migrator
-            .run(&self.inner.write)
+            .run(&mut self.inner.write.get().await?.raw)
             .await
             .map_err(|e| StoreError::Migrate(e.to_string()))?;
         Ok(self.applied_migrations().await?.saturating_sub(before))
@@ -203,7 +163,7 @@ impl Store {
     /// Number of migrations applied to this database.
     pub async fn applied_migrations(&self) -> Result<usize> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
-            .fetch_one(&self.inner.read)
+            .fetch_one(&mut self.reader().await?.raw)
             .await?;
         Ok(usize::try_from(n).unwrap_or(0))
     }
@@ -229,8 +189,9 @@ impl Store {
                  WHERE table_schema = current_schema() AND table_name <> '_sqlx_migrations'"
             }
         };
-        let mut cols: Vec<(String, String)> =
-            sqlx::query_as(sql).fetch_all(&self.inner.read).await?;
+        let mut cols: Vec<(String, String)> = sqlx::query_as(sql)
+            .fetch_all(&mut self.reader().await?.raw)
+            .await?;
         cols.sort();
         Ok(cols)
     }

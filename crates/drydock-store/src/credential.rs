@@ -93,7 +93,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id, name, kind, created_by, created_at FROM credentials ORDER BY id",
         )
-        .fetch_all(self.read_pool())
+        .fetch_all(&mut self.reader().await?.raw)
         .await?;
         rows.iter().map(info).collect()
     }
@@ -104,7 +104,7 @@ impl Store {
         let row = sqlx::query("SELECT id, name, kind, created_by, created_at FROM credentials WHERE id = $1 OR name = $2")
             .bind(id)
             .bind(id_or_name)
-            .fetch_optional(self.read_pool())
+            .fetch_optional(&mut self.reader().await?.raw)
             .await?;
         info(&row.ok_or(StoreError::NotFound {
             what: "credential",
@@ -117,7 +117,7 @@ impl Store {
         let secret: Option<String> =
             sqlx::query_scalar("SELECT secret FROM credentials WHERE id = $1")
                 .bind(id)
-                .fetch_optional(self.read_pool())
+                .fetch_optional(&mut self.reader().await?.raw)
                 .await?;
         secret.map(SecretString::from).ok_or(StoreError::NotFound {
             what: "credential",

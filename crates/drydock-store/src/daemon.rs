@@ -52,7 +52,7 @@ impl Store {
              WHERE stopped_at IS NULL AND heartbeat_at >= $1 ORDER BY started_at",
         )
         .bind(since)
-        .fetch_all(self.read_pool())
+        .fetch_all(&mut self.reader().await?.raw)
         .await?;
         rows.iter()
             .map(|r| {

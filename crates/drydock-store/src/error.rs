@@ -73,6 +73,17 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
+        let mapped = Self::classify(e);
+        if matches!(mapped, StoreError::Unavailable(_)) {
+            // Every pooled connection is checked before its next use.
+            crate::pool::connection_failed();
+        }
+        mapped
+    }
+}
+
+impl StoreError {
+    fn classify(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::PoolTimedOut => StoreError::Unavailable(
                 "no database connection in time: the database is down, restarting or overloaded"

@@ -97,11 +97,11 @@ impl Store {
         );
         let l: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(leases))
             .bind(limit)
-            .fetch_all(self.read_pool())
+            .fetch_all(&mut self.reader().await?.raw)
             .await?;
         let r: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(resources))
             .bind(limit)
-            .fetch_all(self.read_pool())
+            .fetch_all(&mut self.reader().await?.raw)
             .await?;
         Ok(l.into_iter()
             .map(|i| ObjectRef::lease(LeaseId(i)))

@@ -213,7 +213,15 @@ impl Store {
     }
 
     pub async fn lease(&self, id: LeaseId) -> Result<Lease> {
-        crate::row::by_id(self.read_pool(), COLUMNS, "leases", "lease", id.0, from_row).await
+        crate::row::by_id(
+            &mut self.reader().await?.raw,
+            COLUMNS,
+            "leases",
+            "lease",
+            id.0,
+            from_row,
+        )
+        .await
     }
 
     /// Leases matching `filter`, newest first (or oldest first).
@@ -231,7 +239,7 @@ impl Store {
         q.above("id", filter.after.map(|a| a.0));
         let rows = q
             .page(if filter.ascending { "id" } else { "id DESC" }, limit)
-            .fetch_all(self.read_pool())
+            .fetch_all(&mut self.reader().await?.raw)
             .await?;
         rows.iter().map(from_row).collect()
     }
@@ -260,7 +268,7 @@ impl Store {
         Ok(
             sqlx::query_scalar("SELECT MAX(modified_at) FROM leases WHERE resource_id = $1")
                 .bind(resource.0)
-                .fetch_one(self.read_pool())
+                .fetch_one(&mut self.reader().await?.raw)
                 .await?,
         )
     }
@@ -269,7 +277,7 @@ impl Store {
     pub async fn lease_status_counts(&self) -> Result<Vec<(String, i64)>> {
         Ok(
             sqlx::query_as("SELECT status, COUNT(*) FROM leases GROUP BY status ORDER BY status")
-                .fetch_all(self.read_pool())
+                .fetch_all(&mut self.reader().await?.raw)
                 .await?,
         )
     }

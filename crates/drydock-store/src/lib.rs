@@ -23,6 +23,7 @@ mod gc;
 pub mod lease;
 pub mod log;
 pub mod object_lock;
+mod pool;
 pub mod queue;
 pub mod resource;
 mod row;
@@ -36,8 +37,6 @@ pub use connect::{DEFAULT_DATABASE_URL, Dialect, redact_url};
 pub use error::{SlotConflict, StoreError};
 pub use gc::PruneReport;
 
-use sqlx::AnyPool;
-use sqlx::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
@@ -67,9 +66,9 @@ pub struct Store {
 struct Inner {
     dialect: Dialect,
     /// SQLite: one connection, so writes queue in-process. PostgreSQL: the pool.
-    write: AnyPool,
+    write: pool::Pool,
     /// SQLite: several read-only-by-convention connections. PostgreSQL: the pool.
-    read: AnyPool,
+    read: pool::Pool,
     /// Woken after a commit that made a task runnable (and, on PostgreSQL,
     /// by `NOTIFY` from other processes).
     tasks_ready: Notify,
@@ -119,13 +118,14 @@ impl Store {
     /// store has one writer connection, so calling a writing `Store` method
     /// while holding a `Tx` of the same store waits for that `Tx` forever.
     pub async fn begin(&self) -> Result<Tx> {
-        let tx = match self.inner.dialect {
-            Dialect::Sqlite => self.inner.write.begin_with("BEGIN IMMEDIATE").await,
-            Dialect::Postgres => self.inner.write.begin().await,
-        }
-        .map_err(StoreError::from)?;
+        let mut conn = self.inner.write.get().await?;
+        let begin = match self.inner.dialect {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => "BEGIN",
+        };
+        sqlx::Executor::execute(&mut conn.raw, begin).await?;
         Ok(Tx {
-            tx,
+            conn: Some(conn),
             store: self.clone(),
             wake_workers: false,
             changed_leases: Vec::new(),
@@ -133,20 +133,22 @@ impl Store {
         })
     }
 
-    pub(crate) fn read_pool(&self) -> &AnyPool {
-        &self.inner.read
+    /// A connection for reads (SQLite: not the writer's).
+    pub(crate) async fn reader(&self) -> Result<pool::Conn> {
+        Ok(self.inner.read.get().await?)
     }
 
-    /// Close every connection. Pending queries finish first.
+    /// Close every connection (those in use close when given back).
     pub async fn close(&self) {
-        self.inner.write.close().await;
-        self.inner.read.close().await;
+        self.inner.write.close();
+        self.inner.read.close();
     }
 }
 
 /// A write transaction. Dropping it without [`Tx::commit`] rolls it back.
 pub struct Tx {
-    tx: sqlx::Transaction<'static, Any>,
+    /// The writer connection, inside `BEGIN`; `None` once finished.
+    conn: Option<pool::Conn>,
     store: Store,
     wake_workers: bool,
     /// Leases this transaction wrote (their waiters are woken on commit;
@@ -159,21 +161,24 @@ pub struct Tx {
 
 impl Tx {
     /// Commit, then wake workers if this transaction made tasks runnable.
-    pub async fn commit(self) -> Result<()> {
-        let Tx {
-            tx,
-            store,
-            wake_workers,
-            deferred_fires,
-            changed_leases,
-        } = self;
-        tx.commit().await?;
-        store.leases_changed(&changed_leases);
-        if wake_workers {
+    pub async fn commit(mut self) -> Result<()> {
+        let mut conn = self
+            .conn
+            .take()
+            .expect("a transaction is open until it ends");
+        if let Err(e) = sqlx::Executor::execute(&mut conn.raw, "COMMIT").await {
+            roll_back_later(conn);
+            return Err(e.into());
+        }
+        drop(conn);
+        let store = self.store.clone();
+        store.leases_changed(&self.changed_leases);
+        if self.wake_workers {
             // One idle worker looks; if it finds work it wakes the next
             // (`run_worker`), so a commit never sets every worker claiming.
             store.inner.tasks_ready.notify_one();
         }
+        let deferred_fires = std::mem::take(&mut self.deferred_fires);
         if !deferred_fires.is_empty() {
             // Best effort: if this fails, the waiters' safety poll finds the
             // change (and the change itself is committed).
@@ -191,8 +196,19 @@ impl Tx {
         Ok(())
     }
 
-    pub async fn rollback(self) -> Result<()> {
-        self.tx.rollback().await.map_err(Into::into)
+    pub async fn rollback(mut self) -> Result<()> {
+        let mut conn = self
+            .conn
+            .take()
+            .expect("a transaction is open until it ends");
+        match sqlx::Executor::execute(&mut conn.raw, "ROLLBACK").await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Not known to be clean: never reused.
+                drop(deadpool::managed::Object::take(conn));
+                Err(e.into())
+            }
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -200,10 +216,43 @@ impl Tx {
     }
 
     pub(crate) fn conn(&mut self) -> &mut sqlx::AnyConnection {
-        &mut self.tx
+        &mut self
+            .conn
+            .as_mut()
+            .expect("a transaction is open until it ends")
+            .raw
     }
 
     pub(crate) fn dialect(&self) -> Dialect {
         self.store.inner.dialect
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            roll_back_later(conn);
+        }
+    }
+}
+
+/// Roll back an unfinished transaction on its connection and give the
+/// connection back to the pool (the next writer waits for that); without a
+/// runtime to do it on, close the connection instead, which ends the
+/// transaction too.
+fn roll_back_later(conn: pool::Conn) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(async move {
+                let mut conn = conn;
+                if sqlx::Executor::execute(&mut conn.raw, "ROLLBACK")
+                    .await
+                    .is_err()
+                {
+                    drop(deadpool::managed::Object::take(conn));
+                }
+            });
+        }
+        Err(_) => drop(deadpool::managed::Object::take(conn)),
     }
 }

@@ -145,7 +145,10 @@ impl Store {
         q.compare("epoch", ">=", filter.since);
         q.compare("epoch", "<", filter.until);
         let order = if filter.latest { "id DESC" } else { "id" };
-        let rows = q.page(order, limit).fetch_all(self.read_pool()).await?;
+        let rows = q
+            .page(order, limit)
+            .fetch_all(&mut self.reader().await?.raw)
+            .await?;
         let mut entries = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
         if filter.latest {
             entries.reverse();

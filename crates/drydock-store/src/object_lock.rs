@@ -77,7 +77,7 @@ impl Store {
         let row =
             sqlx::query("SELECT name, owner, token, expires_at FROM object_locks WHERE name = $1")
                 .bind(name)
-                .fetch_optional(self.read_pool())
+                .fetch_optional(&mut self.reader().await?.raw)
                 .await?;
         row.map(|r| {
             Ok(LockState {
@@ -96,7 +96,7 @@ impl Store {
             "SELECT name, owner, token, expires_at FROM object_locks WHERE owner IS NOT NULL AND expires_at >= $1 ORDER BY name",
         )
         .bind(now_ms())
-        .fetch_all(self.read_pool())
+        .fetch_all(&mut self.reader().await?.raw)
         .await?;
         rows.iter()
             .map(|r| {

@@ -575,7 +575,7 @@ impl Store {
         let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id.0)
-            .fetch_optional(self.read_pool())
+            .fetch_optional(&mut self.reader().await?.raw)
             .await?
             .ok_or(StoreError::NotFound {
                 what: "task",
@@ -590,7 +590,7 @@ impl Store {
             format!("SELECT {TASK_COLUMNS} FROM tasks WHERE object_key = $1 ORDER BY id DESC");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(object_key)
-            .fetch_all(self.read_pool())
+            .fetch_all(&mut self.reader().await?.raw)
             .await?;
         rows.iter().map(task_from_row).collect()
     }
@@ -599,7 +599,7 @@ impl Store {
     pub async fn task_counts(&self) -> Result<Vec<(String, i64)>> {
         Ok(
             sqlx::query_as("SELECT state, COUNT(*) FROM tasks GROUP BY state ORDER BY state")
-                .fetch_all(self.read_pool())
+                .fetch_all(&mut self.reader().await?.raw)
                 .await?,
         )
     }
@@ -607,7 +607,7 @@ impl Store {
     /// When the next task becomes runnable: the earliest queued `run_at` or
     /// claim expiry. `None` when nothing is waiting.
     pub async fn next_due(&self) -> Result<Option<i64>> {
-        next_due_in(self.read_pool()).await
+        next_due_in(&mut self.reader().await?.raw).await
     }
 
     /// A signal that fires when new work may be runnable. Take it *before*
@@ -747,12 +747,16 @@ impl Store {
                     loop {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         let Some(inner) = weak.upgrade() else { return };
+                        let Ok(mut writer) = inner.write.get().await else {
+                            continue;
+                        };
                         let Ok(version) = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
-                            .fetch_one(&inner.write)
+                            .fetch_one(&mut writer.raw)
                             .await
                         else {
                             continue;
                         };
+                        drop(writer);
                         if last.is_some_and(|l| l != version) {
                             inner.tasks_ready.notify_one();
                             inner.changed.notify_waiters();

@@ -153,7 +153,7 @@ impl Tx {
 impl Store {
     pub async fn resource(&self, id: ResourceId) -> Result<Resource> {
         crate::row::by_id(
-            self.read_pool(),
+            &mut self.reader().await?.raw,
             COLUMNS,
             "resources",
             "resource",
@@ -192,7 +192,7 @@ impl Store {
         let order = if filter.ascending { "id" } else { "id DESC" };
         let rows = q
             .page(order, filter.limit.unwrap_or(100).clamp(1, 10_000))
-            .fetch_all(self.read_pool())
+            .fetch_all(&mut self.reader().await?.raw)
             .await?;
         rows.iter().map(from_row).collect()
     }
@@ -255,7 +255,7 @@ impl Store {
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(resource_type)
-            .fetch_all(self.read_pool())
+            .fetch_all(&mut self.reader().await?.raw)
             .await?;
         rows.iter()
             .map(|row| {
@@ -275,7 +275,7 @@ impl Store {
                FROM resources r) counted \
              WHERE live_leases <> real_count ORDER BY id",
         )
-        .fetch_all(self.read_pool())
+        .fetch_all(&mut self.reader().await?.raw)
         .await?;
         Ok(rows
             .into_iter()
@@ -289,7 +289,7 @@ impl Store {
             sqlx::query_as(
                 "SELECT status, COUNT(*) FROM resources GROUP BY status ORDER BY status",
             )
-            .fetch_all(self.read_pool())
+            .fetch_all(&mut self.reader().await?.raw)
             .await?,
         )
     }

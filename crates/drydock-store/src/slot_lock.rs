@@ -109,7 +109,7 @@ impl Store {
             let holder: Option<String> =
                 sqlx::query_scalar("SELECT owner FROM slot_locks WHERE lock_key = $1")
                     .bind(key)
-                    .fetch_optional(self.read_pool())
+                    .fetch_optional(&mut self.reader().await?.raw)
                     .await?;
             if let Some(h) = holder {
                 held.insert(key.to_string(), h);
@@ -125,7 +125,7 @@ impl Store {
                 "SELECT lock_key FROM slot_locks WHERE owner = $1 ORDER BY lock_key",
             )
             .bind(owner)
-            .fetch_all(self.read_pool())
+            .fetch_all(&mut self.reader().await?.raw)
             .await?,
         )
     }
@@ -134,7 +134,7 @@ impl Store {
     pub async fn all_slot_locks(&self) -> Result<Vec<(String, String)>> {
         Ok(
             sqlx::query_as("SELECT lock_key, owner FROM slot_locks ORDER BY lock_key")
-                .fetch_all(self.read_pool())
+                .fetch_all(&mut self.reader().await?.raw)
                 .await?,
         )
     }
@@ -154,7 +154,7 @@ impl Store {
             "SELECT lock_key FROM slot_locks WHERE lock_key LIKE $1 ESCAPE '\\' ORDER BY lock_key",
         )
         .bind(pattern)
-        .fetch_all(self.read_pool())
+        .fetch_all(&mut self.reader().await?.raw)
         .await?)
     }
 }

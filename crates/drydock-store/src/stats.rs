@@ -22,7 +22,7 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT blueprint_id, status, COUNT(*) FROM resources GROUP BY blueprint_id, status ORDER BY blueprint_id, status",
         )
-        .fetch_all(self.read_pool())
+        .fetch_all(&mut self.reader().await?.raw)
         .await?)
     }
 
@@ -37,7 +37,7 @@ impl Store {
              WHERE status = 'pending' GROUP BY 1 ORDER BY 1"
         );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_all(self.read_pool())
+            .fetch_all(&mut self.reader().await?.raw)
             .await?)
     }
 
@@ -50,10 +50,10 @@ impl Store {
                     MIN(run_at) FROM tasks WHERE state = 'queued'",
         )
         .bind(now)
-        .fetch_one(self.read_pool())
+        .fetch_one(&mut self.reader().await?.raw)
         .await?;
         let running: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE state = 'claimed'")
-            .fetch_one(self.read_pool())
+            .fetch_one(&mut self.reader().await?.raw)
             .await?;
         Ok(QueueStats {
             due,
@@ -67,7 +67,7 @@ impl Store {
     pub async fn command_queue_depth(&self) -> Result<i64> {
         Ok(
             sqlx::query_scalar("SELECT COUNT(*) FROM commands WHERE consumed = 0")
-                .fetch_one(self.read_pool())
+                .fetch_one(&mut self.reader().await?.raw)
                 .await?,
         )
     }

@@ -82,7 +82,7 @@ impl Store {
         let sql = format!("SELECT {COLUMNS} FROM api_tokens WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
-            .fetch_optional(self.read_pool())
+            .fetch_optional(&mut self.reader().await?.raw)
             .await?;
         from_row(&row.ok_or(StoreError::NotFound {
             what: "token",
@@ -97,7 +97,7 @@ impl Store {
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(secret_hash)
-            .fetch_optional(self.read_pool())
+            .fetch_optional(&mut self.reader().await?.raw)
             .await?;
         row.as_ref().map(from_row).transpose()
     }
@@ -106,7 +106,7 @@ impl Store {
     pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
         let sql = format!("SELECT {COLUMNS} FROM api_tokens ORDER BY id");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(self.read_pool())
+            .fetch_all(&mut self.reader().await?.raw)
             .await?;
         rows.iter().map(from_row).collect()
     }

@@ -226,7 +226,7 @@ impl Store {
         let any: Option<i64> =
             sqlx::query_scalar("SELECT id FROM handoffs WHERE waiter = $1 LIMIT 1")
                 .bind(waiter.key())
-                .fetch_optional(self.read_pool())
+                .fetch_optional(&mut self.reader().await?.raw)
                 .await?;
         Ok(any.is_some())
     }
@@ -284,7 +284,7 @@ impl Store {
         Ok(
             sqlx::query_scalar("SELECT event FROM wakeups WHERE waiter = $1 ORDER BY event")
                 .bind(waiter.key())
-                .fetch_all(self.read_pool())
+                .fetch_all(&mut self.reader().await?.raw)
                 .await?,
         )
     }

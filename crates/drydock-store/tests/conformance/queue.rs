@@ -29,6 +29,7 @@ backend_tests!(
     a_commit_wakes_one_idle_worker_not_all,
     a_lease_reader_wakes_for_its_own_lease_only,
     a_worker_returns_at_the_due_time_of_a_task_it_requeued,
+    a_dropped_transaction_is_rolled_back_and_frees_the_writer,
 );
 
 const TTL: Duration = Duration::from_secs(30);
@@ -568,5 +569,36 @@ async fn a_worker_returns_at_the_due_time_of_a_task_it_requeued(db: &TestDb) -> 
     worker.abort();
     done?;
     ensure!(handler.0.load(std::sync::atomic::Ordering::SeqCst) == 3);
+    Ok(())
+}
+
+async fn a_dropped_transaction_is_rolled_back_and_frees_the_writer(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    // An error path drops its transaction without ending it: nothing it
+    // wrote lands, and the database is free for the next writer at once —
+    // in this process and in another (on SQLite a transaction left open
+    // would hold the file's write lock).
+    let s = &db.store;
+    let mut tx = s.begin().await?;
+    let id = tx.schedule(NewTask::new("test.dropped")).await?;
+    drop(tx);
+    let other = db.connect_again().await;
+    for store in [s, &other] {
+        let written = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut tx = store.begin().await?;
+            let id = tx.schedule(NewTask::new("test.after")).await?;
+            tx.commit().await?;
+            anyhow::Ok(id)
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("the writer was not freed"))??;
+        ensure!(s.task(written).await.is_ok());
+    }
+    // (SQLite may give the rolled-back id to a later row.)
+    ensure!(
+        s.task(id).await.map_or(true, |t| t.kind != "test.dropped"),
+        "the dropped transaction's write landed"
+    );
     Ok(())
 }
