@@ -232,10 +232,7 @@ impl Engine {
                 (bp.id, limit)
             })
             .collect();
-        let resources = self
-            .store
-            .active_resources_with_room(&lease.resource_type, &room)
-            .await?;
+        let resources = self.store.active_resources_with_room(&room).await?;
         let mut out = Vec::new();
         for (r, n) in resources {
             let Some(ci) = candidates.iter().position(|c| c.0.id == r.blueprint_id) else {
@@ -517,10 +514,7 @@ impl Engine {
         let grace = drydock_store::ms(self.cfg.reclaim_grace);
         let no_lease: Vec<(BlueprintId, Option<i64>)> =
             at_limit.iter().map(|b| (*b, Some(1))).collect();
-        let resources = self
-            .store
-            .active_resources_with_room(&lease.resource_type, &no_lease)
-            .await?;
+        let resources = self.store.active_resources_with_room(&no_lease).await?;
         let mut idle = Vec::new();
         for (r, _) in resources {
             let last = self

@@ -139,6 +139,8 @@ impl Store {
                 changed: tokio::sync::Notify::new(),
                 url: url.to_owned(),
                 instance: instance_name(),
+                commits_begun: Default::default(),
+                commits_done: Default::default(),
                 lease_waiters: Default::default(),
                 listener: tokio::sync::OnceCell::new(),
             }),

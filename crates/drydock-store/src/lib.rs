@@ -82,6 +82,10 @@ struct Inner {
     lease_waiters: std::sync::Mutex<std::collections::HashMap<i64, Arc<Notify>>>,
     /// The connection URL (kept for the PostgreSQL listener; never printed).
     url: String,
+    /// Commits begun and finished through this handle: the SQLite watch
+    /// tells other processes' commits from them.
+    commits_begun: std::sync::atomic::AtomicU64,
+    commits_done: std::sync::atomic::AtomicU64,
     /// This handle's name in `NOTIFY` payloads, so its listener can tell
     /// its own notifications (already delivered in-process) from others'.
     instance: String,
@@ -162,16 +166,20 @@ pub struct Tx {
 impl Tx {
     /// Commit, then wake workers if this transaction made tasks runnable.
     pub async fn commit(mut self) -> Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
         let mut conn = self
             .conn
             .take()
             .expect("a transaction is open until it ends");
-        if let Err(e) = sqlx::Executor::execute(&mut conn.raw, "COMMIT").await {
+        let store = self.store.clone();
+        store.inner.commits_begun.fetch_add(1, SeqCst);
+        let committed = sqlx::Executor::execute(&mut conn.raw, "COMMIT").await;
+        store.inner.commits_done.fetch_add(1, SeqCst);
+        if let Err(e) = committed {
             roll_back_later(conn);
             return Err(e.into());
         }
         drop(conn);
-        let store = self.store.clone();
         store.leases_changed(&self.changed_leases);
         if self.wake_workers {
             // One idle worker looks; if it finds work it wakes the next

@@ -732,36 +732,66 @@ impl Store {
 
 impl Store {
     /// On SQLite, notice commits by other processes (a CLI queueing a lease
-    /// for a daemon) by watching `PRAGMA data_version` on the writer
-    /// connection: it changes only when *another* connection commits, and
-    /// every write of this process goes through that one connection, so
-    /// this process's own commits (which woke its workers already) are not
-    /// seen again. A cheap check every 20 ms instead of the 1 s safety poll.
+    /// for a daemon) by watching `PRAGMA data_version` on a connection of
+    /// its own: it changes when another connection commits. A cheap check
+    /// every 20 ms instead of the 1 s safety poll. This process's own
+    /// commits change it too, and woke their workers and readers already:
+    /// a change in a tick without own commits is another process's (one
+    /// worker and every lease reader look); in a tick with own commits a
+    /// worker looks only if some task is runnable.
     async fn ensure_sqlite_watcher(&self) {
         let weak = Arc::downgrade(&self.inner);
+        let url = self.inner.url.clone();
         self.inner
             .listener
             .get_or_init(|| async move {
                 tokio::spawn(async move {
+                    use sqlx::Connection;
+                    let url = if url.contains('?') {
+                        url
+                    } else {
+                        format!("{url}?mode=rwc")
+                    };
+                    let Ok(mut conn) = sqlx::AnyConnection::connect(&url).await else {
+                        tracing::warn!(
+                            "cannot watch the database for other processes' work; polling instead"
+                        );
+                        return;
+                    };
+                    use std::sync::atomic::Ordering::SeqCst;
                     let mut last: Option<i64> = None;
+                    let mut done_before_last = 0;
                     loop {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         let Some(inner) = weak.upgrade() else { return };
-                        let Ok(mut writer) = inner.write.get().await else {
-                            continue;
-                        };
+                        let done = inner.commits_done.load(SeqCst);
                         let Ok(version) = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
-                            .fetch_one(&mut writer.raw)
+                            .fetch_one(&mut conn)
                             .await
                         else {
                             continue;
                         };
-                        drop(writer);
+                        // No own commit can have become visible since the
+                        // last look if every one begun by now had finished
+                        // before it.
+                        let no_own = inner.commits_begun.load(SeqCst) == done_before_last;
                         if last.is_some_and(|l| l != version) {
-                            inner.tasks_ready.notify_one();
-                            inner.changed.notify_waiters();
+                            if no_own {
+                                inner.tasks_ready.notify_one();
+                                inner.changed.notify_waiters();
+                            } else if sqlx::query_scalar::<_, i64>(
+                                "SELECT id FROM tasks WHERE state = 'queued' AND run_at <= $1 LIMIT 1",
+                            )
+                            .bind(now_ms())
+                            .fetch_optional(&mut conn)
+                            .await
+                            .is_ok_and(|t| t.is_some())
+                            {
+                                inner.tasks_ready.notify_one();
+                            }
                         }
                         last = Some(version);
+                        done_before_last = done;
                     }
                 });
             })

@@ -220,14 +220,14 @@ impl Tx {
 }
 
 impl Store {
-    /// Active resources of `resource_type` with room for another lease,
-    /// with their live-lease counts, oldest first: for each blueprint, those
-    /// with fewer live leases than its limit (`None`: no limit). Resources
-    /// at their limit are skipped by the `resources_room` index, however
-    /// many there are.
+    /// Active resources with room for another lease, with their live-lease
+    /// counts, oldest first: for each blueprint, those with fewer live
+    /// leases than its limit (`None`: no limit). Resources at their limit
+    /// are skipped by the `resources_room` index, however many there are.
+    /// (No condition on the resource type: the blueprints imply it, and
+    /// naming it led SQLite to scan every active resource of the type.)
     pub async fn active_resources_with_room(
         &self,
-        resource_type: &str,
         room: &[(BlueprintId, Option<i64>)],
     ) -> Result<Vec<(Resource, i64)>> {
         if room.is_empty() {
@@ -250,11 +250,10 @@ impl Store {
         }
         let sql = format!(
             "SELECT {COLUMNS}, live_leases FROM resources \
-             WHERE status = 'active' AND type = $1 AND ({}) ORDER BY id",
+             WHERE status = 'active' AND ({}) ORDER BY id",
             terms.join(" OR ")
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(resource_type)
             .fetch_all(&mut self.reader().await?.raw)
             .await?;
         rows.iter()

@@ -457,9 +457,7 @@ async fn each_resource_counts_the_leases_that_hold_or_wait_for_it(
     }
     let (r1, r2) = (resources[0].id, resources[1].id);
     let counts = async || -> anyhow::Result<Vec<i64>> {
-        let room = s
-            .active_resources_with_room("host", &[(bp.id, None)])
-            .await?;
+        let room = s.active_resources_with_room(&[(bp.id, None)]).await?;
         Ok([r1, r2]
             .iter()
             .map(|id| {
