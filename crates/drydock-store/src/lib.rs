@@ -72,9 +72,9 @@ struct Inner {
     /// Woken after a commit that made a task runnable (and, on PostgreSQL,
     /// by `NOTIFY` from other processes).
     tasks_ready: Notify,
-    /// Woken when another process changed something this one cannot name
-    /// (a SQLite commit seen through `data_version`, a PostgreSQL listener
-    /// reconnecting): every reader waiting for a lease re-reads it.
+    /// Woken when another process may have changed something this one
+    /// cannot name (a PostgreSQL listener reconnecting, a notification
+    /// without a lease): every reader waiting for a lease re-reads it.
     changed: Notify,
     /// Readers waiting for particular leases ([`Store::lease_signal`]),
     /// woken by commits that wrote those leases — here or, through

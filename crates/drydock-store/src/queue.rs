@@ -732,13 +732,14 @@ impl Store {
 
 impl Store {
     /// On SQLite, notice commits by other processes (a CLI queueing a lease
-    /// for a daemon) by watching `PRAGMA data_version` on a connection of
-    /// its own: it changes when another connection commits. A cheap check
-    /// every 20 ms instead of the 1 s safety poll. This process's own
-    /// commits change it too, and woke their workers and readers already:
-    /// a change in a tick without own commits is another process's (one
-    /// worker and every lease reader look); in a tick with own commits a
-    /// worker looks only if some task is runnable.
+    /// for a daemon, a daemon activating a lease a client waits for) by
+    /// watching `PRAGMA data_version` on a connection of its own, every
+    /// 20 ms: it changes when another connection commits. This process's
+    /// commits change it too (they woke their workers and readers already),
+    /// so a change is looked into rather than broadcast. One worker looks
+    /// if no commit of this process can explain the change (counted in
+    /// `Tx::commit`), or else only if a task is runnable; the readers of a
+    /// lease are woken if its version moved since the last look.
     async fn ensure_sqlite_watcher(&self) {
         let weak = Arc::downgrade(&self.inner);
         let url = self.inner.url.clone();
@@ -758,10 +759,13 @@ impl Store {
                         );
                         return;
                     };
-                    use std::sync::atomic::Ordering::SeqCst;
                     let mut last: Option<i64> = None;
+                    // Lease id -> version at the last look, for the leases
+                    // someone here waits for.
+                    let mut seen = std::collections::HashMap::new();
                     let mut done_before_last = 0;
                     loop {
+                        use std::sync::atomic::Ordering::SeqCst;
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         let Some(inner) = weak.upgrade() else { return };
                         let done = inner.commits_done.load(SeqCst);
@@ -774,20 +778,12 @@ impl Store {
                         // No own commit can have become visible since the
                         // last look if every one begun by now had finished
                         // before it.
-                        let no_own = inner.commits_begun.load(SeqCst) == done_before_last;
+                        let foreign = inner.commits_begun.load(SeqCst) == done_before_last;
                         if last.is_some_and(|l| l != version) {
-                            if no_own {
-                                inner.tasks_ready.notify_one();
-                                inner.changed.notify_waiters();
-                            } else if sqlx::query_scalar::<_, i64>(
-                                "SELECT id FROM tasks WHERE state = 'queued' AND run_at <= $1 LIMIT 1",
-                            )
-                            .bind(now_ms())
-                            .fetch_optional(&mut conn)
-                            .await
-                            .is_ok_and(|t| t.is_some())
-                            {
-                                inner.tasks_ready.notify_one();
+                            let store = Store { inner };
+                            let looked = store.look_after_change(&mut conn, &mut seen, foreign);
+                            if let Err(e) = looked.await {
+                                tracing::debug!("watching for other processes' work: {e}");
                             }
                         }
                         last = Some(version);
@@ -796,6 +792,49 @@ impl Store {
                 });
             })
             .await;
+    }
+
+    /// See [`Store::ensure_sqlite_watcher`].
+    async fn look_after_change(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        seen: &mut std::collections::HashMap<i64, i64>,
+        foreign: bool,
+    ) -> Result<()> {
+        let runnable = foreign
+            || sqlx::query_scalar::<_, i64>(
+                "SELECT id FROM tasks WHERE state = 'queued' AND run_at <= $1 LIMIT 1",
+            )
+            .bind(now_ms())
+            .fetch_optional(&mut *conn)
+            .await?
+            .is_some();
+        if runnable {
+            self.more_tasks_maybe();
+        }
+        let waited: Vec<i64> = self.lease_waiters().keys().copied().collect();
+        seen.retain(|id, _| waited.contains(id));
+        if waited.is_empty() {
+            return Ok(());
+        }
+        // Integers formatted, never text from input.
+        let ids: Vec<String> = waited.iter().map(i64::to_string).collect();
+        let sql = format!(
+            "SELECT id, version FROM leases WHERE id IN ({})",
+            ids.join(", ")
+        );
+        let versions: Vec<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *conn)
+            .await?;
+        // A lease seen for the first time wakes its readers too: they may
+        // have read it before the change this look found.
+        let moved: Vec<i64> = versions
+            .into_iter()
+            .filter(|(id, v)| seen.insert(*id, *v) != Some(*v))
+            .map(|(id, _)| id)
+            .collect();
+        self.leases_changed(&moved);
+        Ok(())
     }
 }
 

@@ -28,6 +28,7 @@ backend_tests!(
     a_claimed_update_holds_its_objects_lock_until_it_completes,
     a_commit_wakes_one_idle_worker_not_all,
     a_lease_reader_wakes_for_its_own_lease_only,
+    a_lease_reader_wakes_for_another_processes_write,
     a_worker_returns_at_the_due_time_of_a_task_it_requeued,
     a_dropped_transaction_is_rolled_back_and_frees_the_writer,
 );
@@ -599,6 +600,55 @@ async fn a_dropped_transaction_is_rolled_back_and_frees_the_writer(
     ensure!(
         s.task(id).await.map_or(true, |t| t.kind != "test.dropped"),
         "the dropped transaction's write landed"
+    );
+    Ok(())
+}
+
+async fn a_lease_reader_wakes_for_another_processes_write(db: &TestDb) -> anyhow::Result<()> {
+    // The writer is another store with its own connections, as another
+    // process would be: the wake-up travels through NOTIFY (PostgreSQL) or
+    // the data_version watch (SQLite), not through the reader's poll.
+    let s = &db.store;
+    let writer = db.connect_again().await;
+    let lease = s
+        .insert_lease(&drydock_store::lease::NewLease {
+            resource_type: "host".into(),
+            authorizing: "cli".into(),
+            ..Default::default()
+        })
+        .await?;
+    let signal = s.lease_signal(lease.id).await;
+    let woken = std::sync::atomic::AtomicBool::new(false);
+    let started = Instant::now();
+    let reader = async {
+        signal.wait(Duration::from_secs(20)).await;
+        woken.store(true, std::sync::atomic::Ordering::SeqCst);
+        started.elapsed()
+    };
+    // Keep writing (the watch may not have its baseline yet) until it wakes.
+    let key = ObjectRef::lease(lease.id).key();
+    let write = async {
+        let mut n = 0;
+        while !woken.load(std::sync::atomic::Ordering::SeqCst)
+            && started.elapsed() < Duration::from_secs(5)
+        {
+            let lock = writer.try_lock(&key, "w", TTL).await?.expect("lock");
+            let mut l = writer.lease(lease.id).await?;
+            n += 1;
+            l.failure = Some(format!("write {n}"));
+            let mut tx = writer.begin().await?;
+            tx.save_lease(&l, &lock).await?;
+            tx.commit().await?;
+            writer.unlock(lock).await?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::Ok(())
+    };
+    let (waited, written) = tokio::join!(reader, write);
+    written?;
+    ensure!(
+        waited < Duration::from_secs(5),
+        "woken after {waited:?}: another process's write did not reach the reader"
     );
     Ok(())
 }
