@@ -152,6 +152,16 @@ async fn postgres_restarted_in_the_middle_of_a_load_run() -> anyhow::Result<()> 
         "the API during the outage answered {status} {body}"
     );
     let api_answered_in = outage.elapsed();
+    // The database stays down until the load has felt it for a while (100
+    // requests refused, about two seconds of the generator's loop): long
+    // enough for the daemons' retries to meet it too.
+    let refused = load.failed_requests.load(Ordering::Relaxed);
+    wait_until(
+        Duration::from_secs(60),
+        "the load to meet the outage",
+        async || load.failed_requests.load(Ordering::Relaxed) >= refused + 100,
+    )
+    .await?;
     ensure_alive(&mut daemons, &mut server, "during the outage")?;
     let outage_lasted = outage.elapsed();
     pg.start_again();
