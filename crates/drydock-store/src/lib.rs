@@ -122,19 +122,21 @@ impl Store {
     /// store has one writer connection, so calling a writing `Store` method
     /// while holding a `Tx` of the same store waits for that `Tx` forever.
     pub async fn begin(&self) -> Result<Tx> {
-        let mut conn = self.inner.write.get().await?;
         let begin = match self.inner.dialect {
             Dialect::Sqlite => "BEGIN IMMEDIATE",
             Dialect::Postgres => "BEGIN",
         };
-        sqlx::Executor::execute(&mut conn.raw, begin).await?;
-        Ok(Tx {
-            conn: Some(conn),
+        // The Tx holds the connection before BEGIN is sent: if this future
+        // is dropped half-way (a client hung up), its drop rolls back.
+        let mut tx = Tx {
+            conn: Some(self.inner.write.get().await?),
             store: self.clone(),
             wake_workers: false,
             changed_leases: Vec::new(),
             deferred_fires: Vec::new(),
-        })
+        };
+        sqlx::Executor::execute(tx.conn(), begin).await?;
+        Ok(tx)
     }
 
     /// A connection for reads (SQLite: not the writer's).
@@ -167,19 +169,14 @@ impl Tx {
     /// Commit, then wake workers if this transaction made tasks runnable.
     pub async fn commit(mut self) -> Result<()> {
         use std::sync::atomic::Ordering::SeqCst;
-        let mut conn = self
-            .conn
-            .take()
-            .expect("a transaction is open until it ends");
         let store = self.store.clone();
         store.inner.commits_begun.fetch_add(1, SeqCst);
-        let committed = sqlx::Executor::execute(&mut conn.raw, "COMMIT").await;
+        // The connection stays in the Tx until COMMIT has answered: a
+        // failure, or this future dropped half-way, leaves it to `Drop`.
+        let committed = sqlx::Executor::execute(self.conn(), "COMMIT").await;
         store.inner.commits_done.fetch_add(1, SeqCst);
-        if let Err(e) = committed {
-            roll_back_later(conn);
-            return Err(e.into());
-        }
-        drop(conn);
+        committed?;
+        drop(self.conn.take());
         store.leases_changed(&self.changed_leases);
         if self.wake_workers {
             // One idle worker looks; if it finds work it wakes the next
@@ -205,18 +202,9 @@ impl Tx {
     }
 
     pub async fn rollback(mut self) -> Result<()> {
-        let mut conn = self
-            .conn
-            .take()
-            .expect("a transaction is open until it ends");
-        match sqlx::Executor::execute(&mut conn.raw, "ROLLBACK").await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                // Not known to be clean: never reused.
-                drop(deadpool::managed::Object::take(conn));
-                Err(e.into())
-            }
-        }
+        sqlx::Executor::execute(self.conn(), "ROLLBACK").await?;
+        drop(self.conn.take());
+        Ok(())
     }
 
     pub fn store(&self) -> &Store {
@@ -245,9 +233,10 @@ impl Drop for Tx {
 }
 
 /// Roll back an unfinished transaction on its connection and give the
-/// connection back to the pool (the next writer waits for that); without a
-/// runtime to do it on, close the connection instead, which ends the
-/// transaction too.
+/// connection back to the pool (the next writer waits for that). If the
+/// rollback fails (the transaction may have ended, or the connection
+/// broke), or there is no runtime to do it on, close the connection
+/// instead: closing ends any transaction, and nothing unclean is reused.
 fn roll_back_later(conn: pool::Conn) {
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {

@@ -31,6 +31,7 @@ backend_tests!(
     a_lease_reader_wakes_for_another_processes_write,
     a_worker_returns_at_the_due_time_of_a_task_it_requeued,
     a_dropped_transaction_is_rolled_back_and_frees_the_writer,
+    transactions_cancelled_at_any_point_leave_the_writer_clean,
 );
 
 const TTL: Duration = Duration::from_secs(30);
@@ -650,5 +651,34 @@ async fn a_lease_reader_wakes_for_another_processes_write(db: &TestDb) -> anyhow
         waited < Duration::from_secs(5),
         "woken after {waited:?}: another process's write did not reach the reader"
     );
+    Ok(())
+}
+
+async fn transactions_cancelled_at_any_point_leave_the_writer_clean(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    // A caller can stop waiting anywhere (an HTTP client hangs up): while
+    // taking the connection, after BEGIN went out, in a statement, during
+    // COMMIT. Cut 200 transactions off after growing delays; every later
+    // transaction must still start cleanly and commit.
+    let s = &db.store;
+    for i in 0..200u64 {
+        let _ = tokio::time::timeout(Duration::from_micros(i * 25), async {
+            let mut tx = s.begin().await?;
+            tx.schedule(NewTask::new("test.cut")).await?;
+            tx.commit().await?;
+            anyhow::Ok(())
+        })
+        .await;
+    }
+    let id = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut tx = s.begin().await?;
+        let id = tx.schedule(NewTask::new("test.after")).await?;
+        tx.commit().await?;
+        anyhow::Ok(id)
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the writer was left unusable"))??;
+    ensure!(s.task(id).await?.kind == "test.after");
     Ok(())
 }
