@@ -126,9 +126,20 @@ impl Engine {
     /// lease already released does nothing.
     async fn lease_commands(&self, lease: Lease, lock: &ObjectLock) -> PassResult<Lease> {
         let now = now_ms();
+        let expired = lease.until.is_some_and(|u| u <= now);
+        // No command is the common case: look without the writer first (a
+        // command sent after this look wakes the lease for another pass).
+        if !expired
+            && self
+                .store
+                .pending_commands(lease.object())
+                .await?
+                .is_empty()
+        {
+            return Ok(lease);
+        }
         let mut tx = self.store.begin().await?;
         let commands = tx.pending_commands(lease.object()).await?;
-        let expired = lease.until.is_some_and(|u| u <= now);
         if commands.is_empty() && !expired {
             tx.rollback().await?;
             return Ok(lease);

@@ -115,9 +115,20 @@ impl Engine {
         lock: &ObjectLock,
     ) -> PassResult<Resource> {
         let now = now_ms();
+        let expired = resource.until.is_some_and(|u| u <= now);
+        // No command is the common case: look without the writer first (a
+        // command sent after this look wakes the resource for another pass).
+        if !expired
+            && self
+                .store
+                .pending_commands(resource.object())
+                .await?
+                .is_empty()
+        {
+            return Ok(resource);
+        }
         let mut tx = self.store.begin().await?;
         let commands = tx.pending_commands(resource.object()).await?;
-        let expired = resource.until.is_some_and(|u| u <= now);
         if commands.is_empty() && !expired {
             tx.rollback().await?;
             return Ok(resource);
