@@ -127,23 +127,10 @@ impl Engine {
     async fn lease_commands(&self, lease: Lease, lock: &ObjectLock) -> PassResult<Lease> {
         let now = now_ms();
         let expired = lease.until.is_some_and(|u| u <= now);
-        // No command is the common case: look without the writer first (a
-        // command sent after this look wakes the lease for another pass).
-        if !expired
-            && self
-                .store
-                .pending_commands(lease.object())
-                .await?
-                .is_empty()
-        {
+        let Some((mut tx, commands)) = self.commands_to_consume(lease.object(), expired).await?
+        else {
             return Ok(lease);
-        }
-        let mut tx = self.store.begin().await?;
-        let commands = tx.pending_commands(lease.object()).await?;
-        if commands.is_empty() && !expired {
-            tx.rollback().await?;
-            return Ok(lease);
-        }
+        };
         let mut next = lease.clone();
         let mut release_by: Option<String> = None;
         let mut reacquire = false;

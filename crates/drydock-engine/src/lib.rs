@@ -22,9 +22,10 @@ mod resource_worker;
 
 use blueprint::{BlueprintError, Registry};
 use drydock_model::{LeaseId, ObjectKind, ObjectRef, ResourceId};
+use drydock_store::command::Command;
 use drydock_store::object_lock::ObjectLock;
 use drydock_store::queue::{ClaimedTask, DEFAULT_MAX_ATTEMPTS, Handler, Outcome};
-use drydock_store::{Store, StoreError, now_ms};
+use drydock_store::{Store, StoreError, Tx, now_ms};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -234,6 +235,27 @@ impl Engine {
                 reason: m,
             }),
         }
+    }
+
+    /// The object's unconsumed commands, read in the write transaction that
+    /// will consume them; `None` when there are none and nothing `expired`.
+    /// No command is the common case, so it looks without the writer first
+    /// (a command sent after that look wakes the object for another pass).
+    pub(crate) async fn commands_to_consume(
+        &self,
+        object: ObjectRef,
+        expired: bool,
+    ) -> PassResult<Option<(Tx, Vec<Command>)>> {
+        if !expired && self.store.pending_commands(object).await?.is_empty() {
+            return Ok(None);
+        }
+        let mut tx = self.store.begin().await?;
+        let commands = tx.pending_commands(object).await?;
+        if commands.is_empty() && !expired {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        Ok(Some((tx, commands)))
     }
 
     /// Run `work` under `held` (a lock the caller holds and renews, such as

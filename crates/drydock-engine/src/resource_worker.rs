@@ -116,23 +116,10 @@ impl Engine {
     ) -> PassResult<Resource> {
         let now = now_ms();
         let expired = resource.until.is_some_and(|u| u <= now);
-        // No command is the common case: look without the writer first (a
-        // command sent after this look wakes the resource for another pass).
-        if !expired
-            && self
-                .store
-                .pending_commands(resource.object())
-                .await?
-                .is_empty()
-        {
+        let Some((mut tx, commands)) = self.commands_to_consume(resource.object(), expired).await?
+        else {
             return Ok(resource);
-        }
-        let mut tx = self.store.begin().await?;
-        let commands = tx.pending_commands(resource.object()).await?;
-        if commands.is_empty() && !expired {
-            tx.rollback().await?;
-            return Ok(resource);
-        }
+        };
         let r = tx.resource_for_update(resource.id).await?;
         let mut release_by: Option<String> = None;
         for c in &commands {

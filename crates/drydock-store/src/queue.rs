@@ -371,23 +371,17 @@ impl Store {
         }
         // Another runnable task: one more idle worker looks (and so on while
         // each finds one), instead of every commit waking every worker.
-        let more: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM tasks WHERE state = 'queued' AND run_at <= $1 LIMIT 1",
-        )
-        .bind(now)
-        .fetch_optional(tx.conn())
-        .await?;
+        let more = runnable_now(tx.conn()).await?;
         tx.commit().await?;
-        if more.is_some() {
+        if more {
             self.more_tasks_maybe();
         }
         Ok(Some(task))
     }
 
-    /// Extend a claim. Fails with [`StoreError::LostClaim`] if the claim was
-    /// taken over or the task finished.
-    /// The object lock taken with the claim is extended with it; a lock
-    /// taken over meanwhile counts as a lost claim.
+    /// Extend a claim, and the object lock taken with it. Fails with
+    /// [`StoreError::LostClaim`] if the claim was taken over or the task
+    /// finished, or the lock was taken over.
     pub async fn heartbeat(&self, task: &ClaimedTask, ttl: Duration) -> Result<()> {
         let mut tx = self.begin().await?;
         let n = sqlx::query(
@@ -801,15 +795,7 @@ impl Store {
         seen: &mut std::collections::HashMap<i64, i64>,
         foreign: bool,
     ) -> Result<()> {
-        let runnable = foreign
-            || sqlx::query_scalar::<_, i64>(
-                "SELECT id FROM tasks WHERE state = 'queued' AND run_at <= $1 LIMIT 1",
-            )
-            .bind(now_ms())
-            .fetch_optional(&mut *conn)
-            .await?
-            .is_some();
-        if runnable {
+        if foreign || runnable_now(&mut *conn).await? {
             self.more_tasks_maybe();
         }
         let waited: Vec<i64> = self.lease_waiters().keys().copied().collect();
@@ -925,6 +911,16 @@ impl Drop for LeaseSignal<'_> {
 /// See [`Store::task_signal`].
 pub struct TaskSignal<'a> {
     notified: Pin<Box<tokio::sync::futures::Notified<'a>>>,
+}
+
+/// Whether a queued task is due now (whatever its object's state).
+async fn runnable_now<'e>(conn: impl sqlx::Executor<'e, Database = sqlx::Any>) -> Result<bool> {
+    let due: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM tasks WHERE state = 'queued' AND run_at <= $1 LIMIT 1")
+            .bind(now_ms())
+            .fetch_optional(conn)
+            .await?;
+    Ok(due.is_some())
 }
 
 /// When the next task becomes runnable (see [`Store::next_due`]).

@@ -5,7 +5,7 @@ use drydock_model::{LeaseId, ObjectRef};
 use drydock_store::queue::{
     ClaimedTask, Completion, Handler, NewTask, Outcome, TaskState, WorkerConfig, run_claimed,
 };
-use drydock_store::{StoreError, now_ms};
+use drydock_store::{Store, StoreError, now_ms};
 use drydock_testkit::{TestDb, wait_until};
 use std::time::{Duration, Instant};
 
@@ -504,17 +504,6 @@ async fn a_lease_reader_wakes_for_its_own_lease_only(db: &TestDb) -> anyhow::Res
         ..Default::default()
     };
     let (a, b) = (s.insert_lease(&new).await?, s.insert_lease(&new).await?);
-    let write = async |id: LeaseId, note: &str| -> anyhow::Result<()> {
-        let key = ObjectRef::lease(id).key();
-        let lock = s.try_lock(&key, "w", TTL).await?.expect("lock");
-        let mut lease = s.lease(id).await?;
-        lease.failure = Some(note.into());
-        let mut tx = s.begin().await?;
-        tx.save_lease(&lease, &lock).await?;
-        tx.commit().await?;
-        s.unlock(lock).await?;
-        Ok(())
-    };
     let signal = s.lease_signal(a.id).await;
     let (tx_woken, mut woken) = tokio::sync::oneshot::channel();
     let reader = async move {
@@ -522,11 +511,11 @@ async fn a_lease_reader_wakes_for_its_own_lease_only(db: &TestDb) -> anyhow::Res
         tx_woken.send(()).ok();
     };
     let writer = async {
-        write(b.id, "other").await?;
+        write_lease(s, b.id, "other").await?;
         // Another lease's write must not wake the reader.
         let early = tokio::time::timeout(Duration::from_millis(300), &mut woken).await;
         ensure!(early.is_err(), "woken by a write to another lease");
-        write(a.id, "mine").await?;
+        write_lease(s, a.id, "mine").await?;
         tokio::time::timeout(Duration::from_secs(5), &mut woken)
             .await
             .map_err(|_| anyhow::anyhow!("not woken by a write to its lease"))??;
@@ -587,14 +576,7 @@ async fn a_dropped_transaction_is_rolled_back_and_frees_the_writer(
     drop(tx);
     let other = db.connect_again().await;
     for store in [s, &other] {
-        let written = tokio::time::timeout(Duration::from_secs(5), async {
-            let mut tx = store.begin().await?;
-            let id = tx.schedule(NewTask::new("test.after")).await?;
-            tx.commit().await?;
-            anyhow::Ok(id)
-        })
-        .await
-        .map_err(|_| anyhow::anyhow!("the writer was not freed"))??;
+        let written = schedule_within(store, "the writer was not freed").await?;
         ensure!(s.task(written).await.is_ok());
     }
     // (SQLite may give the rolled-back id to a later row.)
@@ -627,20 +609,13 @@ async fn a_lease_reader_wakes_for_another_processes_write(db: &TestDb) -> anyhow
         started.elapsed()
     };
     // Keep writing (the watch may not have its baseline yet) until it wakes.
-    let key = ObjectRef::lease(lease.id).key();
     let write = async {
         let mut n = 0;
         while !woken.load(std::sync::atomic::Ordering::SeqCst)
             && started.elapsed() < Duration::from_secs(5)
         {
-            let lock = writer.try_lock(&key, "w", TTL).await?.expect("lock");
-            let mut l = writer.lease(lease.id).await?;
             n += 1;
-            l.failure = Some(format!("write {n}"));
-            let mut tx = writer.begin().await?;
-            tx.save_lease(&l, &lock).await?;
-            tx.commit().await?;
-            writer.unlock(lock).await?;
+            write_lease(&writer, lease.id, &format!("write {n}")).await?;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         anyhow::Ok(())
@@ -671,14 +646,34 @@ async fn transactions_cancelled_at_any_point_leave_the_writer_clean(
         })
         .await;
     }
-    let id = tokio::time::timeout(Duration::from_secs(5), async {
+    let id = schedule_within(s, "the writer was left unusable").await?;
+    ensure!(s.task(id).await?.kind == "test.after");
+    Ok(())
+}
+
+/// Write a note into lease `id` under its lock, as its worker would.
+async fn write_lease(s: &Store, id: LeaseId, note: &str) -> anyhow::Result<()> {
+    let lock = s
+        .try_lock(&ObjectRef::lease(id).key(), "w", TTL)
+        .await?
+        .expect("lock");
+    let mut lease = s.lease(id).await?;
+    lease.failure = Some(note.into());
+    let mut tx = s.begin().await?;
+    tx.save_lease(&lease, &lock).await?;
+    tx.commit().await?;
+    s.unlock(lock).await?;
+    Ok(())
+}
+
+/// Schedule a `test.after` task within 5 s, or fail saying `stuck`.
+async fn schedule_within(s: &Store, stuck: &str) -> anyhow::Result<drydock_model::TaskId> {
+    tokio::time::timeout(Duration::from_secs(5), async {
         let mut tx = s.begin().await?;
         let id = tx.schedule(NewTask::new("test.after")).await?;
         tx.commit().await?;
         anyhow::Ok(id)
     })
     .await
-    .map_err(|_| anyhow::anyhow!("the writer was left unusable"))??;
-    ensure!(s.task(id).await?.kind == "test.after");
-    Ok(())
+    .map_err(|_| anyhow::anyhow!("{stuck}"))?
 }
