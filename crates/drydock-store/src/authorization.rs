@@ -2,10 +2,11 @@
 //! a row in state `requested`; an administrator's decision is recorded with
 //! who made it and when.
 
+use crate::db::Row;
+use crate::db::{query, query_scalar};
 use crate::row::get;
 use crate::{Result, Store, StoreError, now_ms};
 use drydock_model::{AuthorizationId, BlueprintId};
-use sqlx::any::AnyRow;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,7 +52,7 @@ pub struct Authorization {
 
 const COLUMNS: &str = "id, blueprint_id, object, blueprint_state, object_state, decided_by, decided_at, created_at, modified_at";
 
-fn from_row(row: &AnyRow) -> Result<Authorization> {
+fn from_row(row: &Row) -> Result<Authorization> {
     Ok(Authorization {
         id: AuthorizationId(get(row, "id")?),
         blueprint: BlueprintId(get(row, "blueprint_id")?),
@@ -81,7 +82,7 @@ impl Store {
         }
         let now = now_ms();
         let mut tx = self.begin().await?;
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = query_scalar(
             "INSERT INTO authorizations (blueprint_id, object, blueprint_state, object_state, created_at, modified_at) \
              VALUES ($1, $2, 'requested', 'active', $3, $3) \
              ON CONFLICT (object, blueprint_id) DO UPDATE SET object_state = 'active', modified_at = $3 RETURNING id",
@@ -104,7 +105,7 @@ impl Store {
     ) -> Result<Authorization> {
         let now = now_ms();
         let mut tx = self.begin().await?;
-        let n = sqlx::query(
+        let n = query(
             "UPDATE authorizations SET blueprint_state = $1, decided_by = $2, decided_at = $3, modified_at = $3 WHERE id = $4",
         )
         .bind(state.as_str())
@@ -133,7 +134,7 @@ impl Store {
         active: bool,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
-        sqlx::query("UPDATE authorizations SET object_state = $1, modified_at = $2 WHERE id = $3")
+        query("UPDATE authorizations SET object_state = $1, modified_at = $2 WHERE id = $3")
             .bind(if active { "active" } else { "inactive" })
             .bind(now_ms())
             .bind(id.0)
@@ -144,7 +145,7 @@ impl Store {
 
     pub async fn authorization(&self, id: AuthorizationId) -> Result<Authorization> {
         let sql = format!("SELECT {COLUMNS} FROM authorizations WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = query(sql)
             .bind(id.0)
             .fetch_optional(&mut self.reader().await?.raw)
             .await?;
@@ -163,7 +164,7 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM authorizations WHERE ($1 IS NULL OR blueprint_id = $1) AND ($2 IS NULL OR object = $2) ORDER BY id"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = query(sql)
             .bind(blueprint.map(|b| b.0))
             .bind(object)
             .fetch_all(&mut self.reader().await?.raw)
@@ -173,7 +174,7 @@ impl Store {
 
     /// Whether `object` may use `blueprint` right now.
     pub async fn is_authorized(&self, object: &str, blueprint: BlueprintId) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar(
+        let n: i64 = query_scalar(
             "SELECT COUNT(*) FROM authorizations WHERE object = $1 AND blueprint_id = $2 \
              AND blueprint_state = 'authorized' AND object_state = 'active'",
         )

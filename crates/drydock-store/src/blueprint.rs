@@ -1,11 +1,12 @@
 //! Blueprints (configured blueprint implementations) and the audit trail of
 //! every edit: who changed which field from what to what, and when.
 
+use crate::db::Row;
+use crate::db::{query, query_scalar};
 use crate::row::{get, json, to_json};
 use crate::{Result, Store, StoreError, Tx, now_ms};
 use drydock_model::BlueprintId;
 use serde_json::{Map, Value};
-use sqlx::any::AnyRow;
 
 /// Longest blueprint name, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
@@ -43,7 +44,7 @@ pub struct BlueprintEdit {
 
 const COLUMNS: &str = "id, name, type, fields, disabled, version, created_at, modified_at";
 
-fn from_row(row: &AnyRow) -> Result<Blueprint> {
+fn from_row(row: &Row) -> Result<Blueprint> {
     Ok(Blueprint {
         id: BlueprintId(get(row, "id")?),
         name: get(row, "name")?,
@@ -97,7 +98,7 @@ impl Tx {
         old: Option<String>,
         new: Option<String>,
     ) -> Result<()> {
-        sqlx::query(
+        query(
             "INSERT INTO blueprint_edits (blueprint_id, author, field, old_value, new_value, epoch) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(id.0)
@@ -140,7 +141,7 @@ impl Store {
         let fields_text = check_fields(&fields)?;
         let now = now_ms();
         let mut tx = self.begin().await?;
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = query_scalar(
             "INSERT INTO blueprints (name, type, fields, disabled, version, created_at, modified_at) \
              VALUES ($1, $2, $3, 0, 1, $4, $4) RETURNING id",
         )
@@ -150,7 +151,7 @@ impl Store {
         .bind(now)
         .fetch_one(tx.conn())
         .await
-        .map_err(|e| name_taken(e.into(), name))?;
+        .map_err(|e| name_taken(e, name))?;
         let id = BlueprintId(id);
         tx.record_edit(id, author, "type", None, Some(kind.to_owned()))
             .await?;
@@ -218,7 +219,7 @@ impl Store {
             .await?;
         }
         let fields_text = check_fields(&fields)?;
-        let n = sqlx::query(
+        let n = query(
             "UPDATE blueprints SET name = $1, fields = $2, version = version + 1, modified_at = $3 WHERE id = $4 AND version = $5",
         )
         .bind(new_name)
@@ -228,7 +229,7 @@ impl Store {
         .bind(old.version)
         .execute(tx.conn())
         .await
-        .map_err(|e| name_taken(e.into(), new_name))?
+        .map_err(|e| name_taken(e, new_name))?
         .rows_affected();
         if n == 0 {
             return Err(StoreError::Stale {
@@ -251,7 +252,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let old = tx.blueprint(id).await?;
         if old.disabled != disabled {
-            sqlx::query("UPDATE blueprints SET disabled = $1, version = version + 1, modified_at = $2 WHERE id = $3")
+            query("UPDATE blueprints SET disabled = $1, version = version + 1, modified_at = $2 WHERE id = $3")
                 .bind(i64::from(disabled))
                 .bind(now_ms())
                 .bind(id.0)
@@ -285,7 +286,7 @@ impl Store {
 
     pub async fn blueprint_by_name(&self, name: &str) -> Result<Blueprint> {
         let sql = format!("SELECT {COLUMNS} FROM blueprints WHERE name = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = query(sql)
             .bind(name)
             .fetch_optional(&mut self.reader().await?.raw)
             .await?;
@@ -299,7 +300,7 @@ impl Store {
     pub async fn blueprints(&self, kind: Option<&str>) -> Result<Vec<Blueprint>> {
         let sql =
             format!("SELECT {COLUMNS} FROM blueprints WHERE ($1 IS NULL OR type = $1) ORDER BY id");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = query(sql)
             .bind(kind)
             .fetch_all(&mut self.reader().await?.raw)
             .await?;
@@ -308,7 +309,7 @@ impl Store {
 
     /// The audit trail of a blueprint, oldest first.
     pub async fn blueprint_edits(&self, id: BlueprintId) -> Result<Vec<BlueprintEdit>> {
-        let rows = sqlx::query(
+        let rows = query(
             "SELECT id, blueprint_id, author, field, old_value, new_value, epoch FROM blueprint_edits \
              WHERE blueprint_id = $1 ORDER BY id",
         )

@@ -6,12 +6,13 @@
 //! order; consuming marks a command consumed exactly once, so a second
 //! consume of the same command reports `false` and does nothing.
 
+use crate::db::Row;
+use crate::db::{Db, query, query_scalar};
 use crate::queue::NewTask;
 use crate::row::{get, json, to_json};
 use crate::{Result, Store, StoreError, Tx, now_ms};
 use drydock_model::{CommandId, CommandKind, ObjectKind, ObjectRef};
 use serde_json::Value;
-use sqlx::any::AnyRow;
 
 /// A stored command.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -29,7 +30,7 @@ pub struct Command {
 const COLUMNS: &str =
     "id, author, target_kind, target_id, command, payload, consumed, created_at, modified_at";
 
-fn from_row(row: &AnyRow) -> Result<Command> {
+fn from_row(row: &Row) -> Result<Command> {
     let kind: String = get(row, "target_kind")?;
     let command: String = get(row, "command")?;
     Ok(Command {
@@ -49,17 +50,14 @@ fn from_row(row: &AnyRow) -> Result<Command> {
     })
 }
 
-async fn pending<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
-    executor: E,
-    target: ObjectRef,
-) -> Result<Vec<Command>> {
+async fn pending(db: &mut Db, target: ObjectRef) -> Result<Vec<Command>> {
     let sql = format!(
         "SELECT {COLUMNS} FROM commands WHERE target_kind = $1 AND target_id = $2 AND consumed = 0 ORDER BY id"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let rows = query(sql)
         .bind(target.kind.as_str())
         .bind(target.id)
-        .fetch_all(executor)
+        .fetch_all(db)
         .await?;
     rows.iter().map(from_row).collect()
 }
@@ -85,7 +83,7 @@ impl Tx {
             ));
         }
         let now = now_ms();
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = query_scalar(
             "INSERT INTO commands (author, target_kind, target_id, command, payload, consumed, created_at, modified_at) \
              VALUES ($1, $2, $3, $4, $5, 0, $6, $6) RETURNING id",
         )
@@ -112,7 +110,7 @@ impl Tx {
     /// Mark a command consumed. `true` if this call consumed it, `false` if
     /// it already was.
     pub async fn consume_command(&mut self, id: CommandId) -> Result<bool> {
-        let n = sqlx::query(
+        let n = query(
             "UPDATE commands SET consumed = 1, modified_at = $1 WHERE id = $2 AND consumed = 0",
         )
         .bind(now_ms())
@@ -155,7 +153,7 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM commands WHERE target_kind = $1 AND target_id = $2 ORDER BY id"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = query(sql)
             .bind(target.kind.as_str())
             .bind(target.id)
             .fetch_all(&mut self.reader().await?.raw)
@@ -169,7 +167,7 @@ impl Store {
         target: ObjectRef,
         command: CommandKind,
     ) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar(
+        let n: i64 = query_scalar(
             "SELECT COUNT(*) FROM commands WHERE target_kind = $1 AND target_id = $2 AND consumed = 0 AND command = $3",
         )
         .bind(target.kind.as_str())

@@ -1,5 +1,6 @@
 //! Choosing and connecting a backend from a URL, and running migrations.
 
+use crate::db::{Db, query_as, query_scalar};
 use crate::{Inner, Result, Store, StoreError, pool};
 use sqlx::migrate::Migrator;
 use std::sync::Arc;
@@ -70,7 +71,6 @@ pub fn redact_url(url: &str) -> String {
 impl Store {
     /// Connect without migrating.
     pub async fn connect(url: &str) -> Result<Store> {
-        sqlx::any::install_default_drivers();
         let dialect = Dialect::from_url(url)?;
         let (write, read) = match dialect {
             Dialect::Sqlite => {
@@ -98,10 +98,7 @@ impl Store {
                 let read = pool::pool(&url, dialect, 4, Duration::from_secs(60))?;
                 // Open the writer now: a bad path or permission is reported
                 // here, not at the first query.
-                drop(write.get().await.map_err(|e| match e {
-                    deadpool::managed::PoolError::Backend(e) => connect_error(&url, e),
-                    e => e.into(),
-                })?);
+                drop(write.get().await.map_err(|e| connect_error(&url, e))?);
                 (write, read)
             }
             Dialect::Postgres => {
@@ -111,7 +108,7 @@ impl Store {
                 use sqlx::Connection;
                 match tokio::time::timeout(
                     Duration::from_secs(10),
-                    sqlx::AnyConnection::connect(url),
+                    sqlx::PgConnection::connect(url),
                 )
                 .await
                 {
@@ -154,17 +151,44 @@ impl Store {
             Dialect::Sqlite => &SQLITE_MIGRATIONS,
             Dialect::Postgres => &POSTGRES_MIGRATIONS,
         };
-        let before = self.applied_migrations().await.unwrap_or(0);
-        migrator
-            .run(&mut self.inner.write.get().await?.raw)
-            .await
-            .map_err(|e| StoreError::Migrate(e.to_string()))?;
+        // Up to date (every known migration applied, with the same
+        // checksum): nothing to run. This is every open but the first, so
+        // a CLI call does not pay for the migrator's own connection.
+        let known: Vec<(i64, Vec<u8>)> = migrator
+            .iter()
+            .map(|m| (m.version, m.checksum.to_vec()))
+            .collect();
+        let applied: Option<Vec<(i64, Vec<u8>)>> = query_as(
+            "SELECT version, checksum FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&mut self.reader().await?.raw)
+        .await
+        .ok();
+        if applied.as_ref() == Some(&known) {
+            return Ok(0);
+        }
+        let before = applied.map_or(0, |a| a.len());
+        // sqlx's migrator keeps the `_sqlx_migrations` record that
+        // databases made by earlier versions already have. On SQLite it
+        // needs a sqlx connection of its own.
+        let ran = match &mut self.inner.write.get().await?.raw {
+            Db::Sqlite(_) => {
+                use sqlx::Connection;
+                let url = sqlite_url(&self.inner.url)?;
+                let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+                let ran = migrator.run(&mut conn).await;
+                conn.close().await?;
+                ran
+            }
+            Db::Postgres(conn) => migrator.run(conn).await,
+        };
+        ran.map_err(|e| StoreError::Migrate(e.to_string()))?;
         Ok(self.applied_migrations().await?.saturating_sub(before))
     }
 
     /// Number of migrations applied to this database.
     pub async fn applied_migrations(&self) -> Result<usize> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+        let n: i64 = query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
             .fetch_one(&mut self.reader().await?.raw)
             .await?;
         Ok(usize::try_from(n).unwrap_or(0))
@@ -191,7 +215,7 @@ impl Store {
                  WHERE table_schema = current_schema() AND table_name <> '_sqlx_migrations'"
             }
         };
-        let mut cols: Vec<(String, String)> = sqlx::query_as(sql)
+        let mut cols: Vec<(String, String)> = query_as(sql)
             .fetch_all(&mut self.reader().await?.raw)
             .await?;
         cols.sort();
@@ -212,7 +236,7 @@ fn instance_name() -> String {
 }
 
 /// The file path of a SQLite URL.
-fn sqlite_path(url: &str) -> &str {
+pub(crate) fn sqlite_path(url: &str) -> &str {
     let path = url
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:");
@@ -234,7 +258,7 @@ fn sqlite_url(url: &str) -> Result<String> {
     }
 }
 
-fn connect_error(url: &str, e: sqlx::Error) -> StoreError {
+fn connect_error(url: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("cannot connect to {}: {e}", redact_url(url)))
 }
 

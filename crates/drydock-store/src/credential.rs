@@ -2,10 +2,11 @@
 //! fields. Listing never reads the secret column; the secret itself travels
 //! only as a [`SecretString`], whose `Debug` is redacted.
 
+use crate::db::Row;
+use crate::db::{query, query_scalar};
 use crate::row::get;
 use crate::{Result, Store, StoreError, now_ms};
 use secrecy::SecretString;
-use sqlx::any::AnyRow;
 
 /// Largest secret accepted, in bytes.
 pub const MAX_SECRET_LEN: usize = 16 * 1024;
@@ -20,7 +21,7 @@ pub struct CredentialInfo {
     pub created_at: i64,
 }
 
-fn info(row: &AnyRow) -> Result<CredentialInfo> {
+fn info(row: &Row) -> Result<CredentialInfo> {
     Ok(CredentialInfo {
         id: get(row, "id")?,
         name: get(row, "name")?,
@@ -67,7 +68,7 @@ impl Store {
         }
         check_ssh_key(key.expose_secret())?;
         let mut tx = self.begin().await?;
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = query_scalar(
             "INSERT INTO credentials (name, kind, secret, created_by, created_at) VALUES ($1, 'ssh-key', $2, $3, $4) RETURNING id",
         )
         .bind(name)
@@ -77,7 +78,6 @@ impl Store {
         .fetch_one(tx.conn())
         .await
         .map_err(|e| {
-            let e = StoreError::from(e);
             if e.is_unique_violation() {
                 StoreError::invalid("credential name", format!("a credential named {name:?} already exists"))
             } else {
@@ -90,18 +90,17 @@ impl Store {
 
     /// Credentials, by id (no secrets).
     pub async fn credentials(&self) -> Result<Vec<CredentialInfo>> {
-        let rows = sqlx::query(
-            "SELECT id, name, kind, created_by, created_at FROM credentials ORDER BY id",
-        )
-        .fetch_all(&mut self.reader().await?.raw)
-        .await?;
+        let rows =
+            query("SELECT id, name, kind, created_by, created_at FROM credentials ORDER BY id")
+                .fetch_all(&mut self.reader().await?.raw)
+                .await?;
         rows.iter().map(info).collect()
     }
 
     /// A credential by id or name (no secret).
     pub async fn credential(&self, id_or_name: &str) -> Result<CredentialInfo> {
         let id = id_or_name.parse::<i64>().unwrap_or(-1);
-        let row = sqlx::query("SELECT id, name, kind, created_by, created_at FROM credentials WHERE id = $1 OR name = $2")
+        let row = query("SELECT id, name, kind, created_by, created_at FROM credentials WHERE id = $1 OR name = $2")
             .bind(id)
             .bind(id_or_name)
             .fetch_optional(&mut self.reader().await?.raw)
@@ -114,11 +113,10 @@ impl Store {
 
     /// The secret of a credential, for the one component that uses it.
     pub async fn credential_secret(&self, id: i64) -> Result<SecretString> {
-        let secret: Option<String> =
-            sqlx::query_scalar("SELECT secret FROM credentials WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut self.reader().await?.raw)
-                .await?;
+        let secret: Option<String> = query_scalar("SELECT secret FROM credentials WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut self.reader().await?.raw)
+            .await?;
         secret.map(SecretString::from).ok_or(StoreError::NotFound {
             what: "credential",
             id: id.to_string(),

@@ -1,6 +1,7 @@
 //! Daemon heartbeats: which `drydock daemon` processes are alive, so a CLI
 //! knows whether to wait for one or do the work in-process.
 
+use crate::db::query;
 use crate::row::get;
 use crate::{Result, Store, now_ms};
 use std::time::Duration;
@@ -20,7 +21,7 @@ impl Store {
     pub async fn daemon_heartbeat(&self, id: &str, host: &str, pid: i64) -> Result<()> {
         let now = now_ms();
         let mut tx = self.begin().await?;
-        sqlx::query(
+        query(
             "INSERT INTO daemons (id, host, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4) \
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = $4, stopped_at = NULL",
         )
@@ -36,7 +37,7 @@ impl Store {
     /// Record a clean stop.
     pub async fn daemon_stopped(&self, id: &str) -> Result<()> {
         let mut tx = self.begin().await?;
-        sqlx::query("UPDATE daemons SET stopped_at = $1 WHERE id = $2")
+        query("UPDATE daemons SET stopped_at = $1 WHERE id = $2")
             .bind(now_ms())
             .bind(id)
             .execute(tx.conn())
@@ -47,7 +48,7 @@ impl Store {
     /// Daemons that have not stopped and beat within `within`.
     pub async fn live_daemons(&self, within: Duration) -> Result<Vec<Daemon>> {
         let since = now_ms().saturating_sub(crate::ms(within));
-        let rows = sqlx::query(
+        let rows = query(
             "SELECT id, host, pid, started_at, heartbeat_at, stopped_at FROM daemons \
              WHERE stopped_at IS NULL AND heartbeat_at >= $1 ORDER BY started_at",
         )

@@ -1,5 +1,5 @@
 //! The store's error type: driver errors are mapped here, at the boundary, so
-//! callers match on meaning (busy, stale, not found) rather than on sqlx.
+//! callers match on meaning (busy, stale, not found) rather than on a driver's error.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -44,7 +44,11 @@ pub enum StoreError {
     Migrate(String),
 
     #[error("database error: {0}")]
-    Database(#[source] sqlx::Error),
+    Database(String),
+
+    /// A unique constraint refused the write (the message names it).
+    #[error("database error: {0}")]
+    UniqueViolation(String),
 }
 
 impl StoreError {
@@ -57,10 +61,7 @@ impl StoreError {
     }
 
     pub(crate) fn is_unique_violation(&self) -> bool {
-        match self {
-            Self::Database(sqlx::Error::Database(e)) => e.is_unique_violation(),
-            _ => false,
-        }
+        matches!(self, Self::UniqueViolation(_))
     }
 
     pub(crate) fn invalid(what: &'static str, reason: impl fmt::Display) -> Self {
@@ -73,16 +74,41 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        let mapped = Self::classify(e);
-        if matches!(mapped, StoreError::Unavailable(_)) {
-            // Every pooled connection is checked before its next use.
-            crate::pool::connection_failed();
-        }
-        mapped
+        Self::failed(Self::classify(e))
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as C;
+        let ext = match &e {
+            rusqlite::Error::SqliteFailure(f, _) => f.extended_code,
+            _ => 0,
+        };
+        Self::failed(match e.sqlite_error_code() {
+            Some(C::DatabaseBusy | C::DatabaseLocked) => StoreError::Busy(e.to_string()),
+            // SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE.
+            Some(C::ConstraintViolation) if ext == 1555 || ext == 2067 => {
+                StoreError::UniqueViolation(e.to_string())
+            }
+            Some(C::CannotOpen | C::NotADatabase | C::SystemIoFailure | C::DiskFull) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            _ => StoreError::Database(e.to_string()),
+        })
     }
 }
 
 impl StoreError {
+    /// A connection failure makes every pooled connection be checked
+    /// before its next use.
+    fn failed(mapped: Self) -> Self {
+        if matches!(mapped, StoreError::Unavailable(_)) {
+            crate::pool::connection_failed();
+        }
+        mapped
+    }
+
     fn classify(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::PoolTimedOut => StoreError::Unavailable(
@@ -96,16 +122,16 @@ impl StoreError {
             sqlx::Error::Database(db) => {
                 let code = db.code().unwrap_or_default();
                 match code.as_ref() {
-                    // SQLITE_BUSY, SQLITE_LOCKED (and extended codes).
-                    "5" | "6" | "261" | "262" | "517" => StoreError::Busy(e.to_string()),
+                    // unique_violation.
+                    "23505" => StoreError::UniqueViolation(e.to_string()),
                     // serialization_failure, deadlock_detected, lock_not_available.
                     "40001" | "40P01" | "55P03" => StoreError::Busy(e.to_string()),
                     // admin_shutdown, crash_shutdown, cannot_connect_now.
                     "57P01" | "57P02" | "57P03" => StoreError::Unavailable(e.to_string()),
-                    _ => StoreError::Database(e),
+                    _ => StoreError::Database(e.to_string()),
                 }
             }
-            _ => StoreError::Database(e),
+            _ => StoreError::Database(e.to_string()),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! and finished tasks, are deleted after a retention period. Nothing that
 //! belongs to a live object is ever deleted.
 
+use crate::db::{query, query_scalar};
 use crate::{Result, Store};
 
 /// Rows deleted by one [`Store::prune`] call.
@@ -24,7 +25,7 @@ impl Store {
     /// `task_cutoff` (epoch ms). Call again while it reports a full batch.
     pub async fn prune(&self, cutoff: i64, task_cutoff: i64, batch: i64) -> Result<PruneReport> {
         let mut tx = self.begin().await?;
-        let logs = sqlx::query(
+        let logs = query(
             "DELETE FROM logs WHERE id IN (SELECT id FROM logs WHERE epoch < $1 \
                AND (lease_id IS NOT NULL OR resource_id IS NOT NULL) \
                AND (lease_id IS NULL OR lease_id IN (SELECT id FROM leases WHERE status = 'destroyed')) \
@@ -36,7 +37,7 @@ impl Store {
         .execute(tx.conn())
         .await?
         .rows_affected();
-        let commands = sqlx::query(
+        let commands = query(
             "DELETE FROM commands WHERE id IN (SELECT c.id FROM commands c WHERE c.consumed = 1 AND c.modified_at < $1 \
                AND ((c.target_kind = 'lease' AND c.target_id IN (SELECT id FROM leases WHERE status = 'destroyed')) \
                  OR (c.target_kind = 'resource' AND c.target_id IN (SELECT id FROM resources WHERE status = 'destroyed'))) \
@@ -47,7 +48,7 @@ impl Store {
         .execute(tx.conn())
         .await?
         .rows_affected();
-        let tasks = sqlx::query(
+        let tasks = query(
             "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE state IN ('done', 'failed') \
                AND finished_at < $1 ORDER BY id LIMIT $2)",
         )
@@ -95,11 +96,11 @@ impl Store {
             pending_cmd("resource", "resources"),
             no_task("resource", "resources")
         );
-        let l: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(leases))
+        let l: Vec<i64> = query_scalar(leases)
             .bind(limit)
             .fetch_all(&mut self.reader().await?.raw)
             .await?;
-        let r: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(resources))
+        let r: Vec<i64> = query_scalar(resources)
             .bind(limit)
             .fetch_all(&mut self.reader().await?.raw)
             .await?;

@@ -3,12 +3,13 @@
 //! [`Tx::save_lease`], which is conditional on the row version and on the
 //! worker's object-lock token.
 
+use crate::db::Row;
+use crate::db::{query, query_as, query_scalar};
 use crate::object_lock::{ObjectLock, fence_condition};
 use crate::row::{get, json, opt_json, parsed, to_json};
 use crate::{Result, Store, StoreError, Tx, now_ms};
 use drydock_model::{BlueprintId, LeaseId, LeaseStatus, ObjectRef, ResourceId};
 use serde_json::{Map, Value};
-use sqlx::any::AnyRow;
 
 /// Largest serialized attribute map, in bytes.
 pub const MAX_ATTRIBUTES_LEN: usize = 64 * 1024;
@@ -62,7 +63,7 @@ impl Lease {
 const COLUMNS: &str = "id, resource_type, status, resource_id, blueprint_ids, authorizing, owner, attributes, internal, \
      priority, until_at, waiting, failure, acquired_at, activated_at, version, created_at, modified_at";
 
-fn from_row(row: &AnyRow) -> Result<Lease> {
+fn from_row(row: &Row) -> Result<Lease> {
     Ok(Lease {
         id: LeaseId(get(row, "id")?),
         resource_type: get(row, "resource_type")?,
@@ -138,7 +139,7 @@ impl Tx {
         let attributes = check_map("lease attributes", &new.attributes)?;
         let now = now_ms();
         let blueprints: Vec<i64> = new.blueprint_ids.iter().map(|b| b.0).collect();
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = query_scalar(
             "INSERT INTO leases (resource_type, status, blueprint_ids, authorizing, owner, attributes, internal, priority, \
                until_at, version, fence, created_at, modified_at) \
              VALUES ($1, 'pending', $2, $3, $4, $5, '{}', $6, $7, 1, 0, $8, $8) RETURNING id",
@@ -175,7 +176,7 @@ impl Tx {
              WHERE id = $12 AND version = $13 AND {} RETURNING {COLUMNS}",
             fence_condition(14, 10)
         );
-        let saved = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let saved = query(sql)
             .bind(lease.status.as_str())
             .bind(lease.resource_id.map(|r| r.0))
             .bind(attributes)
@@ -253,10 +254,7 @@ impl Tx {
         let sql = format!(
             "SELECT {COLUMNS} FROM leases WHERE resource_id = $1 AND status IN ('pending', 'acquired', 'active') ORDER BY id"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(resource.0)
-            .fetch_all(self.conn())
-            .await?;
+        let rows = query(sql).bind(resource.0).fetch_all(self.conn()).await?;
         rows.iter().map(from_row).collect()
     }
 }
@@ -265,32 +263,26 @@ impl Store {
     /// When a lease on `resource` last changed (acquired, released,
     /// destroyed): the resource's "last used" time for reclaim.
     pub async fn last_lease_activity(&self, resource: ResourceId) -> Result<Option<i64>> {
-        Ok(
-            sqlx::query_scalar("SELECT MAX(modified_at) FROM leases WHERE resource_id = $1")
-                .bind(resource.0)
-                .fetch_one(&mut self.reader().await?.raw)
-                .await?,
-        )
+        query_scalar("SELECT MAX(modified_at) FROM leases WHERE resource_id = $1")
+            .bind(resource.0)
+            .fetch_one(&mut self.reader().await?.raw)
+            .await
     }
 
     /// Number of leases in each status.
     pub async fn lease_status_counts(&self) -> Result<Vec<(String, i64)>> {
-        Ok(
-            sqlx::query_as("SELECT status, COUNT(*) FROM leases GROUP BY status ORDER BY status")
-                .fetch_all(&mut self.reader().await?.raw)
-                .await?,
-        )
+        query_as("SELECT status, COUNT(*) FROM leases GROUP BY status ORDER BY status")
+            .fetch_all(&mut self.reader().await?.raw)
+            .await
     }
 }
 
 impl Tx {
     /// When a lease on `resource` last changed, read inside the transaction.
     pub async fn last_lease_activity(&mut self, resource: ResourceId) -> Result<Option<i64>> {
-        Ok(
-            sqlx::query_scalar("SELECT MAX(modified_at) FROM leases WHERE resource_id = $1")
-                .bind(resource.0)
-                .fetch_one(self.conn())
-                .await?,
-        )
+        query_scalar("SELECT MAX(modified_at) FROM leases WHERE resource_id = $1")
+            .bind(resource.0)
+            .fetch_one(self.conn())
+            .await
     }
 }

@@ -6,11 +6,12 @@
 //! slot locks ([`slot_lock`]), the command queue ([`command`]) and logs
 //! ([`log`]). It knows nothing about blueprint behaviour or the allocator.
 //!
-//! Both backends run the same SQL (sqlx's `Any` driver; `$N` placeholders
-//! work on both); the few dialect-specific statements branch on
-//! [`Dialect`]. On SQLite every write transaction starts with
-//! `BEGIN IMMEDIATE` on a single writer connection, so writers queue in the
-//! process instead of failing with `SQLITE_BUSY` halfway through.
+//! Both backends run the same SQL through one small layer (`db`: rusqlite
+//! on SQLite, on the calling thread; sqlx on PostgreSQL; `$N` placeholders
+//! on both); the few dialect-specific statements branch on [`Dialect`]. On
+//! SQLite every write transaction starts with `BEGIN IMMEDIATE` on a single
+//! writer connection, so writers queue in the process instead of failing
+//! with `SQLITE_BUSY` halfway through.
 
 pub mod authorization;
 pub mod blueprint;
@@ -18,6 +19,7 @@ pub mod command;
 mod connect;
 pub mod credential;
 pub mod daemon;
+mod db;
 mod error;
 mod gc;
 pub mod lease;
@@ -122,10 +124,6 @@ impl Store {
     /// store has one writer connection, so calling a writing `Store` method
     /// while holding a `Tx` of the same store waits for that `Tx` forever.
     pub async fn begin(&self) -> Result<Tx> {
-        let begin = match self.inner.dialect {
-            Dialect::Sqlite => "BEGIN IMMEDIATE",
-            Dialect::Postgres => "BEGIN",
-        };
         // The Tx holds the connection before BEGIN is sent: if this future
         // is dropped half-way (a client hung up), its drop rolls back.
         let mut tx = Tx {
@@ -135,7 +133,12 @@ impl Store {
             changed_leases: Vec::new(),
             deferred_fires: Vec::new(),
         };
-        sqlx::Executor::execute(tx.conn(), begin).await?;
+        match tx.conn() {
+            db::Db::Sqlite(conn) => db::begin_immediate(conn, pool::SQLITE_BUSY_TIMEOUT).await?,
+            pg => {
+                db::query("BEGIN").execute(pg).await?;
+            }
+        }
         Ok(tx)
     }
 
@@ -173,7 +176,7 @@ impl Tx {
         store.inner.commits_begun.fetch_add(1, SeqCst);
         // The connection stays in the Tx until COMMIT has answered: a
         // failure, or this future dropped half-way, leaves it to `Drop`.
-        let committed = sqlx::Executor::execute(self.conn(), "COMMIT").await;
+        let committed = db::query("COMMIT").execute(self.conn()).await;
         store.inner.commits_done.fetch_add(1, SeqCst);
         committed?;
         drop(self.conn.take());
@@ -202,7 +205,7 @@ impl Tx {
     }
 
     pub async fn rollback(mut self) -> Result<()> {
-        sqlx::Executor::execute(self.conn(), "ROLLBACK").await?;
+        db::query("ROLLBACK").execute(self.conn()).await?;
         drop(self.conn.take());
         Ok(())
     }
@@ -211,7 +214,7 @@ impl Tx {
         &self.store
     }
 
-    pub(crate) fn conn(&mut self) -> &mut sqlx::AnyConnection {
+    pub(crate) fn conn(&mut self) -> &mut db::Db {
         &mut self
             .conn
             .as_mut()
@@ -237,15 +240,21 @@ impl Drop for Tx {
 /// rollback fails (the transaction may have ended, or the connection
 /// broke), or there is no runtime to do it on, close the connection
 /// instead: closing ends any transaction, and nothing unclean is reused.
-fn roll_back_later(conn: pool::Conn) {
+/// On SQLite the rollback runs here and now (a local call), and the lock
+/// wait a cancelled `BEGIN IMMEDIATE` may have turned off is restored.
+fn roll_back_later(mut conn: pool::Conn) {
+    if let db::Db::Sqlite(c) = &conn.raw {
+        let restored = c.busy_timeout(pool::SQLITE_BUSY_TIMEOUT).is_ok();
+        if restored && (c.is_autocommit() || c.execute_batch("ROLLBACK").is_ok()) {
+            return;
+        }
+        drop(deadpool::managed::Object::take(conn));
+        return;
+    }
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
             runtime.spawn(async move {
-                let mut conn = conn;
-                if sqlx::Executor::execute(&mut conn.raw, "ROLLBACK")
-                    .await
-                    .is_err()
-                {
+                if db::query("ROLLBACK").execute(&mut conn.raw).await.is_err() {
                     drop(deadpool::managed::Object::take(conn));
                 }
             });

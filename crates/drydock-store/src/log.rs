@@ -1,11 +1,12 @@
 //! Typed log events linked to a lease, resource and/or blueprint (spec §12),
 //! queryable by object and time.
 
+use crate::db::Row;
+use crate::db::query_scalar;
 use crate::row::{get, json, to_json};
 use crate::{Result, Store, StoreError, Tx, now_ms};
 use drydock_model::{BlueprintId, LeaseId, LogId, ResourceId};
 use serde_json::Value;
-use sqlx::any::AnyRow;
 
 /// Longest log type accepted.
 pub const MAX_TYPE_LEN: usize = 64;
@@ -80,7 +81,7 @@ pub struct LogFilter {
     pub latest: bool,
 }
 
-fn from_row(row: &AnyRow) -> Result<LogEntry> {
+fn from_row(row: &Row) -> Result<LogEntry> {
     Ok(LogEntry {
         id: LogId(get(row, "id")?),
         epoch: get(row, "epoch")?,
@@ -106,7 +107,7 @@ impl Tx {
             // without bound because a command printed a lot.
             data = to_json(&serde_json::json!({ "truncated": true, "bytes": data.len() }));
         }
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = query_scalar(
             "INSERT INTO logs (epoch, blueprint_id, resource_id, lease_id, type, data) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(now_ms())

@@ -12,6 +12,7 @@
 //! Contention is not an error: [`Store::try_lock`] answers `None`, meaning
 //! "try again shortly" (spec §19.1 fixed).
 
+use crate::db::{query, query_scalar};
 use crate::row::get;
 use crate::{Result, Store, StoreError, Tx, ms, now_ms};
 use std::time::Duration;
@@ -74,11 +75,10 @@ impl Store {
 
     /// The stored state of a lock, if it was ever taken.
     pub async fn lock_state(&self, name: &str) -> Result<Option<LockState>> {
-        let row =
-            sqlx::query("SELECT name, owner, token, expires_at FROM object_locks WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&mut self.reader().await?.raw)
-                .await?;
+        let row = query("SELECT name, owner, token, expires_at FROM object_locks WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut self.reader().await?.raw)
+            .await?;
         row.map(|r| {
             Ok(LockState {
                 name: get(&r, "name")?,
@@ -92,7 +92,7 @@ impl Store {
 
     /// Locks held right now (owner set and not expired).
     pub async fn held_locks(&self) -> Result<Vec<LockState>> {
-        let rows = sqlx::query(
+        let rows = query(
             "SELECT name, owner, token, expires_at FROM object_locks WHERE owner IS NOT NULL AND expires_at >= $1 ORDER BY name",
         )
         .bind(now_ms())
@@ -122,7 +122,7 @@ impl Tx {
     ) -> Result<Option<ObjectLock>> {
         let now = now_ms();
         let expires_at = now.saturating_add(ms(ttl));
-        let token: Option<i64> = sqlx::query_scalar(
+        let token: Option<i64> = query_scalar(
             "INSERT INTO object_locks (name, owner, token, expires_at, acquired_at) VALUES ($1, $2, 1, $3, $4) \
              ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, token = object_locks.token + 1, \
                expires_at = excluded.expires_at, acquired_at = excluded.acquired_at \
@@ -146,7 +146,7 @@ impl Tx {
     /// [`Store::renew_lock`] inside this transaction.
     pub async fn renew_lock(&mut self, lock: &mut ObjectLock, ttl: Duration) -> Result<()> {
         let expires_at = now_ms().saturating_add(ms(ttl));
-        let n = sqlx::query(
+        let n = query(
             "UPDATE object_locks SET expires_at = $1 WHERE name = $2 AND token = $3 AND owner = $4",
         )
         .bind(expires_at)
@@ -168,7 +168,7 @@ impl Tx {
 
     /// [`Store::unlock`] inside this transaction.
     pub async fn unlock(&mut self, lock: &ObjectLock) -> Result<bool> {
-        let n = sqlx::query(
+        let n = query(
             "UPDATE object_locks SET owner = NULL, expires_at = 0 WHERE name = $1 AND token = $2",
         )
         .bind(&lock.name)
@@ -182,11 +182,10 @@ impl Tx {
     /// Fail with [`StoreError::Stale`] unless `lock` is still the current
     /// grant of its lock. For writes not covered by a versioned row update.
     pub async fn check_fence(&mut self, lock: &ObjectLock) -> Result<()> {
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT token FROM object_locks WHERE name = $1")
-                .bind(&lock.name)
-                .fetch_optional(self.conn())
-                .await?;
+        let current: Option<i64> = query_scalar("SELECT token FROM object_locks WHERE name = $1")
+            .bind(&lock.name)
+            .fetch_optional(self.conn())
+            .await?;
         if current == Some(lock.token) {
             Ok(())
         } else {

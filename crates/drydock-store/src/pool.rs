@@ -11,9 +11,10 @@
 //! failed, so a database restart costs each broken connection one failed
 //! statement at most.
 
+use crate::db::Db;
 use crate::{Dialect, StoreError};
 use deadpool::managed::{self, Metrics, PoolError, RecycleResult};
-use sqlx::{Connection as _, Executor as _};
+use sqlx::Connection as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -30,6 +31,15 @@ static FAILURES: AtomicU64 = AtomicU64::new(0);
 /// A PostgreSQL connection idle longer than this is checked before use.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
+/// How long a SQLite statement waits for a lock another process holds
+/// (`BEGIN IMMEDIATE` waits without blocking the thread, see
+/// [`crate::db::begin_immediate`]; other waits are rare under WAL).
+pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Prepared statements kept per SQLite connection (the store has fewer
+/// distinct statements than this, so each is prepared once).
+const SQLITE_STATEMENT_CACHE: usize = 256;
+
 /// Record that a connection failed (the server went away, a socket broke).
 pub(crate) fn connection_failed() {
     FAILURES.fetch_add(1, Ordering::Relaxed);
@@ -43,37 +53,44 @@ pub(crate) struct Connector {
 
 /// A pooled connection and the failure count it was last checked at.
 pub(crate) struct Connection {
-    pub(crate) raw: sqlx::AnyConnection,
+    pub(crate) raw: Db,
     checked: u64,
+}
+
+/// Open a SQLite database file with the store's settings.
+pub(crate) fn open_sqlite(path: &str) -> Result<rusqlite::Connection, StoreError> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
+    // WAL lets readers run beside the writer; NORMAL is durable across
+    // process crashes.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(SQLITE_STATEMENT_CACHE);
+    Ok(conn)
 }
 
 impl managed::Manager for Connector {
     type Type = Connection;
-    type Error = sqlx::Error;
+    type Error = StoreError;
 
-    async fn create(&self) -> Result<Connection, sqlx::Error> {
+    async fn create(&self) -> Result<Connection, StoreError> {
         let checked = FAILURES.load(Ordering::Relaxed);
-        let mut raw = sqlx::AnyConnection::connect(&self.url).await?;
-        if self.dialect == Dialect::Sqlite {
-            // WAL lets readers run beside the writer; NORMAL is durable
-            // across process crashes.
-            raw.execute("PRAGMA journal_mode = WAL").await?;
-            raw.execute("PRAGMA synchronous = NORMAL").await?;
-            raw.execute("PRAGMA busy_timeout = 30000").await?;
-            raw.execute("PRAGMA foreign_keys = ON").await?;
-        }
+        let raw = match self.dialect {
+            Dialect::Sqlite => Db::Sqlite(open_sqlite(crate::connect::sqlite_path(&self.url))?),
+            Dialect::Postgres => Db::Postgres(sqlx::PgConnection::connect(&self.url).await?),
+        };
         Ok(Connection { raw, checked })
     }
 
-    async fn recycle(
-        &self,
-        conn: &mut Connection,
-        metrics: &Metrics,
-    ) -> RecycleResult<sqlx::Error> {
+    async fn recycle(&self, conn: &mut Connection, metrics: &Metrics) -> RecycleResult<StoreError> {
+        // A SQLite connection is a file handle: nothing to check.
+        let Db::Postgres(pg) = &mut conn.raw else {
+            return Ok(());
+        };
         let failures = FAILURES.load(Ordering::Relaxed);
-        let idle = self.dialect == Dialect::Postgres && metrics.last_used() > IDLE_CHECK;
-        if conn.checked != failures || idle {
-            conn.raw.ping().await?;
+        if conn.checked != failures || metrics.last_used() > IDLE_CHECK {
+            pg.ping().await.map_err(StoreError::from)?;
             conn.checked = failures;
         }
         Ok(())
@@ -100,10 +117,10 @@ pub(crate) fn pool(
     .map_err(|e| StoreError::Unavailable(format!("cannot set up the connection pool: {e}")))
 }
 
-impl From<PoolError<sqlx::Error>> for StoreError {
-    fn from(e: PoolError<sqlx::Error>) -> Self {
+impl From<PoolError<StoreError>> for StoreError {
+    fn from(e: PoolError<StoreError>) -> Self {
         match e {
-            PoolError::Backend(e) => e.into(),
+            PoolError::Backend(e) => e,
             PoolError::Timeout(_) => StoreError::Unavailable(
                 "no database connection in time: the database is down, restarting or overloaded"
                     .into(),

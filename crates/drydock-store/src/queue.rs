@@ -19,12 +19,13 @@
 //!
 //! [`Notify`]: tokio::sync::Notify
 
+use crate::db::Row;
+use crate::db::{Db, query, query_as, query_scalar};
 use crate::object_lock::ObjectLock;
 use crate::row::{get, json, to_json};
 use crate::{Dialect, Result, Store, StoreError, Tx, ms, now_ms};
 use drydock_model::{LeaseId, ObjectRef, TaskId};
 use serde_json::Value;
-use sqlx::any::AnyRow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -181,7 +182,7 @@ pub enum Completion {
 const TASK_COLUMNS: &str = "id, kind, object_key, state, priority, run_at, attempts, max_attempts, claim_owner, \
      claim_expires_at, claim_token, payload, last_error, created_at, finished_at";
 
-fn task_from_row(row: &AnyRow) -> Result<Task> {
+fn task_from_row(row: &Row) -> Result<Task> {
     Ok(Task {
         id: TaskId(get(row, "id")?),
         kind: get(row, "kind")?,
@@ -207,7 +208,7 @@ impl Tx {
     /// priority of the two) and its id returned.
     pub async fn schedule(&mut self, task: NewTask) -> Result<TaskId> {
         let now = now_ms();
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = query_scalar(
             "INSERT INTO tasks (kind, object_key, state, priority, run_at, attempts, max_attempts, claim_token, payload, created_at) \
              VALUES ($1, $2, 'queued', $3, $4, 0, $5, 0, $6, $7) \
              ON CONFLICT (object_key) WHERE state = 'queued' DO UPDATE SET \
@@ -234,7 +235,7 @@ impl Tx {
         let now = now_ms();
         let mut n = 0;
         for id in ids {
-            n += sqlx::query(
+            n += query(
                 "UPDATE tasks SET run_at = $1 WHERE id = $2 AND state = 'queued' AND run_at > $1",
             )
             .bind(now)
@@ -265,7 +266,7 @@ impl Tx {
         }
         self.changed_leases.push(id.0);
         if self.dialect() == Dialect::Postgres {
-            sqlx::query("SELECT pg_notify($1, $2)")
+            query("SELECT pg_notify($1, $2)")
                 .bind(CHANGES_CHANNEL)
                 .bind(format!("{} {}", self.store.inner.instance, id.0))
                 .execute(self.conn())
@@ -278,7 +279,7 @@ impl Tx {
     async fn notify_workers(&mut self) -> Result<()> {
         if self.dialect() == Dialect::Postgres && !self.wake_workers {
             // Delivered to listeners when (and only if) this transaction commits.
-            sqlx::query("SELECT pg_notify($1, $2)")
+            query("SELECT pg_notify($1, $2)")
                 .bind(NOTIFY_CHANNEL)
                 .bind(self.store.inner.instance.clone())
                 .execute(self.conn())
@@ -328,7 +329,7 @@ impl Store {
              RETURNING id, kind, object_key, payload, attempts, max_attempts, claim_token"
         );
         let mut tx = self.begin().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = query(sql)
             .bind(owner)
             .bind(now.saturating_add(ms(ttl)))
             .bind(now)
@@ -351,7 +352,7 @@ impl Store {
         let max_attempts: i64 = get(&row, "max_attempts")?;
         if task.attempts >= max_attempts {
             // Its workers kept dying: stop here instead of crashing forever.
-            sqlx::query(
+            query(
                 "UPDATE tasks SET state = 'failed', finished_at = $1, claim_owner = NULL, \
                  last_error = COALESCE(last_error, $2) WHERE id = $3",
             )
@@ -384,7 +385,7 @@ impl Store {
     /// finished, or the lock was taken over.
     pub async fn heartbeat(&self, task: &ClaimedTask, ttl: Duration) -> Result<()> {
         let mut tx = self.begin().await?;
-        let n = sqlx::query(
+        let n = query(
             "UPDATE tasks SET claim_expires_at = $1 WHERE id = $2 AND claim_token = $3 AND state = 'claimed'",
         )
         .bind(now_ms().saturating_add(ms(ttl)))
@@ -461,7 +462,7 @@ impl Store {
             Completion::Requeue { run_at, failure } => {
                 let inc = i64::from(failure.is_some());
                 let row: Option<(i64, i64)> =
-                    sqlx::query_as("SELECT attempts, max_attempts FROM tasks WHERE id = $1 AND claim_token = $2 AND state = 'claimed'")
+                    query_as("SELECT attempts, max_attempts FROM tasks WHERE id = $1 AND claim_token = $2 AND state = 'claimed'")
                         .bind(task.id.0)
                         .bind(task.token)
                         .fetch_optional(tx.conn())
@@ -473,7 +474,7 @@ impl Store {
                 let attempts = attempts + inc;
                 let other: Option<i64> = match &task.object_key {
                     Some(key) => {
-                        sqlx::query_scalar("SELECT id FROM tasks WHERE object_key = $1 AND state = 'queued' AND id <> $2")
+                        query_scalar("SELECT id FROM tasks WHERE object_key = $1 AND state = 'queued' AND id <> $2")
                             .bind(key)
                             .bind(task.id.0)
                             .fetch_optional(tx.conn())
@@ -505,7 +506,7 @@ impl Store {
                          attempts = CASE WHEN attempts < $2 THEN $2 ELSE attempts END, \
                          last_error = COALESCE($3, last_error) WHERE id = $4"
                     };
-                    sqlx::query(sql)
+                    query(sql)
                         .bind(run_at)
                         .bind(attempts)
                         .bind(failure.as_deref())
@@ -567,7 +568,7 @@ impl Store {
 
     pub async fn task(&self, id: TaskId) -> Result<Task> {
         let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = query(sql)
             .bind(id.0)
             .fetch_optional(&mut self.reader().await?.raw)
             .await?
@@ -582,7 +583,7 @@ impl Store {
     pub async fn tasks_for(&self, object_key: &str) -> Result<Vec<Task>> {
         let sql =
             format!("SELECT {TASK_COLUMNS} FROM tasks WHERE object_key = $1 ORDER BY id DESC");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = query(sql)
             .bind(object_key)
             .fetch_all(&mut self.reader().await?.raw)
             .await?;
@@ -591,11 +592,9 @@ impl Store {
 
     /// Number of tasks in each state.
     pub async fn task_counts(&self) -> Result<Vec<(String, i64)>> {
-        Ok(
-            sqlx::query_as("SELECT state, COUNT(*) FROM tasks GROUP BY state ORDER BY state")
-                .fetch_all(&mut self.reader().await?.raw)
-                .await?,
-        )
+        query_as("SELECT state, COUNT(*) FROM tasks GROUP BY state ORDER BY state")
+            .fetch_all(&mut self.reader().await?.raw)
+            .await
     }
 
     /// When the next task becomes runnable: the earliest queued `run_at` or
@@ -724,11 +723,21 @@ impl Store {
     }
 }
 
+/// How often the SQLite watch looks at `PRAGMA data_version` while the
+/// database is busy (a change seen within [`SQLITE_WATCH_BUSY_FOR`]) or a
+/// lease is waited for here: a lease made active by a daemon in another
+/// process is seen within a few ms. The look is a local call of about a
+/// microsecond (on this thread, see `db`); the timer wake-up costs more.
+const SQLITE_WATCH_BUSY: Duration = Duration::from_millis(4);
+/// How often it looks otherwise, so an idle daemon stays idle.
+const SQLITE_WATCH_IDLE: Duration = Duration::from_millis(20);
+const SQLITE_WATCH_BUSY_FOR: Duration = Duration::from_secs(1);
+
 impl Store {
     /// On SQLite, notice commits by other processes (a CLI queueing a lease
     /// for a daemon, a daemon activating a lease a client waits for) by
     /// watching `PRAGMA data_version` on a connection of its own, every
-    /// 20 ms: it changes when another connection commits. This process's
+    /// [`SQLITE_WATCH`]: it changes when another connection commits. This process's
     /// commits change it too (they woke their workers and readers already),
     /// so a change is looked into rather than broadcast. One worker looks
     /// if no commit of this process can explain the change (counted in
@@ -741,13 +750,8 @@ impl Store {
             .listener
             .get_or_init(|| async move {
                 tokio::spawn(async move {
-                    use sqlx::Connection;
-                    let url = if url.contains('?') {
-                        url
-                    } else {
-                        format!("{url}?mode=rwc")
-                    };
-                    let Ok(mut conn) = sqlx::AnyConnection::connect(&url).await else {
+                    let path = crate::connect::sqlite_path(&url);
+                    let Ok(mut conn) = crate::pool::open_sqlite(path).map(Db::Sqlite) else {
                         tracing::warn!(
                             "cannot watch the database for other processes' work; polling instead"
                         );
@@ -758,12 +762,22 @@ impl Store {
                     // someone here waits for.
                     let mut seen = std::collections::HashMap::new();
                     let mut done_before_last = 0;
+                    let mut changed_at = tokio::time::Instant::now();
                     loop {
                         use std::sync::atomic::Ordering::SeqCst;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let busy = changed_at.elapsed() < SQLITE_WATCH_BUSY_FOR
+                            || weak
+                                .upgrade()
+                                .is_some_and(|inner| !Store { inner }.lease_waiters().is_empty());
+                        tokio::time::sleep(if busy {
+                            SQLITE_WATCH_BUSY
+                        } else {
+                            SQLITE_WATCH_IDLE
+                        })
+                        .await;
                         let Some(inner) = weak.upgrade() else { return };
                         let done = inner.commits_done.load(SeqCst);
-                        let Ok(version) = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
+                        let Ok(version) = query_scalar::<i64>("PRAGMA data_version")
                             .fetch_one(&mut conn)
                             .await
                         else {
@@ -774,6 +788,7 @@ impl Store {
                         // before it.
                         let foreign = inner.commits_begun.load(SeqCst) == done_before_last;
                         if last.is_some_and(|l| l != version) {
+                            changed_at = tokio::time::Instant::now();
                             let store = Store { inner };
                             let looked = store.look_after_change(&mut conn, &mut seen, foreign);
                             if let Err(e) = looked.await {
@@ -791,7 +806,7 @@ impl Store {
     /// See [`Store::ensure_sqlite_watcher`].
     async fn look_after_change(
         &self,
-        conn: &mut sqlx::AnyConnection,
+        conn: &mut Db,
         seen: &mut std::collections::HashMap<i64, i64>,
         foreign: bool,
     ) -> Result<()> {
@@ -809,9 +824,7 @@ impl Store {
             "SELECT id, version FROM leases WHERE id IN ({})",
             ids.join(", ")
         );
-        let versions: Vec<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&mut *conn)
-            .await?;
+        let versions: Vec<(i64, i64)> = query_as(sql).fetch_all(&mut *conn).await?;
         // A lease seen for the first time wakes its readers too: they may
         // have read it before the change this look found.
         let moved: Vec<i64> = versions
@@ -914,24 +927,22 @@ pub struct TaskSignal<'a> {
 }
 
 /// Whether a queued task is due now (whatever its object's state).
-async fn runnable_now<'e>(conn: impl sqlx::Executor<'e, Database = sqlx::Any>) -> Result<bool> {
+async fn runnable_now(db: &mut Db) -> Result<bool> {
     let due: Option<i64> =
-        sqlx::query_scalar("SELECT id FROM tasks WHERE state = 'queued' AND run_at <= $1 LIMIT 1")
+        query_scalar("SELECT id FROM tasks WHERE state = 'queued' AND run_at <= $1 LIMIT 1")
             .bind(now_ms())
-            .fetch_optional(conn)
+            .fetch_optional(db)
             .await?;
     Ok(due.is_some())
 }
 
 /// When the next task becomes runnable (see [`Store::next_due`]).
-async fn next_due_in<'e>(
-    conn: impl sqlx::Executor<'e, Database = sqlx::Any>,
-) -> Result<Option<i64>> {
-    let (a, b): (Option<i64>, Option<i64>) = sqlx::query_as(
+async fn next_due_in(db: &mut Db) -> Result<Option<i64>> {
+    let (a, b): (Option<i64>, Option<i64>) = query_as(
         "SELECT (SELECT MIN(run_at) FROM tasks WHERE state = 'queued'), \
                 (SELECT MIN(claim_expires_at) FROM tasks WHERE state = 'claimed')",
     )
-    .fetch_one(conn)
+    .fetch_one(db)
     .await?;
     Ok(match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -948,7 +959,7 @@ async fn set_state(
     attempts: i64,
     run_at: i64,
 ) -> Result<u64> {
-    Ok(sqlx::query(
+    Ok(query(
         "UPDATE tasks SET state = $1, finished_at = $2, last_error = COALESCE($3, last_error), attempts = $4, \
          run_at = $5, claim_owner = NULL, claim_expires_at = NULL \
          WHERE id = $6 AND claim_token = $7 AND state = 'claimed'",

@@ -2,13 +2,14 @@
 //! through its blueprint); after that only its update worker writes it,
 //! through [`Tx::save_resource`], fenced like leases.
 
+use crate::db::Row;
+use crate::db::{query, query_as, query_scalar};
 use crate::lease::check_map;
 use crate::object_lock::{ObjectLock, fence_condition};
 use crate::row::{get, json, parsed};
 use crate::{Result, Store, StoreError, Tx, now_ms};
 use drydock_model::{BlueprintId, ObjectRef, ResourceId, ResourceStatus};
 use serde_json::{Map, Value};
-use sqlx::any::AnyRow;
 
 #[derive(Clone, Debug)]
 pub struct NewResource {
@@ -62,7 +63,7 @@ pub struct ResourceFilter {
 
 const COLUMNS: &str = "id, blueprint_id, type, status, until_at, attributes, failure, version, last_used_at, created_at, modified_at";
 
-fn from_row(row: &AnyRow) -> Result<Resource> {
+fn from_row(row: &Row) -> Result<Resource> {
     Ok(Resource {
         id: ResourceId(get(row, "id")?),
         blueprint_id: BlueprintId(get(row, "blueprint_id")?),
@@ -85,7 +86,7 @@ impl Tx {
         }
         let attributes = check_map("resource attributes", &new.attributes)?;
         let now = now_ms();
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = query_scalar(
             "INSERT INTO resources (blueprint_id, type, status, until_at, attributes, version, fence, last_used_at, \
                created_at, modified_at) VALUES ($1, $2, $3, $4, $5, 1, 0, $6, $6, $6) RETURNING id",
         )
@@ -126,7 +127,7 @@ impl Tx {
              WHERE id = $8 AND version = $9 AND {}",
             fence_condition(10, 6)
         );
-        let n = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let n = query(sql)
             .bind(resource.status.as_str())
             .bind(resource.until)
             .bind(attributes)
@@ -208,10 +209,7 @@ impl Tx {
             crate::Dialect::Postgres => " FOR UPDATE",
         };
         let sql = format!("SELECT {COLUMNS} FROM resources WHERE id = $1{lock}");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id.0)
-            .fetch_optional(self.conn())
-            .await?;
+        let row = query(sql).bind(id.0).fetch_optional(self.conn()).await?;
         from_row(&row.ok_or(StoreError::NotFound {
             what: "resource",
             id: id.to_string(),
@@ -253,21 +251,16 @@ impl Store {
              WHERE status = 'active' AND ({}) ORDER BY id",
             terms.join(" OR ")
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&mut self.reader().await?.raw)
-            .await?;
+        let rows = query(sql).fetch_all(&mut self.reader().await?.raw).await?;
         rows.iter()
-            .map(|row| {
-                use sqlx::Row;
-                Ok((from_row(row)?, row.try_get::<i64, _>("live_leases")?))
-            })
+            .map(|row| Ok((from_row(row)?, row.get::<i64>("live_leases")?)))
             .collect()
     }
 
     /// Resources whose stored live-lease count differs from their leases
     /// (always none; fault and stress tests check it): `(id, stored, real)`.
     pub async fn live_lease_drift(&self) -> Result<Vec<(ResourceId, i64, i64)>> {
-        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+        let rows: Vec<(i64, i64, i64)> = query_as(
             "SELECT id, live_leases, real_count FROM (SELECT id, live_leases, \
                (SELECT COUNT(*) FROM leases l WHERE l.resource_id = r.id \
                   AND l.status IN ('pending', 'acquired', 'active')) AS real_count \
@@ -284,12 +277,8 @@ impl Store {
 
     /// Number of resources in each status.
     pub async fn resource_status_counts(&self) -> Result<Vec<(String, i64)>> {
-        Ok(
-            sqlx::query_as(
-                "SELECT status, COUNT(*) FROM resources GROUP BY status ORDER BY status",
-            )
+        query_as("SELECT status, COUNT(*) FROM resources GROUP BY status ORDER BY status")
             .fetch_all(&mut self.reader().await?.raw)
-            .await?,
-        )
+            .await
     }
 }

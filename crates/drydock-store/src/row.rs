@@ -2,18 +2,14 @@
 //! errors that name the column instead of panicking on bad data.
 
 use crate::StoreError;
-use sqlx::Row;
-use sqlx::any::AnyRow;
+use crate::db::{Arg, Db, FromCell, Query, Row, query};
 
-pub(crate) fn get<'r, T>(row: &'r AnyRow, col: &'static str) -> Result<T, StoreError>
-where
-    T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
-{
-    row.try_get(col).map_err(StoreError::from)
+pub(crate) fn get<T: FromCell>(row: &Row, col: &'static str) -> Result<T, StoreError> {
+    row.get(col)
 }
 
 pub(crate) fn json<T: serde::de::DeserializeOwned>(
-    row: &AnyRow,
+    row: &Row,
     col: &'static str,
 ) -> Result<T, StoreError> {
     let text: String = get(row, col)?;
@@ -22,7 +18,7 @@ pub(crate) fn json<T: serde::de::DeserializeOwned>(
 }
 
 pub(crate) fn opt_json<T: serde::de::DeserializeOwned>(
-    row: &AnyRow,
+    row: &Row,
     col: &'static str,
 ) -> Result<Option<T>, StoreError> {
     let text: Option<String> = get(row, col)?;
@@ -33,7 +29,7 @@ pub(crate) fn opt_json<T: serde::de::DeserializeOwned>(
     .transpose()
 }
 
-pub(crate) fn parsed<T>(row: &AnyRow, col: &'static str) -> Result<T, StoreError>
+pub(crate) fn parsed<T>(row: &Row, col: &'static str) -> Result<T, StoreError>
 where
     T: std::str::FromStr,
     T::Err: std::fmt::Display,
@@ -51,22 +47,16 @@ pub(crate) fn to_json(v: &impl serde::Serialize) -> String {
 /// `SELECT {columns} FROM {table} WHERE id = $1` on any executor (a
 /// transaction's connection or the read pool), mapped by `map`; a missing
 /// row is [`StoreError::NotFound`] naming `what`.
-pub(crate) async fn by_id<'e, E, T>(
-    executor: E,
+pub(crate) async fn by_id<T>(
+    db: &mut Db,
     columns: &str,
     table: &str,
     what: &'static str,
     id: i64,
-    map: fn(&AnyRow) -> Result<T, StoreError>,
-) -> Result<T, StoreError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
+    map: fn(&Row) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
     let sql = format!("SELECT {columns} FROM {table} WHERE id = $1");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .fetch_optional(executor)
-        .await?;
+    let row = query(sql).bind(id).fetch_optional(db).await?;
     map(&row.ok_or(StoreError::NotFound {
         what,
         id: id.to_string(),
@@ -81,24 +71,6 @@ pub(crate) fn status_in<'a>(statuses: impl Iterator<Item = &'static str> + 'a) -
         "1 = 1".into()
     } else {
         format!("status IN ({})", list.join(", "))
-    }
-}
-
-/// A bound value of a dynamically built query.
-pub(crate) enum Arg {
-    Int(i64),
-    Text(String),
-}
-
-impl From<i64> for Arg {
-    fn from(v: i64) -> Self {
-        Arg::Int(v)
-    }
-}
-
-impl From<String> for Arg {
-    fn from(v: String) -> Self {
-        Arg::Text(v)
     }
 }
 
@@ -138,7 +110,7 @@ impl Select {
     /// `column < value` when a value is given (cursor paging).
     pub(crate) fn below(&mut self, column: &'static str, value: Option<i64>) {
         if let Some(v) = value {
-            let m = self.placeholder(Arg::Int(v));
+            let m = self.placeholder(Arg::from(v));
             self.sql += &format!(" AND {column} < {m}");
         }
     }
@@ -146,7 +118,7 @@ impl Select {
     /// `column OP value` when a value is given.
     pub(crate) fn compare(&mut self, column: &'static str, op: &'static str, value: Option<i64>) {
         if let Some(v) = value {
-            let m = self.placeholder(Arg::Int(v));
+            let m = self.placeholder(Arg::from(v));
             self.sql += &format!(" AND {column} {op} {m}");
         }
     }
@@ -154,25 +126,18 @@ impl Select {
     /// `column > value` when a value is given (cursor paging backwards).
     pub(crate) fn above(&mut self, column: &'static str, value: Option<i64>) {
         if let Some(v) = value {
-            let m = self.placeholder(Arg::Int(v));
+            let m = self.placeholder(Arg::from(v));
             self.sql += &format!(" AND {column} > {m}");
         }
     }
 
     /// The query, ordered and limited.
-    pub(crate) fn page(
-        mut self,
-        order: &'static str,
-        limit: i64,
-    ) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
-        let m = self.placeholder(Arg::Int(limit));
+    pub(crate) fn page(mut self, order: &'static str, limit: i64) -> Query {
+        let m = self.placeholder(Arg::from(limit));
         self.sql += &format!(" ORDER BY {order} LIMIT {m}");
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql));
+        let mut q = query(self.sql);
         for a in self.args {
-            q = match a {
-                Arg::Int(v) => q.bind(v),
-                Arg::Text(v) => q.bind(v),
-            };
+            q = q.bind(a);
         }
         q
     }

@@ -2,6 +2,7 @@
 //! accumulates (thousands of busy resources, a million finished leases),
 //! written in a few statements instead of a million engine passes.
 
+use crate::db::{query, query_scalar};
 use crate::{Result, Store, now_ms};
 use drydock_model::BlueprintId;
 
@@ -21,7 +22,7 @@ impl Store {
     ) -> Result<i64> {
         let now = now_ms();
         let mut tx = self.begin().await?;
-        sqlx::query(
+        query(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
              INSERT INTO resources (blueprint_id, type, status, attributes, live_leases, last_used_at, created_at, modified_at) \
              SELECT $2, $3, 'active', '{}', 0, $4, $4, $4 FROM n",
@@ -32,7 +33,7 @@ impl Store {
         .bind(now)
         .execute(tx.conn())
         .await?;
-        sqlx::query(
+        query(
             "INSERT INTO leases (resource_type, status, resource_id, authorizing, owner, acquired_at, activated_at, created_at, modified_at) \
              SELECT $1, 'active', id, 'drydock', 'bench-fleet', $2, $2, $2, $2 FROM resources \
              WHERE blueprint_id = $3 AND status = 'active'",
@@ -42,17 +43,16 @@ impl Store {
         .bind(blueprint.0)
         .execute(tx.conn())
         .await?;
-        let first: i64 =
-            sqlx::query_scalar("SELECT MIN(id) FROM resources WHERE blueprint_id = $1")
-                .bind(blueprint.0)
-                .fetch_one(tx.conn())
-                .await?;
+        let first: i64 = query_scalar("SELECT MIN(id) FROM resources WHERE blueprint_id = $1")
+            .bind(blueprint.0)
+            .fetch_one(tx.conn())
+            .await?;
         tx.commit().await?;
         let mut written = 0;
         while written < history {
             let n = CHUNK.min(history - written);
             let mut tx = self.begin().await?;
-            sqlx::query(
+            query(
                 "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $1 - 1) \
                  INSERT INTO leases (resource_type, status, resource_id, authorizing, owner, acquired_at, activated_at, created_at, modified_at) \
                  SELECT $2, 'destroyed', $3 + (i % $4), 'drydock', 'bench-history', $5, $5, $5, $5 FROM n",

@@ -7,6 +7,7 @@
 //! concurrency PostgreSQL makes the second inserter wait for the first to
 //! commit or roll back, so a key never has two owners.
 
+use crate::db::{query, query_as, query_scalar};
 use crate::{Result, SlotConflict, Store, StoreError, Tx, now_ms};
 use std::collections::BTreeMap;
 
@@ -32,7 +33,7 @@ impl Tx {
         let mut inserted = Vec::new();
         let mut conflicted = Vec::new();
         for key in keys {
-            let n = sqlx::query("INSERT INTO slot_locks (lock_key, owner, created_at) VALUES ($1, $2, $3) ON CONFLICT (lock_key) DO NOTHING")
+            let n = query("INSERT INTO slot_locks (lock_key, owner, created_at) VALUES ($1, $2, $3) ON CONFLICT (lock_key) DO NOTHING")
                 .bind(key)
                 .bind(owner)
                 .bind(now)
@@ -48,7 +49,7 @@ impl Tx {
         let mut held = BTreeMap::new();
         for key in conflicted {
             let holder: Option<String> =
-                sqlx::query_scalar("SELECT owner FROM slot_locks WHERE lock_key = $1")
+                query_scalar("SELECT owner FROM slot_locks WHERE lock_key = $1")
                     .bind(key)
                     .fetch_optional(self.conn())
                     .await?;
@@ -68,7 +69,7 @@ impl Tx {
             return Ok(());
         }
         for key in inserted {
-            sqlx::query("DELETE FROM slot_locks WHERE lock_key = $1 AND owner = $2")
+            query("DELETE FROM slot_locks WHERE lock_key = $1 AND owner = $2")
                 .bind(key)
                 .bind(owner)
                 .execute(self.conn())
@@ -79,7 +80,7 @@ impl Tx {
 
     /// Release every slot lock of `owner`. Returns how many were released.
     pub async fn release_slot_locks(&mut self, owner: &str) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM slot_locks WHERE owner = $1")
+        Ok(query("DELETE FROM slot_locks WHERE owner = $1")
             .bind(owner)
             .execute(self.conn())
             .await?
@@ -107,7 +108,7 @@ impl Store {
         let mut held = BTreeMap::new();
         for key in keys {
             let holder: Option<String> =
-                sqlx::query_scalar("SELECT owner FROM slot_locks WHERE lock_key = $1")
+                query_scalar("SELECT owner FROM slot_locks WHERE lock_key = $1")
                     .bind(key)
                     .fetch_optional(&mut self.reader().await?.raw)
                     .await?;
@@ -120,23 +121,17 @@ impl Store {
 
     /// Every slot lock of `owner`.
     pub async fn slot_locks_of(&self, owner: &str) -> Result<Vec<String>> {
-        Ok(
-            sqlx::query_scalar(
-                "SELECT lock_key FROM slot_locks WHERE owner = $1 ORDER BY lock_key",
-            )
+        query_scalar("SELECT lock_key FROM slot_locks WHERE owner = $1 ORDER BY lock_key")
             .bind(owner)
             .fetch_all(&mut self.reader().await?.raw)
-            .await?,
-        )
+            .await
     }
 
     /// Every slot lock: `(key, owner)`, ordered by key.
     pub async fn all_slot_locks(&self) -> Result<Vec<(String, String)>> {
-        Ok(
-            sqlx::query_as("SELECT lock_key, owner FROM slot_locks ORDER BY lock_key")
-                .fetch_all(&mut self.reader().await?.raw)
-                .await?,
-        )
+        query_as("SELECT lock_key, owner FROM slot_locks ORDER BY lock_key")
+            .fetch_all(&mut self.reader().await?.raw)
+            .await
     }
 }
 
@@ -150,11 +145,11 @@ impl Store {
                 .replace('%', "\\%")
                 .replace('_', "\\_")
         );
-        Ok(sqlx::query_scalar(
+        query_scalar(
             "SELECT lock_key FROM slot_locks WHERE lock_key LIKE $1 ESCAPE '\\' ORDER BY lock_key",
         )
         .bind(pattern)
         .fetch_all(&mut self.reader().await?.raw)
-        .await?)
+        .await
     }
 }

@@ -1,6 +1,7 @@
 //! Aggregate counts for metrics and dashboards. Each is one grouped query
 //! over an indexed column; none reads whole rows.
 
+use crate::db::{query_as, query_scalar};
 use crate::{Dialect, Result, Store, now_ms};
 
 /// Depth and age of the task queue.
@@ -19,11 +20,11 @@ pub struct QueueStats {
 impl Store {
     /// Resources per (blueprint id, status).
     pub async fn resource_counts_by_blueprint(&self) -> Result<Vec<(i64, String, i64)>> {
-        Ok(sqlx::query_as(
+        query_as(
             "SELECT blueprint_id, status, COUNT(*) FROM resources GROUP BY blueprint_id, status ORDER BY blueprint_id, status",
         )
         .fetch_all(&mut self.reader().await?.raw)
-        .await?)
+        .await
     }
 
     /// Pending leases per waiting reason (`unknown` before the first pass).
@@ -36,15 +37,13 @@ impl Store {
             "SELECT COALESCE({reason}, 'unknown') AS reason, COUNT(*) FROM leases \
              WHERE status = 'pending' GROUP BY 1 ORDER BY 1"
         );
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&mut self.reader().await?.raw)
-            .await?)
+        query_as(sql).fetch_all(&mut self.reader().await?.raw).await
     }
 
     /// The task queue's depth and the age of its oldest due task.
     pub async fn queue_stats(&self) -> Result<QueueStats> {
         let now = now_ms();
-        let (due, scheduled, oldest): (i64, i64, Option<i64>) = sqlx::query_as(
+        let (due, scheduled, oldest): (i64, i64, Option<i64>) = query_as(
             "SELECT COALESCE(SUM(CASE WHEN run_at <= $1 THEN 1 ELSE 0 END), 0), \
                     COALESCE(SUM(CASE WHEN run_at > $1 THEN 1 ELSE 0 END), 0), \
                     MIN(run_at) FROM tasks WHERE state = 'queued'",
@@ -52,7 +51,7 @@ impl Store {
         .bind(now)
         .fetch_one(&mut self.reader().await?.raw)
         .await?;
-        let running: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE state = 'claimed'")
+        let running: i64 = query_scalar("SELECT COUNT(*) FROM tasks WHERE state = 'claimed'")
             .fetch_one(&mut self.reader().await?.raw)
             .await?;
         Ok(QueueStats {
@@ -65,10 +64,8 @@ impl Store {
 
     /// Commands not yet consumed by their object's worker.
     pub async fn command_queue_depth(&self) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM commands WHERE consumed = 0")
-                .fetch_one(&mut self.reader().await?.raw)
-                .await?,
-        )
+        query_scalar("SELECT COUNT(*) FROM commands WHERE consumed = 0")
+            .fetch_one(&mut self.reader().await?.raw)
+            .await
     }
 }

@@ -2,9 +2,10 @@
 //! a hash of its secret — never the secret, which its creator sees once.
 //! Hashing and generating secrets is the caller's (the server's) job.
 
+use crate::db::Row;
+use crate::db::{query, query_scalar};
 use crate::row::get;
 use crate::{Result, Store, StoreError, now_ms};
-use sqlx::any::AnyRow;
 
 /// What may be shown about a token: never its hash.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -22,7 +23,7 @@ pub struct TokenInfo {
 
 const COLUMNS: &str = "id, name, role, object, created_by, created_at, revoked_at";
 
-fn from_row(row: &AnyRow) -> Result<TokenInfo> {
+fn from_row(row: &Row) -> Result<TokenInfo> {
     Ok(TokenInfo {
         id: get(row, "id")?,
         name: get(row, "name")?,
@@ -51,7 +52,7 @@ impl Store {
             ));
         }
         let mut tx = self.begin().await?;
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = query_scalar(
             "INSERT INTO api_tokens (name, role, object, secret_hash, created_by, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
@@ -64,7 +65,6 @@ impl Store {
         .fetch_one(tx.conn())
         .await
         .map_err(|e| {
-            let e = StoreError::from(e);
             if e.is_unique_violation() {
                 StoreError::invalid(
                     "token name",
@@ -80,7 +80,7 @@ impl Store {
 
     pub async fn token(&self, id: i64) -> Result<TokenInfo> {
         let sql = format!("SELECT {COLUMNS} FROM api_tokens WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = query(sql)
             .bind(id)
             .fetch_optional(&mut self.reader().await?.raw)
             .await?;
@@ -95,7 +95,7 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM api_tokens WHERE secret_hash = $1 AND revoked_at IS NULL"
         );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = query(sql)
             .bind(secret_hash)
             .fetch_optional(&mut self.reader().await?.raw)
             .await?;
@@ -105,23 +105,19 @@ impl Store {
     /// Every token, by id (revoked ones included).
     pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
         let sql = format!("SELECT {COLUMNS} FROM api_tokens ORDER BY id");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&mut self.reader().await?.raw)
-            .await?;
+        let rows = query(sql).fetch_all(&mut self.reader().await?.raw).await?;
         rows.iter().map(from_row).collect()
     }
 
     /// Revoke a token: it stops working at once.
     pub async fn revoke_token(&self, id: i64) -> Result<TokenInfo> {
         let mut tx = self.begin().await?;
-        let n = sqlx::query(
-            "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-        )
-        .bind(now_ms())
-        .bind(id)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
+        let n = query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(now_ms())
+            .bind(id)
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
         tx.commit().await?;
         let t = self.token(id).await?;
         if n == 0 && t.revoked_at.is_none() {

@@ -7,6 +7,7 @@
 //! then `run_at`, usually the lease's creation time) so that the queue runs
 //! them first come, first served within a priority.
 
+use crate::db::{query, query_as, query_scalar};
 use crate::queue::NewTask;
 use crate::{Result, Store, Tx};
 use drydock_model::{ObjectRef, ResourceId};
@@ -35,13 +36,13 @@ impl Tx {
                 marks.join(", ")
             )
         };
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&key);
+        let mut q = query(sql).bind(&key);
         for event in events {
             q = q.bind(event);
         }
         q.execute(self.conn()).await?;
         for event in events {
-            sqlx::query(
+            query(
                 "INSERT INTO wakeups (event, waiter, priority, run_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (event, waiter) DO NOTHING",
             )
@@ -57,7 +58,7 @@ impl Tx {
 
     /// Drop every registration of `waiter` (it no longer waits).
     pub async fn stop_waiting(&mut self, waiter: ObjectRef) -> Result<()> {
-        sqlx::query("DELETE FROM wakeups WHERE waiter = $1")
+        query("DELETE FROM wakeups WHERE waiter = $1")
             .bind(waiter.key())
             .execute(self.conn())
             .await?;
@@ -124,12 +125,11 @@ impl Tx {
         // One statement takes exactly the registrations it deletes: a
         // registration committed concurrently is either taken (and woken)
         // here or left for the next firing, never deleted unseen.
-        let mut waiters: Vec<(String, i64, i64)> = sqlx::query_as(
-            "DELETE FROM wakeups WHERE event = $1 RETURNING waiter, priority, run_at",
-        )
-        .bind(event)
-        .fetch_all(self.conn())
-        .await?;
+        let mut waiters: Vec<(String, i64, i64)> =
+            query_as("DELETE FROM wakeups WHERE event = $1 RETURNING waiter, priority, run_at")
+                .bind(event)
+                .fetch_all(self.conn())
+                .await?;
         if waiters.is_empty() {
             return Ok(0);
         }
@@ -161,7 +161,7 @@ impl Tx {
         });
         // A concurrent firing may take our pick first: then try the next.
         for _ in 0..16 {
-            let pick: Option<(String, i64, i64)> = sqlx::query_as(
+            let pick: Option<(String, i64, i64)> = query_as(
                 "SELECT waiter, priority, run_at FROM wakeups WHERE event = $1 \
                    AND (priority < $2 OR (priority = $2 AND (run_at > $3 OR (run_at = $3 AND waiter > $4)))) \
                  ORDER BY priority DESC, run_at, waiter LIMIT 1",
@@ -175,7 +175,7 @@ impl Tx {
             let Some((waiter, priority, run_at)) = pick else {
                 return Ok(false);
             };
-            let taken = sqlx::query("DELETE FROM wakeups WHERE event = $1 AND waiter = $2")
+            let taken = query("DELETE FROM wakeups WHERE event = $1 AND waiter = $2")
                 .bind(event)
                 .bind(&waiter)
                 .execute(self.conn())
@@ -184,7 +184,7 @@ impl Tx {
             if taken == 0 {
                 continue;
             }
-            sqlx::query("INSERT INTO handoffs (waiter, event, resource_id) VALUES ($1, $2, $3)")
+            query("INSERT INTO handoffs (waiter, event, resource_id) VALUES ($1, $2, $3)")
                 .bind(&waiter)
                 .bind(event)
                 .bind(resource.0)
@@ -223,11 +223,10 @@ impl Store {
     /// Whether slots were handed to `waiter` (one cheap indexed read, so a
     /// pass without any costs nothing more).
     pub async fn has_handoffs(&self, waiter: ObjectRef) -> Result<bool> {
-        let any: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM handoffs WHERE waiter = $1 LIMIT 1")
-                .bind(waiter.key())
-                .fetch_optional(&mut self.reader().await?.raw)
-                .await?;
+        let any: Option<i64> = query_scalar("SELECT id FROM handoffs WHERE waiter = $1 LIMIT 1")
+            .bind(waiter.key())
+            .fetch_optional(&mut self.reader().await?.raw)
+            .await?;
         Ok(any.is_some())
     }
 
@@ -245,7 +244,7 @@ impl Store {
         let key = waiter.key();
         let mut tx = self.begin().await?;
         let slots: Vec<(String, i64)> =
-            sqlx::query_as("DELETE FROM handoffs WHERE waiter = $1 RETURNING event, resource_id")
+            query_as("DELETE FROM handoffs WHERE waiter = $1 RETURNING event, resource_id")
                 .bind(&key)
                 .fetch_all(tx.conn())
                 .await?;
@@ -281,11 +280,9 @@ impl Store {
 
     /// Events `waiter` is registered for.
     pub async fn waits_of(&self, waiter: ObjectRef) -> Result<Vec<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT event FROM wakeups WHERE waiter = $1 ORDER BY event")
-                .bind(waiter.key())
-                .fetch_all(&mut self.reader().await?.raw)
-                .await?,
-        )
+        query_scalar("SELECT event FROM wakeups WHERE waiter = $1 ORDER BY event")
+            .bind(waiter.key())
+            .fetch_all(&mut self.reader().await?.raw)
+            .await
     }
 }
