@@ -142,6 +142,14 @@ impl Store {
         Ok(tx)
     }
 
+    /// Write transactions finished through this handle and its clones
+    /// (committed, or failed at `COMMIT`); for tests and diagnostics.
+    pub fn commits(&self) -> u64 {
+        self.inner
+            .commits_done
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// A connection for reads (SQLite: not the writer's).
     pub(crate) async fn reader(&self) -> Result<pool::Conn> {
         Ok(self.inner.read.get().await?)

@@ -40,6 +40,13 @@ pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// distinct statements than this, so each is prepared once).
 const SQLITE_STATEMENT_CACHE: usize = 256;
 
+/// SQLite's own page cache per connection, in KiB (its default is 2 MiB).
+/// A process has six connections (writer, four readers, the watch); with
+/// the default their caches filled to 12 MiB on a database of a million
+/// leases, while the operating system caches the file anyway: 512 KiB each
+/// measured the same speed (`drydock bench --scale`) and 8 MiB less memory.
+const SQLITE_PAGE_CACHE_KIB: u32 = 512;
+
 /// Record that a connection failed (the server went away, a socket broke).
 pub(crate) fn connection_failed() {
     FAILURES.fetch_add(1, Ordering::Relaxed);
@@ -63,9 +70,10 @@ pub(crate) fn open_sqlite(path: &str) -> Result<rusqlite::Connection, StoreError
     conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
     // WAL lets readers run beside the writer; NORMAL is durable across
     // process crashes.
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-    )?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+         PRAGMA cache_size = -{SQLITE_PAGE_CACHE_KIB};"
+    ))?;
     conn.set_prepared_statement_cache_capacity(SQLITE_STATEMENT_CACHE);
     Ok(conn)
 }

@@ -312,72 +312,25 @@ impl Store {
     /// claim expired (that run counts as a failed attempt). A task whose
     /// object already has a task running under a live claim waits.
     pub async fn claim(&self, owner: &str, ttl: Duration) -> Result<Option<ClaimedTask>> {
-        let now = now_ms();
-        let skip_locked = match self.dialect() {
-            Dialect::Sqlite => "",
-            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
-        };
-        let sql = format!(
-            "UPDATE tasks SET state = 'claimed', claim_owner = $1, claim_expires_at = $2, \
-               claim_token = claim_token + 1, \
-               attempts = attempts + CASE WHEN state = 'claimed' THEN 1 ELSE 0 END \
-             WHERE id = (SELECT t.id FROM tasks t \
-               WHERE ((t.state = 'queued' AND t.run_at <= $3) OR (t.state = 'claimed' AND t.claim_expires_at < $3)) \
-                 AND (t.object_key IS NULL OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.object_key = t.object_key \
-                      AND o.state = 'claimed' AND o.claim_expires_at >= $3 AND o.id <> t.id)) \
-               ORDER BY t.priority DESC, t.run_at, t.id LIMIT 1 {skip_locked}) \
-             RETURNING id, kind, object_key, payload, attempts, max_attempts, claim_token"
-        );
-        let mut tx = self.begin().await?;
-        let row = query(sql)
-            .bind(owner)
-            .bind(now.saturating_add(ms(ttl)))
-            .bind(now)
-            .fetch_optional(tx.conn())
-            .await?;
-        let Some(row) = row else {
-            tx.rollback().await?;
-            return Ok(None);
-        };
-        let mut task = ClaimedTask {
-            id: TaskId(get(&row, "id")?),
-            kind: get(&row, "kind")?,
-            object_key: get(&row, "object_key")?,
-            payload: json(&row, "payload")?,
-            attempts: get(&row, "attempts")?,
-            token: get(&row, "claim_token")?,
-            owner: owner.to_owned(),
-            lock: None,
-        };
-        let max_attempts: i64 = get(&row, "max_attempts")?;
-        if task.attempts >= max_attempts {
-            // Its workers kept dying: stop here instead of crashing forever.
-            query(
-                "UPDATE tasks SET state = 'failed', finished_at = $1, claim_owner = NULL, \
-                 last_error = COALESCE(last_error, $2) WHERE id = $3",
-            )
-            .bind(now)
-            .bind(format!(
-                "gave up after {} attempts: the workers running it stopped before finishing",
-                task.attempts
-            ))
-            .bind(task.id.0)
-            .execute(tx.conn())
-            .await?;
+        loop {
+            let mut tx = self.begin().await?;
+            let claimed = claim_in(&mut tx, owner, ttl).await?;
+            if matches!(claimed, Claimed::Nothing) {
+                tx.rollback().await?;
+                return Ok(None);
+            }
             tx.commit().await?;
-            return Box::pin(self.claim(owner, ttl)).await;
+            match claimed {
+                Claimed::Task { task, more } => {
+                    if more {
+                        self.more_tasks_maybe();
+                    }
+                    return Ok(Some(task));
+                }
+                // Given up on: look again.
+                Claimed::Exhausted | Claimed::Nothing => {}
+            }
         }
-        if let Some(key) = &task.object_key {
-            task.lock = tx.try_lock(key, owner, ttl).await?;
-        }
-        // Another runnable task: one more idle worker looks (and so on while
-        // each finds one), instead of every commit waking every worker.
-        let more = runnable_now(tx.conn()).await?;
-        tx.commit().await?;
-        if more {
-            self.more_tasks_maybe();
-        }
-        Ok(Some(task))
     }
 
     /// Extend a claim, and the object lock taken with it. Fails with
@@ -421,11 +374,25 @@ impl Store {
         task: &ClaimedTask,
         completion: Completion,
     ) -> Result<Option<i64>> {
+        Ok(self.complete_then(task, completion, None).await?.due)
+    }
+
+    /// Record how a claimed task ended and, with `claim_next` (the worker's
+    /// name and claim expiry), claim the next runnable task in the same
+    /// transaction: a busy worker goes from task to task with one commit
+    /// between them instead of two. Without a next task, says when the next
+    /// one is due.
+    pub(crate) async fn complete_then(
+        &self,
+        task: &ClaimedTask,
+        completion: Completion,
+        claim_next: Option<(&str, Duration)>,
+    ) -> Result<AfterTask> {
         // A requeue can race with someone scheduling the same object (the
         // partial unique index then refuses the second queued row); the
         // second round sees the other row and merges into it.
         for _ in 0..3 {
-            match self.try_complete(task, &completion).await {
+            match self.try_complete(task, &completion, claim_next).await {
                 Err(e) if e.is_unique_violation() => continue,
                 other => return other,
             }
@@ -440,7 +407,8 @@ impl Store {
         &self,
         task: &ClaimedTask,
         completion: &Completion,
-    ) -> Result<Option<i64>> {
+        claim_next: Option<(&str, Duration)>,
+    ) -> Result<AfterTask> {
         let now = now_ms();
         let mut tx = self.begin().await?;
         let n = match completion {
@@ -548,9 +516,21 @@ impl Store {
         if matches!(completion, Completion::Requeue { .. }) {
             tx.notify_workers().await?;
         }
+        if let Some((owner, ttl)) = claim_next
+            && let Claimed::Task { task, more } = claim_in(&mut tx, owner, ttl).await?
+        {
+            tx.commit().await?;
+            if more {
+                self.more_tasks_maybe();
+            }
+            return Ok(AfterTask {
+                due: None,
+                next: Some(task),
+            });
+        }
         let due = next_due_in(tx.conn()).await?;
         tx.commit().await?;
-        Ok(due)
+        Ok(AfterTask { due, next: None })
     }
 
     /// Give a claimed task back to the queue unchanged (a worker shutting
@@ -926,6 +906,90 @@ pub struct TaskSignal<'a> {
     notified: Pin<Box<tokio::sync::futures::Notified<'a>>>,
 }
 
+/// What a worker does after a task (see [`Store::complete_then`]).
+pub(crate) struct AfterTask {
+    /// When the next task is due (none queued, or none claimed here).
+    due: Option<i64>,
+    /// The task claimed with the completion.
+    next: Option<ClaimedTask>,
+}
+
+/// What [`claim_in`] found.
+enum Claimed {
+    Nothing,
+    /// A task whose workers kept dying, marked failed instead of run.
+    Exhausted,
+    /// A claimed task, and whether another is runnable now.
+    Task {
+        task: ClaimedTask,
+        more: bool,
+    },
+}
+
+/// Claim the most urgent runnable task (and its object's lock when free)
+/// in `tx`.
+async fn claim_in(tx: &mut Tx, owner: &str, ttl: Duration) -> Result<Claimed> {
+    let now = now_ms();
+    let skip_locked = match tx.dialect() {
+        Dialect::Sqlite => "",
+        Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+    };
+    let sql = format!(
+        "UPDATE tasks SET state = 'claimed', claim_owner = $1, claim_expires_at = $2, \
+           claim_token = claim_token + 1, \
+           attempts = attempts + CASE WHEN state = 'claimed' THEN 1 ELSE 0 END \
+         WHERE id = (SELECT t.id FROM tasks t \
+           WHERE ((t.state = 'queued' AND t.run_at <= $3) OR (t.state = 'claimed' AND t.claim_expires_at < $3)) \
+             AND (t.object_key IS NULL OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.object_key = t.object_key \
+                  AND o.state = 'claimed' AND o.claim_expires_at >= $3 AND o.id <> t.id)) \
+           ORDER BY t.priority DESC, t.run_at, t.id LIMIT 1 {skip_locked}) \
+         RETURNING id, kind, object_key, payload, attempts, max_attempts, claim_token"
+    );
+    let row = query(sql)
+        .bind(owner)
+        .bind(now.saturating_add(ms(ttl)))
+        .bind(now)
+        .fetch_optional(tx.conn())
+        .await?;
+    let Some(row) = row else {
+        return Ok(Claimed::Nothing);
+    };
+    let mut task = ClaimedTask {
+        id: TaskId(get(&row, "id")?),
+        kind: get(&row, "kind")?,
+        object_key: get(&row, "object_key")?,
+        payload: json(&row, "payload")?,
+        attempts: get(&row, "attempts")?,
+        token: get(&row, "claim_token")?,
+        owner: owner.to_owned(),
+        lock: None,
+    };
+    let max_attempts: i64 = get(&row, "max_attempts")?;
+    if task.attempts >= max_attempts {
+        // Its workers kept dying: stop here instead of crashing forever.
+        query(
+            "UPDATE tasks SET state = 'failed', finished_at = $1, claim_owner = NULL, \
+             last_error = COALESCE(last_error, $2) WHERE id = $3",
+        )
+        .bind(now)
+        .bind(format!(
+            "gave up after {} attempts: the workers running it stopped before finishing",
+            task.attempts
+        ))
+        .bind(task.id.0)
+        .execute(tx.conn())
+        .await?;
+        return Ok(Claimed::Exhausted);
+    }
+    if let Some(key) = &task.object_key {
+        task.lock = tx.try_lock(key, owner, ttl).await?;
+    }
+    // Another runnable task: one more idle worker looks (and so on while
+    // each finds one), instead of every commit waking every worker.
+    let more = runnable_now(tx.conn()).await?;
+    Ok(Claimed::Task { task, more })
+}
+
 /// Whether a queued task is due now (whatever its object's state).
 async fn runnable_now(db: &mut Db) -> Result<bool> {
     let due: Option<i64> =
@@ -1041,18 +1105,21 @@ pub async fn run_claimed<H: Handler>(
     cfg: &WorkerConfig,
     task: &ClaimedTask,
 ) -> Result<Outcome> {
-    run_task(store, handler, cfg, task)
+    run_task(store, handler, cfg, task, None)
         .await
         .map(|(outcome, _)| outcome)
 }
 
-/// [`run_claimed`], also returning when the next task is due.
+/// [`run_claimed`], also returning what comes next: unless `stop` (a
+/// worker's stop flag) is absent or set when the task ends, the next task,
+/// claimed in the completion's transaction; else when the next task is due.
 async fn run_task<H: Handler>(
     store: &Store,
     handler: &H,
     cfg: &WorkerConfig,
     task: &ClaimedTask,
-) -> Result<(Outcome, Option<i64>)> {
+    stop: Option<&tokio::sync::watch::Receiver<bool>>,
+) -> Result<(Outcome, AfterTask)> {
     // Heartbeat from a task of its own, never by pausing the handler (on
     // SQLite a paused handler may hold the one writer connection).
     let beat = (cfg.claim_ttl / 3).max(Duration::from_millis(10));
@@ -1093,8 +1160,11 @@ async fn run_task<H: Handler>(
     };
     metrics::counter!(TASK_OUTCOMES, "kind" => task.kind.clone(), "outcome" => outcome_name)
         .increment(1);
-    let due = store.complete_then_next_due(task, completion).await?;
-    Ok((outcome, due))
+    let next = stop
+        .is_some_and(|stop| !*stop.borrow())
+        .then_some((cfg.owner.as_str(), cfg.claim_ttl));
+    let after = store.complete_then(task, completion, next).await?;
+    Ok((outcome, after))
 }
 
 /// Claim and run tasks until `stop` turns true. The task in hand when `stop`
@@ -1108,7 +1178,9 @@ pub async fn run_worker<H: Handler>(
     // Set when the last completion saw no task due yet: then wait for that
     // time (or a wake-up) without looking at the queue first.
     let mut not_due: Option<Option<i64>> = None;
-    while !*stop.borrow() {
+    // A task claimed with the last one's completion.
+    let mut next: Option<ClaimedTask> = None;
+    while !*stop.borrow() || next.is_some() {
         let signal = store.task_signal().await;
         if let Some(due) = not_due.take() {
             tokio::select! {
@@ -1117,13 +1189,20 @@ pub async fn run_worker<H: Handler>(
             }
             continue;
         }
-        match store.claim(&cfg.owner, cfg.claim_ttl).await {
+        let claimed = match next.take() {
+            Some(task) => Ok(Some(task)),
+            None => store.claim(&cfg.owner, cfg.claim_ttl).await,
+        };
+        match claimed {
             Ok(Some(task)) => {
                 // Pass on any wake-up the signal caught while this worker
                 // was claiming (`claim` woke another worker if it saw more).
                 drop(signal);
-                match run_task(&store, handler.as_ref(), &cfg, &task).await {
-                    Ok((_, due)) if due.is_none_or(|d| d > now_ms()) => not_due = Some(due),
+                match run_task(&store, handler.as_ref(), &cfg, &task, Some(&stop)).await {
+                    Ok((_, AfterTask { next: Some(t), .. })) => next = Some(t),
+                    Ok((_, AfterTask { due, .. })) if due.is_none_or(|d| d > now_ms()) => {
+                        not_due = Some(due);
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(task = task.id.0, kind = %task.kind, "recording task outcome failed: {e}");

@@ -32,6 +32,7 @@ backend_tests!(
     a_worker_returns_at_the_due_time_of_a_task_it_requeued,
     a_dropped_transaction_is_rolled_back_and_frees_the_writer,
     transactions_cancelled_at_any_point_leave_the_writer_clean,
+    a_busy_worker_claims_its_next_task_with_the_last_ones_completion,
 );
 
 const TTL: Duration = Duration::from_secs(30);
@@ -676,4 +677,64 @@ async fn schedule_within(s: &Store, stuck: &str) -> anyhow::Result<drydock_model
     })
     .await
     .map_err(|_| anyhow::anyhow!("{stuck}"))?
+}
+
+/// Records which tasks ran, in order, and whether each held its object's
+/// lock while it ran.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<(String, bool)>>);
+
+impl Handler for Recorder {
+    async fn handle(&self, task: &ClaimedTask) -> Outcome {
+        let key = task.object_key.clone().unwrap_or_default();
+        let locked = task.lock.is_some();
+        self.0.lock().unwrap().push((key, locked));
+        Outcome::Done
+    }
+}
+
+async fn a_busy_worker_claims_its_next_task_with_the_last_ones_completion(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    // Three runnable tasks, one worker: a claim, then each completion
+    // claims the next in its own transaction (with the next object's
+    // lock), and the last completion finds none — 4 commits, not 6.
+    let s = db.store.clone();
+    let mut ids = Vec::new();
+    for (key, priority) in [("lease:1", 3), ("lease:2", 2), ("lease:3", 1)] {
+        let task = NewTask::new("test.chain").object(key).priority(priority);
+        ids.push(s.schedule(task).await?);
+    }
+    let before = s.commits();
+    let handler = std::sync::Arc::new(Recorder::default());
+    let mut cfg = WorkerConfig::new("w");
+    cfg.claim_ttl = Duration::from_secs(600);
+    cfg.poll = Duration::from_secs(600);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(drydock_store::queue::run_worker(
+        s.clone(),
+        handler.clone(),
+        cfg,
+        rx,
+    ));
+    let done = wait_until(Duration::from_secs(10), "the tasks to finish", async || {
+        let mut all = true;
+        for id in &ids {
+            all &= s.task(*id).await.is_ok_and(|t| t.state == TaskState::Done);
+        }
+        all
+    })
+    .await;
+    stop.send(true).ok();
+    worker.abort();
+    done?;
+    let ran = handler.0.lock().unwrap().clone();
+    let expected: Vec<(String, bool)> = ["lease:1", "lease:2", "lease:3"]
+        .iter()
+        .map(|k| (k.to_string(), true))
+        .collect();
+    ensure!(ran == expected, "ran {ran:?}");
+    let commits = s.commits() - before;
+    ensure!(commits == 4, "{commits} commits for three tasks");
+    Ok(())
 }
