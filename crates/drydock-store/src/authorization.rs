@@ -2,8 +2,7 @@
 //! a row in state `requested`; an administrator's decision is recorded with
 //! who made it and when.
 
-use crate::db::Row;
-use crate::db::{query, query_scalar};
+use crate::db::{Row, query, query_scalar};
 use crate::row::get;
 use crate::{Result, Store, StoreError, now_ms};
 use drydock_model::{AuthorizationId, BlueprintId};

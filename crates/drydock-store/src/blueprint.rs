@@ -1,8 +1,7 @@
 //! Blueprints (configured blueprint implementations) and the audit trail of
 //! every edit: who changed which field from what to what, and when.
 
-use crate::db::Row;
-use crate::db::{query, query_scalar};
+use crate::db::{Row, query, query_scalar};
 use crate::row::{get, json, to_json};
 use crate::{Result, Store, StoreError, Tx, now_ms};
 use drydock_model::BlueprintId;

@@ -6,8 +6,7 @@
 //! order; consuming marks a command consumed exactly once, so a second
 //! consume of the same command reports `false` and does nothing.
 
-use crate::db::Row;
-use crate::db::{Db, query, query_scalar};
+use crate::db::{Db, Row, query, query_scalar};
 use crate::queue::NewTask;
 use crate::row::{get, json, to_json};
 use crate::{Result, Store, StoreError, Tx, now_ms};

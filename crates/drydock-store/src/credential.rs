@@ -2,8 +2,7 @@
 //! fields. Listing never reads the secret column; the secret itself travels
 //! only as a [`SecretString`], whose `Debug` is redacted.
 
-use crate::db::Row;
-use crate::db::{query, query_scalar};
+use crate::db::{Row, query, query_scalar};
 use crate::row::get;
 use crate::{Result, Store, StoreError, now_ms};
 use secrecy::SecretString;

@@ -3,8 +3,7 @@
 //! [`Tx::save_lease`], which is conditional on the row version and on the
 //! worker's object-lock token.
 
-use crate::db::Row;
-use crate::db::{query, query_as, query_scalar};
+use crate::db::{Row, query, query_as, query_scalar};
 use crate::object_lock::{ObjectLock, fence_condition};
 use crate::row::{get, json, opt_json, parsed, to_json};
 use crate::{Result, Store, StoreError, Tx, now_ms};

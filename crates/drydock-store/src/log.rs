@@ -1,8 +1,7 @@
 //! Typed log events linked to a lease, resource and/or blueprint (spec §12),
 //! queryable by object and time.
 
-use crate::db::Row;
-use crate::db::query_scalar;
+use crate::db::{Row, query_scalar};
 use crate::row::{get, json, to_json};
 use crate::{Result, Store, StoreError, Tx, now_ms};
 use drydock_model::{BlueprintId, LeaseId, LogId, ResourceId};

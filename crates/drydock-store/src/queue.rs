@@ -19,8 +19,7 @@
 //!
 //! [`Notify`]: tokio::sync::Notify
 
-use crate::db::Row;
-use crate::db::{Db, query, query_as, query_scalar};
+use crate::db::{Db, Row, query, query_as, query_scalar};
 use crate::object_lock::ObjectLock;
 use crate::row::{get, json, to_json};
 use crate::{Dialect, Result, Store, StoreError, Tx, ms, now_ms};
@@ -314,21 +313,20 @@ impl Store {
     pub async fn claim(&self, owner: &str, ttl: Duration) -> Result<Option<ClaimedTask>> {
         loop {
             let mut tx = self.begin().await?;
-            let claimed = claim_in(&mut tx, owner, ttl).await?;
-            if matches!(claimed, Claimed::Nothing) {
-                tx.rollback().await?;
-                return Ok(None);
-            }
-            tx.commit().await?;
-            match claimed {
+            match claim_in(&mut tx, owner, ttl).await? {
+                Claimed::Nothing => {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                // Given up on (its workers kept dying): look again.
+                Claimed::Exhausted => tx.commit().await?,
                 Claimed::Task { task, more } => {
+                    tx.commit().await?;
                     if more {
                         self.more_tasks_maybe();
                     }
                     return Ok(Some(task));
                 }
-                // Given up on: look again.
-                Claimed::Exhausted | Claimed::Nothing => {}
             }
         }
     }

@@ -2,8 +2,7 @@
 //! through its blueprint); after that only its update worker writes it,
 //! through [`Tx::save_resource`], fenced like leases.
 
-use crate::db::Row;
-use crate::db::{query, query_as, query_scalar};
+use crate::db::{Row, query, query_as, query_scalar};
 use crate::lease::check_map;
 use crate::object_lock::{ObjectLock, fence_condition};
 use crate::row::{get, json, parsed};

@@ -2,8 +2,7 @@
 //! a hash of its secret — never the secret, which its creator sees once.
 //! Hashing and generating secrets is the caller's (the server's) job.
 
-use crate::db::Row;
-use crate::db::{query, query_scalar};
+use crate::db::{Row, query, query_scalar};
 use crate::row::get;
 use crate::{Result, Store, StoreError, now_ms};
 

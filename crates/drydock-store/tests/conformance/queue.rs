@@ -546,20 +546,7 @@ async fn a_worker_returns_at_the_due_time_of_a_task_it_requeued(db: &TestDb) -> 
     let handler = std::sync::Arc::new(YieldTwice(Default::default()));
     let mut cfg = WorkerConfig::new("w");
     cfg.poll = Duration::from_secs(600);
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(drydock_store::queue::run_worker(
-        s.clone(),
-        handler.clone(),
-        cfg,
-        rx,
-    ));
-    let done = wait_until(Duration::from_secs(10), "the task to finish", async || {
-        s.task(id).await.is_ok_and(|t| t.state == TaskState::Done)
-    })
-    .await;
-    stop.send(true).ok();
-    worker.abort();
-    done?;
+    one_worker_until_done(&s, handler.clone(), cfg, &[id]).await?;
     ensure!(handler.0.load(std::sync::atomic::Ordering::SeqCst) == 3);
     Ok(())
 }
@@ -710,24 +697,7 @@ async fn a_busy_worker_claims_its_next_task_with_the_last_ones_completion(
     let mut cfg = WorkerConfig::new("w");
     cfg.claim_ttl = Duration::from_secs(600);
     cfg.poll = Duration::from_secs(600);
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(drydock_store::queue::run_worker(
-        s.clone(),
-        handler.clone(),
-        cfg,
-        rx,
-    ));
-    let done = wait_until(Duration::from_secs(10), "the tasks to finish", async || {
-        let mut all = true;
-        for id in &ids {
-            all &= s.task(*id).await.is_ok_and(|t| t.state == TaskState::Done);
-        }
-        all
-    })
-    .await;
-    stop.send(true).ok();
-    worker.abort();
-    done?;
+    one_worker_until_done(&s, handler.clone(), cfg, &ids).await?;
     let ran = handler.0.lock().unwrap().clone();
     let expected: Vec<(String, bool)> = ["lease:1", "lease:2", "lease:3"]
         .iter()
@@ -736,5 +706,37 @@ async fn a_busy_worker_claims_its_next_task_with_the_last_ones_completion(
     ensure!(ran == expected, "ran {ran:?}");
     let commits = s.commits() - before;
     ensure!(commits == 4, "{commits} commits for three tasks");
+    Ok(())
+}
+
+/// Run one worker with `handler` until every task of `ids` is done (at
+/// most 10 s), then stop it and wait for it to return.
+async fn one_worker_until_done<H: Handler + 'static>(
+    s: &Store,
+    handler: std::sync::Arc<H>,
+    cfg: WorkerConfig,
+    ids: &[drydock_model::TaskId],
+) -> anyhow::Result<()> {
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(drydock_store::queue::run_worker(
+        s.clone(),
+        handler,
+        cfg,
+        rx,
+    ));
+    let done = wait_until(Duration::from_secs(10), "the tasks to finish", async || {
+        let mut all = true;
+        for id in ids {
+            all &= s.task(*id).await.is_ok_and(|t| t.state == TaskState::Done);
+        }
+        all
+    })
+    .await;
+    // Stop it and wait for it, so every commit it made has returned (the
+    // last one is visible to readers before its COMMIT has answered).
+    stop.send(true).ok();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), worker).await;
+    done?;
+    ensure!(stopped.is_ok_and(|r| r.is_ok()), "the worker did not stop");
     Ok(())
 }
