@@ -102,28 +102,14 @@ impl Store {
                 (write, read)
             }
             Dialect::Postgres => {
-                // One direct connection first: its error says why (refused,
-                // unknown database, authentication) where a pool would only
-                // say it timed out.
-                use sqlx::Connection;
-                match tokio::time::timeout(
-                    Duration::from_secs(10),
-                    sqlx::PgConnection::connect(url),
-                )
-                .await
-                {
-                    Ok(Ok(conn)) => conn.close().await.map_err(|e| connect_error(url, e))?,
-                    Ok(Err(e)) => return Err(connect_error(url, e)),
-                    Err(_) => {
-                        return Err(StoreError::Unavailable(format!(
-                            "cannot connect to {}: timed out after 10 s",
-                            redact_url(url)
-                        )));
-                    }
-                }
                 // Requests wait at most 5 s for a connection, so an outage
                 // is reported while it lasts instead of hanging callers.
                 let pool = pool::pool(url, dialect, 8, Duration::from_secs(5))?;
+                // Open the first connection now (the pool keeps it): its
+                // error says why (refused, unknown database,
+                // authentication), at start-up rather than at the first
+                // query.
+                drop(pool.get().await.map_err(|e| connect_error(url, e))?);
                 (pool.clone(), pool)
             }
         };
@@ -258,8 +244,14 @@ fn sqlite_url(url: &str) -> Result<String> {
     }
 }
 
-fn connect_error(url: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("cannot connect to {}: {e}", redact_url(url)))
+/// Why the first connection to `url` failed, as an outage naming the
+/// database (its password redacted).
+fn connect_error(url: &str, e: impl Into<StoreError>) -> StoreError {
+    let reason = match e.into() {
+        StoreError::Unavailable(m) | StoreError::Database(m) | StoreError::Busy(m) => m,
+        other => other.to_string(),
+    };
+    StoreError::Unavailable(format!("cannot connect to {}: {reason}", redact_url(url)))
 }
 
 #[cfg(test)]

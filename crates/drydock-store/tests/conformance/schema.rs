@@ -51,3 +51,42 @@ async fn a_new_sqlite_database_is_readable_by_its_owner_only() {
     assert_eq!(mode, 0o600, "the database holds SSH keys: mode {mode:o}");
     store.close().await;
 }
+
+#[tokio::test]
+async fn a_database_that_cannot_be_reached_is_named_with_the_reason() {
+    // Nothing listens on port 1; the password never appears.
+    let err = drydock_store::Store::open("postgres://drydock:hunter2@127.0.0.1:1/nowhere")
+        .await
+        .unwrap_err();
+    let said = err.to_string();
+    assert!(err.is_temporary(), "{said}");
+    assert!(
+        said.starts_with(
+            "database unavailable: cannot connect to postgres://drydock:***@127.0.0.1:1/nowhere: "
+        ),
+        "{said}"
+    );
+    assert!(!said.contains("hunter2"), "{said}");
+
+    // A server that answers (where the suite's PostgreSQL runs) but has no
+    // such database says so.
+    run(Backend::Postgres, async |_: &TestDb| {
+        let mut url = drydock_testkit::postgres_url();
+        let cut = url.rfind('/').expect("a database in the URL");
+        url.truncate(cut);
+        let err = drydock_store::Store::open(&format!("{url}/no_such_database_here"))
+            .await
+            .unwrap_err()
+            .to_string();
+        ensure!(err.contains("no_such_database_here"), "{err}");
+        Ok(())
+    })
+    .await;
+
+    // A SQLite file in a directory that does not exist.
+    let err = drydock_store::Store::open("sqlite:///nonexistent-dir/x/drydock.db")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent-dir/x/drydock.db"), "{err}");
+}
