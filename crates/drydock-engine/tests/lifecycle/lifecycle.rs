@@ -333,8 +333,15 @@ async fn releasing_a_pending_lease_destroys_it(db: &TestDb) -> anyhow::Result<()
     // No blueprint: the lease waits.
     let lease = h.lease(none()).await?;
     h.wait_reason(lease.id, "no-blueprints").await?;
-    client::release_lease(&h.store, lease.id, "user").await?;
-    client::release_lease(&h.store, lease.id, "user").await?;
+    // Two releases that reach the worker together (in one transaction, so
+    // it cannot destroy the lease between them): consumed in order, the
+    // second a no-op.
+    let mut tx = h.store.begin().await?;
+    for _ in 0..2 {
+        tx.enqueue_command("user", lease.object(), CommandKind::Release, json!({}))
+            .await?;
+    }
+    tx.commit().await?;
     let done = h.wait_status(lease.id, LeaseStatus::Destroyed).await?;
     ensure!(done.waiting.is_none() && done.resource_id.is_none());
     let logs = h.lease_logs(lease.id).await?;
@@ -345,6 +352,14 @@ async fn releasing_a_pending_lease_destroys_it(db: &TestDb) -> anyhow::Result<()
     ensure!(
         h.store.waits_of(lease.object()).await?.is_empty(),
         "no wait registration left behind"
+    );
+    // Once destroyed, a release is refused and says why.
+    let refused = client::release_lease(&h.store, lease.id, "user").await;
+    ensure!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("it is destroyed")),
+        "{refused:?}"
     );
     h.stop().await;
     Ok(())
