@@ -27,7 +27,6 @@ pub(crate) enum Db {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Arg {
     Int(Option<i64>),
-    Real(Option<f64>),
     Text(Option<String>),
     Bool(Option<bool>),
 }
@@ -109,17 +108,6 @@ impl FromCell for bool {
     }
 }
 
-impl FromCell for f64 {
-    fn from_cell(cell: &Cell) -> std::result::Result<Self, String> {
-        match cell {
-            Cell::Real(v) => Ok(*v),
-            // Integers that fit a double exactly.
-            Cell::Int(v) if v.unsigned_abs() < 1 << 53 => Ok(*v as f64),
-            other => Err(mismatch("a number", other)),
-        }
-    }
-}
-
 impl FromCell for String {
     fn from_cell(cell: &Cell) -> std::result::Result<Self, String> {
         match cell {
@@ -162,7 +150,7 @@ macro_rules! tuple_from_row {
         }
     };
 }
-tuple_from_row!(A 0);
+
 tuple_from_row!(A 0, B 1);
 tuple_from_row!(A 0, B 1, C 2);
 tuple_from_row!(A 0, B 1, C 2, D 3);
@@ -183,8 +171,8 @@ macro_rules! arg_from {
         }
     )+};
 }
-arg_from!(Int: i64 => |v| v, i32 => i64::from, u32 => i64::from);
-arg_from!(Real: f64 => |v| v);
+arg_from!(Int: i64 => |v| v);
+
 arg_from!(Bool: bool => |v| v);
 arg_from!(Text: String => |v| v, &str => str::to_owned);
 
@@ -331,12 +319,9 @@ mod sqlite {
         fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
             Ok(ToSqlOutput::Borrowed(match self {
                 Arg::Int(Some(v)) => ValueRef::Integer(*v),
-                Arg::Real(Some(v)) => ValueRef::Real(*v),
                 Arg::Text(Some(v)) => ValueRef::Text(v.as_bytes()),
                 Arg::Bool(Some(v)) => ValueRef::Integer(i64::from(*v)),
-                Arg::Int(None) | Arg::Real(None) | Arg::Text(None) | Arg::Bool(None) => {
-                    ValueRef::Null
-                }
+                Arg::Int(None) | Arg::Text(None) | Arg::Bool(None) => ValueRef::Null,
             }))
         }
     }
@@ -430,7 +415,6 @@ mod postgres {
         for arg in args {
             match arg {
                 Arg::Int(v) => out.add(v),
-                Arg::Real(v) => out.add(v),
                 Arg::Text(v) => out.add(v),
                 Arg::Bool(v) => out.add(v),
             }

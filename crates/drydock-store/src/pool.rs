@@ -5,11 +5,13 @@
 //! connection's thread, on PostgreSQL a round trip. Measured on our machine
 //! kind, a one-statement read cost 84–134 µs through it against 32–46 µs on
 //! a held connection (PostgreSQL: 156 against 83 µs) — the pool, not the
-//! query, was the price of most reads. These pools (deadpool) hand a
-//! connection back without a check, and check it (a ping) only after it sat
-//! idle for a while on PostgreSQL, or after any connection of this process
-//! failed, so a database restart costs each broken connection one failed
-//! statement at most.
+//! query, was the price of most reads. These pools (deadpool) hold either
+//! backend's connections (SQLite ones are rusqlite's, see `db`), hand a
+//! connection back without a check, and check a PostgreSQL one (a ping)
+//! only after it sat idle for a while or after any connection of this
+//! process failed, so a database restart costs each broken connection one
+//! failed statement at most. A SQLite connection is a file handle: never
+//! checked.
 
 use crate::db::Db;
 use crate::{Dialect, StoreError};

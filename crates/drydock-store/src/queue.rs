@@ -359,27 +359,14 @@ impl Store {
 
     /// Record how a claimed task ended. Conditional on the claim token.
     pub async fn complete(&self, task: &ClaimedTask, completion: Completion) -> Result<()> {
-        self.complete_then_next_due(task, completion)
-            .await
-            .map(|_| ())
-    }
-
-    /// [`Store::complete`], and when the next task is due ([`Store::next_due`]),
-    /// read in the same transaction: a worker that finds nothing due waits
-    /// without another look at the queue.
-    pub async fn complete_then_next_due(
-        &self,
-        task: &ClaimedTask,
-        completion: Completion,
-    ) -> Result<Option<i64>> {
-        Ok(self.complete_then(task, completion, None).await?.due)
+        self.complete_then(task, completion, None).await.map(|_| ())
     }
 
     /// Record how a claimed task ended and, with `claim_next` (the worker's
     /// name and claim expiry), claim the next runnable task in the same
     /// transaction: a busy worker goes from task to task with one commit
-    /// between them instead of two. Without a next task, says when the next
-    /// one is due.
+    /// between them instead of two; finding none, it says when the next
+    /// task is due.
     pub(crate) async fn complete_then(
         &self,
         task: &ClaimedTask,
@@ -526,7 +513,11 @@ impl Store {
                 next: Some(task),
             });
         }
-        let due = next_due_in(tx.conn()).await?;
+        // Only a worker (claiming) waits for the next due time.
+        let due = match claim_next {
+            Some(_) => next_due_in(tx.conn()).await?,
+            None => None,
+        };
         tx.commit().await?;
         Ok(AfterTask { due, next: None })
     }
@@ -906,7 +897,8 @@ pub struct TaskSignal<'a> {
 
 /// What a worker does after a task (see [`Store::complete_then`]).
 pub(crate) struct AfterTask {
-    /// When the next task is due (none queued, or none claimed here).
+    /// When the next task is due, for a worker that claimed none (`None`:
+    /// nothing queued, or not asked).
     due: Option<i64>,
     /// The task claimed with the completion.
     next: Option<ClaimedTask>,
@@ -1179,46 +1171,48 @@ pub async fn run_worker<H: Handler>(
     // A task claimed with the last one's completion.
     let mut next: Option<ClaimedTask> = None;
     while !*stop.borrow() || next.is_some() {
-        let signal = store.task_signal().await;
-        if let Some(due) = not_due.take() {
-            tokio::select! {
-                _ = Store::wait_until_due(signal, due, cfg.poll) => {}
-                _ = stop.changed() => {}
-            }
-            continue;
-        }
-        let claimed = match next.take() {
-            Some(task) => Ok(Some(task)),
-            None => store.claim(&cfg.owner, cfg.claim_ttl).await,
-        };
-        match claimed {
-            Ok(Some(task)) => {
-                // Pass on any wake-up the signal caught while this worker
-                // was claiming (`claim` woke another worker if it saw more).
-                drop(signal);
-                match run_task(&store, handler.as_ref(), &cfg, &task, Some(&stop)).await {
-                    Ok((_, AfterTask { next: Some(t), .. })) => next = Some(t),
-                    Ok((_, AfterTask { due, .. })) if due.is_none_or(|d| d > now_ms()) => {
-                        not_due = Some(due);
+        let task = match next.take() {
+            Some(task) => task,
+            None => {
+                let signal = store.task_signal().await;
+                if let Some(due) = not_due.take() {
+                    tokio::select! {
+                        _ = Store::wait_until_due(signal, due, cfg.poll) => {}
+                        _ = stop.changed() => {}
                     }
-                    Ok(_) => {}
+                    continue;
+                }
+                match store.claim(&cfg.owner, cfg.claim_ttl).await {
+                    // Dropping the signal passes on any wake-up it caught
+                    // while this worker was claiming (`claim` woke another
+                    // worker if it saw more).
+                    Ok(Some(task)) => task,
+                    Ok(None) => {
+                        tokio::select! {
+                            _ = store.wait_for_tasks(signal, cfg.poll) => {}
+                            _ = stop.changed() => {}
+                        }
+                        continue;
+                    }
                     Err(e) => {
-                        tracing::warn!(task = task.id.0, kind = %task.kind, "recording task outcome failed: {e}");
+                        tracing::warn!("claiming a task failed: {e}");
+                        tokio::select! {
+                            _ = tokio::time::sleep(cfg.poll) => {}
+                            _ = stop.changed() => {}
+                        }
+                        continue;
                     }
                 }
             }
-            Ok(None) => {
-                tokio::select! {
-                    _ = store.wait_for_tasks(signal, cfg.poll) => {}
-                    _ = stop.changed() => {}
-                }
+        };
+        match run_task(&store, handler.as_ref(), &cfg, &task, Some(&stop)).await {
+            Ok((_, AfterTask { next: Some(t), .. })) => next = Some(t),
+            Ok((_, AfterTask { due, .. })) if due.is_none_or(|d| d > now_ms()) => {
+                not_due = Some(due);
             }
+            Ok(_) => {}
             Err(e) => {
-                tracing::warn!("claiming a task failed: {e}");
-                tokio::select! {
-                    _ = tokio::time::sleep(cfg.poll) => {}
-                    _ = stop.changed() => {}
-                }
+                tracing::warn!(task = task.id.0, kind = %task.kind, "recording task outcome failed: {e}");
             }
         }
     }
