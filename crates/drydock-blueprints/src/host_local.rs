@@ -121,6 +121,11 @@ impl BlueprintImpl for HostLocal {
         Ok(attrs)
     }
 
+    /// Activation makes one local directory.
+    fn lease_activation_is_local(&self, _bp: &Blueprint) -> bool {
+        true
+    }
+
     async fn destroy_lease(
         &self,
         _ctx: &Context<'_>,

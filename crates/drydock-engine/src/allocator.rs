@@ -12,7 +12,7 @@
 use crate::blueprint::{BlueprintError, BlueprintImpl, Context};
 use crate::events::{self, WaitReason, log};
 use crate::lease_worker::{Step, lease_log, record_wait, transition};
-use crate::{ADMIN, Engine, Next, PassError, PassResult};
+use crate::{ADMIN, Engine, Next, PassError, PassResult, Tail};
 use drydock_model::{BlueprintId, CommandKind, LeaseStatus, ResourceId, ResourceStatus};
 use drydock_store::authorization::BlueprintAuthState;
 use drydock_store::blueprint::Blueprint;
@@ -140,8 +140,14 @@ impl Engine {
         Ok(authorized)
     }
 
-    /// One allocator pass over a pending lease.
-    pub(crate) async fn allocate(&self, lease: &mut Lease, lock: &ObjectLock) -> PassResult<Step> {
+    /// One allocator pass over a pending lease. An acquisition's write is
+    /// left open in `tail`.
+    pub(crate) async fn allocate(
+        &self,
+        lease: &mut Lease,
+        lock: &ObjectLock,
+        tail: &mut Tail,
+    ) -> PassResult<Step> {
         let candidates = self.candidates(lease).await?;
         let generic = vec![
             events::capacity(&lease.resource_type),
@@ -201,7 +207,10 @@ impl Engine {
         }
 
         // Fast path (step 4 alone): a free resource, without registering waits.
-        if let Some(step) = self.lease_free_resource(lease, lock, &usable).await? {
+        if let Some(step) = self
+            .lease_free_resource(lease, lock, &usable, tail)
+            .await?
+        {
             return Ok(step);
         }
         // Slow path: register the generic wake-ups first, so capacity freed
@@ -213,7 +222,8 @@ impl Engine {
             tx.check_fence(lock).await?;
             tx.commit().await?;
         }
-        self.allocate_slow(lease, lock, &usable, generic).await
+        self.allocate_slow(lease, lock, &usable, generic, tail)
+            .await
     }
 
     async fn acquirable(
@@ -264,12 +274,16 @@ impl Engine {
         lease: &mut Lease,
         lock: &ObjectLock,
         candidates: &[Candidate],
+        tail: &mut Tail,
     ) -> PassResult<Option<Step>> {
         for (r, ci, n) in self.acquirable(lease, candidates).await? {
             let (bp, imp) = &candidates[ci];
             let free = n == 0 || !imp.should_allocate_supplemental(bp, &r, lease);
             if free
-                && self.try_acquire(lease, lock, bp, imp.as_ref(), &r).await? == Acquire::Acquired
+                && self
+                    .try_acquire(lease, lock, bp, imp.as_ref(), &r, tail)
+                    .await?
+                    == Acquire::Acquired
             {
                 return Ok(Some(Step::Progress));
             }
@@ -283,6 +297,7 @@ impl Engine {
         lock: &ObjectLock,
         candidates: &[Candidate],
         generic: Vec<String>,
+        tail: &mut Tail,
     ) -> PassResult<Step> {
         let mut contention = false;
         let acquirable = self.acquirable(lease, candidates).await?;
@@ -295,7 +310,10 @@ impl Engine {
         // Step 4 again, now that wake-ups are registered.
         for (r, ci, _) in &free {
             let (bp, imp) = &candidates[*ci];
-            match self.try_acquire(lease, lock, bp, imp.as_ref(), r).await? {
+            match self
+                .try_acquire(lease, lock, bp, imp.as_ref(), r, tail)
+                .await?
+            {
                 Acquire::Acquired => return Ok(Step::Progress),
                 Acquire::Contended => contention = true,
                 Acquire::Full => {}
@@ -412,7 +430,7 @@ impl Engine {
             if status == ResourceStatus::Active {
                 if imp.can_acquire(bp, &resource, lease)
                     && self
-                        .try_acquire(lease, lock, bp, imp.as_ref(), &resource)
+                        .try_acquire(lease, lock, bp, imp.as_ref(), &resource, tail)
                         .await?
                         == Acquire::Acquired
                 {
@@ -436,7 +454,10 @@ impl Engine {
         // Step 7: share a used resource.
         for (r, ci, _) in &used {
             let (bp, imp) = &candidates[*ci];
-            match self.try_acquire(lease, lock, bp, imp.as_ref(), r).await? {
+            match self
+                .try_acquire(lease, lock, bp, imp.as_ref(), r, tail)
+                .await?
+            {
                 Acquire::Acquired => return Ok(Step::Progress),
                 Acquire::Contended => contention = true,
                 Acquire::Full => {}
@@ -591,7 +612,7 @@ impl Engine {
     /// Acquire `lease` on `resource` (spec §5 "acquire on resource"): slot
     /// locks, resource id and status in one transaction, with the resource
     /// row locked so a concurrent release or reclaim either sees this lease
-    /// or is seen by it.
+    /// or is seen by it. Acquired, the transaction is left open in `tail`.
     async fn try_acquire(
         &self,
         lease: &mut Lease,
@@ -599,6 +620,7 @@ impl Engine {
         bp: &Blueprint,
         imp: &dyn BlueprintImpl,
         resource: &Resource,
+        tail: &mut Tail,
     ) -> PassResult<Acquire> {
         let acquisition = match imp.acquire(bp, resource, lease) {
             Ok(a) => a,
@@ -617,7 +639,7 @@ impl Engine {
                 None => return Ok(Acquire::Full),
             }
         }
-        let mut tx = self.store.begin().await?;
+        let mut tx = tail.begin(&self.store).await?;
         let fresh = tx.resource_for_update(resource.id).await?;
         let usable = fresh.status == ResourceStatus::Active
             || (fresh.status == ResourceStatus::Pending && !acquisition.activate_now);
@@ -657,7 +679,7 @@ impl Engine {
             crate::lease_worker::wake_owner(&mut tx, &next).await?;
         }
         *lease = tx.save_lease(&next, lock).await?;
-        tx.commit().await?;
+        tail.hold(tx);
         if acquisition.activate_now {
             crate::metrics::lease_activated(lease);
         }

@@ -427,6 +427,15 @@ pub trait BlueprintImpl: Send + Sync + 'static {
         Ok(Map::new())
     }
 
+    /// Whether [`BlueprintImpl::activate_lease`] is quick work on this
+    /// machine only — no network, no waiting on other processes, no writes
+    /// through the store — so the engine may run it inside the transaction
+    /// that acquired the lease (pending -> active in one commit). Default:
+    /// no; the acquisition is committed before activation starts.
+    fn lease_activation_is_local(&self, _bp: &Blueprint) -> bool {
+        false
+    }
+
     /// Called once the lease is released (at least once).
     async fn did_release_lease(
         &self,

@@ -3,7 +3,7 @@
 
 use crate::blueprint::{BlueprintImpl, Context};
 use crate::events::{self, log};
-use crate::{Engine, Next, PassError, PassResult};
+use crate::{Engine, Next, PassError, PassResult, Tail};
 use drydock_model::{CommandKind, LeaseId, LeaseStatus, ObjectRef, ResourceId};
 use drydock_store::lease::Lease;
 use drydock_store::log::NewLog;
@@ -65,32 +65,63 @@ pub(crate) fn lease_log(lease: &Lease, kind: &str) -> NewLog {
 }
 
 impl Engine {
+    /// One pass over a lease. Under `held` (a claimed task's lock) its
+    /// last write may come back open, to commit with the task's completion.
     pub(crate) async fn lease_pass(
         &self,
         id: LeaseId,
         held: Option<&ObjectLock>,
-    ) -> PassResult<Next> {
+    ) -> PassResult<(Next, Option<Tx>)> {
         let object = ObjectRef::lease(id);
-        let next = self
+        let done = self
             .locked(object, held, async |lock| {
-                let result = self.lease_steps(id, lock).await;
+                let mut tail = Tail::default();
+                let lease = match self.lease_steps(id, lock, &mut tail).await {
+                    Ok((next, lease)) => Ok((next, lease)),
+                    Err(e) => {
+                        // What the steps wrote stays written (each step's
+                        // write is valid on its own), as before a failure.
+                        if let Err(c) = tail.commit().await {
+                            tracing::debug!(%object, "committing before a failure failed: {c}");
+                        }
+                        Err(e)
+                    }
+                };
                 // Slots handed to this lease that it did not take go on to
                 // the next waiter, whatever the pass did.
                 if self.store.has_handoffs(object).await? {
-                    let lease = self.store.lease(id).await?;
-                    let holding = lease.resource_id.filter(|_| lease.status.is_live());
-                    self.store
-                        .settle_handoffs(object, lease.priority, lease.created_at, holding)
+                    let (priority, created_at, holding) = match &lease {
+                        Ok((_, l)) => (l.priority, l.created_at, l.holding()),
+                        Err(_) => {
+                            let l = self.store.lease(id).await?;
+                            (l.priority, l.created_at, l.holding())
+                        }
+                    };
+                    let mut tx = tail.begin(&self.store).await?;
+                    tx.settle_handoffs(object, priority, created_at, holding)
                         .await?;
+                    tail.hold(tx);
                 }
-                result
+                if held.is_none() {
+                    tail.commit().await?;
+                }
+                lease.map(|(next, _)| (next, tail))
             })
             .await?;
-        Ok(next.unwrap_or(Next::Contended))
+        Ok(match done {
+            Some((next, tail)) => (next, tail.into_tx()),
+            None => (Next::Contended, None),
+        })
     }
 
-    /// The steps of one pass, under the lease's lock.
-    async fn lease_steps(&self, id: LeaseId, lock: &ObjectLock) -> PassResult<Next> {
+    /// The steps of one pass, under the lease's lock: what comes next, and
+    /// the lease as the steps left it (the last write may be in `tail`).
+    async fn lease_steps(
+        &self,
+        id: LeaseId,
+        lock: &ObjectLock,
+        tail: &mut Tail,
+    ) -> PassResult<(Next, Lease)> {
         let mut lease = self.store.lease(id).await?;
         if lease.status.is_commandable() {
             lease = self.lease_commands(lease, lock).await?;
@@ -100,25 +131,27 @@ impl Engine {
         for _ in 0..4 {
             let step = match lease.status {
                 LeaseStatus::Pending => {
+                    tail.commit().await?;
                     let started = std::time::Instant::now();
-                    let step = self.allocate(&mut lease, lock).await;
+                    let step = self.allocate(&mut lease, lock, tail).await;
                     metrics::histogram!(crate::metrics::ALLOCATOR_PASS_SECONDS)
                         .record(started.elapsed().as_secs_f64());
                     step?
                 }
-                LeaseStatus::Acquired => self.activate_lease(&mut lease, lock).await?,
+                LeaseStatus::Acquired => self.activate_lease(&mut lease, lock, tail).await?,
                 LeaseStatus::Active => Step::Wait(lease.until.map_or(Next::Idle, Next::At)),
                 LeaseStatus::Released | LeaseStatus::Broken => {
-                    self.destroy_lease(&mut lease, lock).await?;
+                    tail.commit().await?;
+                    self.destroy_lease(&mut lease, lock, tail).await?;
                     Step::Wait(Next::Idle)
                 }
                 LeaseStatus::Destroyed => Step::Wait(Next::Idle),
             };
             if let Step::Wait(next) = step {
-                return Ok(next);
+                return Ok((next, lease));
             }
         }
-        Ok(Next::At(now_ms()))
+        Ok((Next::At(now_ms()), lease))
     }
 
     /// Consume the lease's commands in order (and its expiry), in one
@@ -229,8 +262,16 @@ impl Engine {
     }
 
     /// `acquired` -> `active` (spec §6.2), or back to `pending` if the
-    /// resource died in between.
-    async fn activate_lease(&self, lease: &mut Lease, lock: &ObjectLock) -> PassResult<Step> {
+    /// resource died in between. The acquiring write may still be open in
+    /// `tail`: it is committed first unless the blueprint's activation is
+    /// quick local work, which then joins it (pending -> active in one
+    /// commit).
+    async fn activate_lease(
+        &self,
+        lease: &mut Lease,
+        lock: &ObjectLock,
+        tail: &mut Tail,
+    ) -> PassResult<Step> {
         let Some(rid) = lease.resource_id else {
             return Err(PassError::Permanent(
                 "acquired lease has no resource".into(),
@@ -240,7 +281,7 @@ impl Engine {
         match resource.status {
             drydock_model::ResourceStatus::Pending => {
                 let events = vec![events::resource(rid)];
-                let mut tx = self.store.begin().await?;
+                let mut tx = tail.begin(&self.store).await?;
                 tx.wait_on(lease.object(), lease.priority, lease.created_at, &events)
                     .await?;
                 tx.check_fence(lock).await?;
@@ -257,6 +298,9 @@ impl Engine {
             }
             drydock_model::ResourceStatus::Active => {
                 let (bp, imp) = self.implementation_of(&resource).await?;
+                if !imp.lease_activation_is_local(&bp) {
+                    tail.commit().await?;
+                }
                 let ctx = Context {
                     store: &self.store,
                     blueprint: &bp,
@@ -280,11 +324,11 @@ impl Engine {
                 transition(&mut next, LeaseStatus::Active)?;
                 next.activated_at = Some(now_ms());
                 next.waiting = None;
-                let mut tx = self.store.begin().await?;
+                let mut tx = tail.begin(&self.store).await?;
                 tx.log(lease_log(&next, log::LEASE_ACTIVATED)).await?;
                 wake_owner(&mut tx, &next).await?;
                 *lease = tx.save_lease(&next, lock).await?;
-                tx.commit().await?;
+                tail.hold(tx);
                 crate::metrics::lease_activated(lease);
                 Ok(Step::Progress)
             }
@@ -293,7 +337,7 @@ impl Engine {
                 let mut next = lease.clone();
                 transition(&mut next, LeaseStatus::Pending)?;
                 next.resource_id = None;
-                let mut tx = self.store.begin().await?;
+                let mut tx = tail.begin(&self.store).await?;
                 tx.release_slot_locks(&lease.object().key()).await?;
                 tx.log(
                     lease_log(lease, log::LEASE_REACQUIRE)
@@ -301,7 +345,7 @@ impl Engine {
                 )
                 .await?;
                 *lease = tx.save_lease(&next, lock).await?;
-                tx.commit().await?;
+                tail.hold(tx);
                 Ok(Step::Progress)
             }
         }
@@ -310,7 +354,12 @@ impl Engine {
     /// `released`/`broken` -> `destroyed` (spec §6.3, §6.5): blueprint hooks,
     /// then one transaction that frees the lease's slot locks and wakes
     /// whoever waits for the capacity.
-    async fn destroy_lease(&self, lease: &mut Lease, lock: &ObjectLock) -> PassResult<()> {
+    async fn destroy_lease(
+        &self,
+        lease: &mut Lease,
+        lock: &ObjectLock,
+        tail: &mut Tail,
+    ) -> PassResult<()> {
         let mut freed = None;
         if let Some(rid) = lease.resource_id {
             let resource = self.store.resource(rid).await?;
@@ -325,7 +374,7 @@ impl Engine {
             imp.destroy_lease(&ctx, &resource, lease).await?;
             freed = Some(Freed::of(&resource, imp.lease_limit(&bp).is_some()));
         }
-        self.finish_destroy(lease, lock, freed, None).await
+        self.finish_destroy(lease, lock, freed, None, tail).await
     }
 
     /// What a lease leaving its resource frees, when the caller has not
@@ -343,18 +392,19 @@ impl Engine {
     }
 
     /// The destroy transaction: `destroyed`, slot locks freed, waiters for
-    /// the capacity woken.
+    /// the capacity woken. Left open in `tail`.
     async fn finish_destroy(
         &self,
         lease: &mut Lease,
         lock: &ObjectLock,
         freed: Option<Freed>,
         cleanup_failure: Option<&str>,
+        tail: &mut Tail,
     ) -> PassResult<()> {
         let mut next = lease.clone();
         transition(&mut next, LeaseStatus::Destroyed)?;
         next.waiting = None;
-        let mut tx = self.store.begin().await?;
+        let mut tx = tail.begin(&self.store).await?;
         tx.release_slot_locks(&lease.object().key()).await?;
         tx.stop_waiting(lease.object()).await?;
         tx.log(
@@ -373,7 +423,7 @@ impl Engine {
             }
         }
         wake_owner(&mut tx, &next).await?;
-        tx.commit().await?;
+        tail.hold(tx);
         Ok(())
     }
 
@@ -391,9 +441,10 @@ impl Engine {
                 // Its teardown kept failing: finish it, with the
                 // failure logged, instead of retrying forever.
                 let freed = self.freed_by(&lease).await?;
-                return self
-                    .finish_destroy(&mut lease, lock, freed, Some(reason))
-                    .await;
+                let mut tail = Tail::default();
+                self.finish_destroy(&mut lease, lock, freed, Some(reason), &mut tail)
+                    .await?;
+                return Ok(tail.commit().await?);
             }
             if !lease.status.is_live() {
                 return Ok(());

@@ -24,7 +24,7 @@ use blueprint::{BlueprintError, Registry};
 use drydock_model::{LeaseId, ObjectKind, ObjectRef, ResourceId};
 use drydock_store::command::Command;
 use drydock_store::object_lock::ObjectLock;
-use drydock_store::queue::{ClaimedTask, DEFAULT_MAX_ATTEMPTS, Handler, Outcome};
+use drydock_store::queue::{ClaimedTask, DEFAULT_MAX_ATTEMPTS, Handled, Handler, Outcome};
 use drydock_store::{Store, StoreError, Tx, now_ms};
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,6 +117,42 @@ impl From<BlueprintError> for PassError {
 
 pub(crate) type PassResult<T> = Result<T, PassError>;
 
+/// A pass's last write, held open so it commits with the pass's task
+/// completion (one commit fewer per pass; see [`Handled`]). A step that
+/// writes takes it with [`Tail::begin`] and leaves its transaction here
+/// with [`Tail::hold`] instead of committing; anything that needs the
+/// write committed — another transaction (on SQLite the one writer
+/// connection is this one), remote work, the end of a pass outside the
+/// queue — commits it first with [`Tail::commit`].
+#[derive(Default)]
+pub(crate) struct Tail(Option<Tx>);
+
+impl Tail {
+    /// The held transaction, or a new one.
+    pub(crate) async fn begin(&mut self, store: &Store) -> Result<Tx, StoreError> {
+        match self.0.take() {
+            Some(tx) => Ok(tx),
+            None => store.begin().await,
+        }
+    }
+
+    pub(crate) fn hold(&mut self, tx: Tx) {
+        debug_assert!(self.0.is_none(), "a pass holds one transaction");
+        self.0 = Some(tx);
+    }
+
+    pub(crate) async fn commit(&mut self) -> Result<(), StoreError> {
+        match self.0.take() {
+            Some(tx) => tx.commit().await,
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn into_tx(self) -> Option<Tx> {
+        self.0
+    }
+}
+
 impl Engine {
     pub fn new(store: Store, blueprints: Arc<Registry>, cfg: EngineConfig) -> Self {
         Self {
@@ -129,20 +165,28 @@ impl Engine {
     /// Run one update pass over `object` now, in this process (the CLI's
     /// `update-lease` / `update-resource`). Returns what the queue would do.
     pub async fn update_now(&self, object: ObjectRef) -> Outcome {
-        self.pass(object, 0, None).await
+        // Without a claimed lock a pass commits everything itself.
+        self.pass(object, 0, None).await.outcome
     }
 
     /// One update pass, under `held` (the lock taken with the task's claim)
-    /// or else a lock of its own.
-    async fn pass(&self, object: ObjectRef, attempts: i64, held: Option<&ObjectLock>) -> Outcome {
-        let result = match object.kind {
-            ObjectKind::Lease => self.lease_pass(LeaseId(object.id), held).await,
-            ObjectKind::Resource => self.resource_pass(ResourceId(object.id), held).await,
+    /// or else a lock of its own. Under `held`, its last write may be left
+    /// open to commit with the task's completion.
+    async fn pass(&self, object: ObjectRef, attempts: i64, held: Option<&ObjectLock>) -> Handled {
+        let (result, tail) = match object.kind {
+            ObjectKind::Lease => match self.lease_pass(LeaseId(object.id), held).await {
+                Ok((next, tail)) => (Ok(next), tail),
+                Err(e) => (Err(e), None),
+            },
+            ObjectKind::Resource => (self.resource_pass(ResourceId(object.id), held).await, None),
             ObjectKind::Blueprint => {
-                return Outcome::Fail(format!("{object} has no update worker"));
+                return Outcome::Fail(format!("{object} has no update worker")).into();
             }
         };
-        self.outcome(object, attempts, result, held).await
+        Handled {
+            outcome: self.outcome(object, attempts, result, held).await,
+            tail,
+        }
     }
 
     /// Turn a pass result into a queue outcome: yields for waits and
@@ -303,7 +347,7 @@ impl Engine {
 }
 
 impl Handler for Engine {
-    async fn handle(&self, task: &ClaimedTask) -> Outcome {
+    async fn handle(&self, task: &ClaimedTask) -> Handled {
         match task.kind.as_str() {
             "lease.update" | "resource.update" => {
                 match task.object_key.as_deref().and_then(ObjectRef::parse) {
@@ -311,11 +355,12 @@ impl Handler for Engine {
                     None => Outcome::Fail(format!(
                         "update task without a valid object: {:?}",
                         task.object_key
-                    )),
+                    ))
+                    .into(),
                 }
             }
-            daemon::GC_TASK => self.gc_pass().await,
-            other => Outcome::Fail(format!("unknown task kind {other:?}")),
+            daemon::GC_TASK => self.gc_pass().await.into(),
+            other => Outcome::Fail(format!("unknown task kind {other:?}")).into(),
         }
     }
 }

@@ -57,6 +57,11 @@ impl Lease {
     pub fn object(&self) -> ObjectRef {
         ObjectRef::lease(self.id)
     }
+
+    /// The resource the lease holds while it is live.
+    pub fn holding(&self) -> Option<ResourceId> {
+        self.resource_id.filter(|_| self.status.is_live())
+    }
 }
 
 const COLUMNS: &str = "id, resource_type, status, resource_id, blueprint_ids, authorizing, owner, attributes, internal, \

@@ -198,14 +198,7 @@ impl Tx {
         if !deferred_fires.is_empty() {
             // Best effort: if this fails, the waiters' safety poll finds the
             // change (and the change itself is committed).
-            let fired = async {
-                let mut tx = store.begin().await?;
-                for fire in &deferred_fires {
-                    tx.fire_now(fire).await?;
-                }
-                tx.commit().await
-            };
-            if let Err(e) = Box::pin(fired).await {
+            if let Err(e) = Box::pin(store.fire_deferred(&deferred_fires)).await {
                 tracing::warn!("waking waiters for {deferred_fires:?} failed: {e}");
             }
         }

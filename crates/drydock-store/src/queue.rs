@@ -359,25 +359,39 @@ impl Store {
 
     /// Record how a claimed task ended. Conditional on the claim token.
     pub async fn complete(&self, task: &ClaimedTask, completion: Completion) -> Result<()> {
-        self.complete_then(task, completion, None).await.map(|_| ())
+        self.complete_then(task, completion, None, None)
+            .await
+            .map(|_| ())
     }
 
     /// Record how a claimed task ended and, with `claim_next` (the worker's
     /// name and claim expiry), claim the next runnable task in the same
     /// transaction: a busy worker goes from task to task with one commit
     /// between them instead of two; finding none, it says when the next
-    /// task is due.
+    /// task is due. `tail`, the handler's last write, commits with it.
     pub(crate) async fn complete_then(
         &self,
         task: &ClaimedTask,
         completion: Completion,
         claim_next: Option<(&str, Duration)>,
+        tail: Option<Tx>,
     ) -> Result<AfterTask> {
+        match tail {
+            // Done and failed tasks leave the queue without any race: the
+            // tail joins the completion.
+            Some(tx) if !matches!(completion, Completion::Requeue { .. }) => {
+                return self
+                    .try_complete(task, &completion, claim_next, Some(tx))
+                    .await;
+            }
+            Some(tx) => tx.commit().await?,
+            None => {}
+        }
         // A requeue can race with someone scheduling the same object (the
         // partial unique index then refuses the second queued row); the
         // second round sees the other row and merges into it.
         for _ in 0..3 {
-            match self.try_complete(task, &completion, claim_next).await {
+            match self.try_complete(task, &completion, claim_next, None).await {
                 Err(e) if e.is_unique_violation() => continue,
                 other => return other,
             }
@@ -393,9 +407,13 @@ impl Store {
         task: &ClaimedTask,
         completion: &Completion,
         claim_next: Option<(&str, Duration)>,
+        tail: Option<Tx>,
     ) -> Result<AfterTask> {
         let now = now_ms();
-        let mut tx = self.begin().await?;
+        let mut tx = match tail {
+            Some(tx) => tx,
+            None => self.begin().await?,
+        };
         let n = match completion {
             Completion::Done => {
                 set_state(&mut tx, task, "done", Some(now), None, task.attempts, now).await?
@@ -1049,9 +1067,28 @@ pub enum Outcome {
     Fail(String),
 }
 
+/// What a handler hands back: its outcome and, optionally, its last write
+/// still open (`tail`), which then commits in the completion's transaction
+/// — one commit fewer per task, and fenced by the claim: a worker that lost
+/// its claim loses that write too. A tail is committed on its own first
+/// when the task is requeued (a requeue may have to retry its transaction).
+pub struct Handled {
+    pub outcome: Outcome,
+    pub tail: Option<Tx>,
+}
+
+impl From<Outcome> for Handled {
+    fn from(outcome: Outcome) -> Self {
+        Handled {
+            outcome,
+            tail: None,
+        }
+    }
+}
+
 /// Runs claimed tasks. One handler serves every task kind it is given.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, task: &ClaimedTask) -> impl Future<Output = Outcome> + Send;
+    fn handle(&self, task: &ClaimedTask) -> impl Future<Output = Handled> + Send;
 }
 
 /// Settings of a worker loop.
@@ -1127,7 +1164,7 @@ async fn run_task<H: Handler>(
             }
         })
     };
-    let outcome = handler.handle(task).await;
+    let Handled { outcome, tail } = handler.handle(task).await;
     heartbeat.abort();
     let now = now_ms();
     let completion = match &outcome {
@@ -1153,7 +1190,7 @@ async fn run_task<H: Handler>(
     let next = stop
         .is_some_and(|stop| !*stop.borrow())
         .then_some((cfg.owner.as_str(), cfg.claim_ttl));
-    let after = store.complete_then(task, completion, next).await?;
+    let after = store.complete_then(task, completion, next, tail).await?;
     Ok((outcome, after))
 }
 

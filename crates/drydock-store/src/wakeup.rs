@@ -81,7 +81,7 @@ impl Tx {
     /// `event` only, instead of waking them all (a thundering herd where
     /// one wins). The waiter records the hand-off; when its pass ends
     /// without the lease holding `resource`, it hands the slot on to the
-    /// next waiter in rank ([`Store::settle_handoffs`]). Fired like
+    /// next waiter in rank ([`Tx::settle_handoffs`]). Fired like
     /// [`Tx::fire`].
     pub async fn hand_over(&mut self, event: &str, resource: ResourceId) -> Result<()> {
         self.fire_or_defer(Fire::One {
@@ -106,6 +106,44 @@ impl Tx {
         }
         Ok(())
     }
+
+    /// End of a waiter's pass: slots handed to it are used when it now holds
+    /// that resource (`holding`), and otherwise handed on to the next
+    /// waiter in rank, so a slot one waiter cannot use is never lost.
+    /// Returns how many were handed on.
+    pub async fn settle_handoffs(
+        &mut self,
+        waiter: ObjectRef,
+        priority: i64,
+        run_at: i64,
+        holding: Option<ResourceId>,
+    ) -> Result<usize> {
+        let key = waiter.key();
+        let slots: Vec<(String, i64)> =
+            query_as("DELETE FROM handoffs WHERE waiter = $1 RETURNING event, resource_id")
+                .bind(&key)
+                .fetch_all(self.conn())
+                .await?;
+        let mut handed = 0;
+        for (event, resource) in slots {
+            if holding == Some(ResourceId(resource)) {
+                continue; // used
+            }
+            handed += 1;
+            self.fire_or_defer(Fire::One {
+                event,
+                resource: ResourceId(resource),
+                after: Some(Rank {
+                    priority,
+                    run_at,
+                    waiter: key.clone(),
+                }),
+            })
+            .await?;
+        }
+        Ok(handed)
+    }
+
 
     /// Fire now. Returns how many waiters were woken.
     pub(crate) async fn fire_now(&mut self, fire: &Fire) -> Result<usize> {
@@ -210,6 +248,14 @@ pub(crate) enum Fire {
     },
 }
 
+impl Fire {
+    fn event(&self) -> &str {
+        match self {
+            Fire::All(event) | Fire::One { event, .. } => event,
+        }
+    }
+}
+
 /// A waiter's place in line: higher priority first, then earlier `run_at`,
 /// then the waiter's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,6 +266,32 @@ pub(crate) struct Rank {
 }
 
 impl Store {
+    /// Fire what a committed transaction deferred ([`Tx::fire`]). Most
+    /// events have nobody waiting, so it looks first, on a read connection:
+    /// a waiter registering after that look re-checks what it waits for
+    /// (and sees the committed change), so the look misses nobody this
+    /// firing must wake — and no write transaction is spent on nobody.
+    pub(crate) async fn fire_deferred(&self, fires: &[Fire]) -> Result<()> {
+        let mut wanted = Vec::new();
+        for fire in fires {
+            let waiting: Option<i64> = query_scalar("SELECT 1 FROM wakeups WHERE event = $1 LIMIT 1")
+                .bind(fire.event())
+                .fetch_optional(&mut self.reader().await?.raw)
+                .await?;
+            if waiting.is_some() {
+                wanted.push(fire);
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for fire in wanted {
+            tx.fire_now(fire).await?;
+        }
+        tx.commit().await
+    }
+
     /// Whether slots were handed to `waiter` (one cheap indexed read, so a
     /// pass without any costs nothing more).
     pub async fn has_handoffs(&self, waiter: ObjectRef) -> Result<bool> {
@@ -228,45 +300,6 @@ impl Store {
             .fetch_optional(&mut self.reader().await?.raw)
             .await?;
         Ok(any.is_some())
-    }
-
-    /// End of a waiter's pass: slots handed to it are used when it now holds
-    /// that resource (`holding`), and otherwise handed on to the next
-    /// waiter in rank, so a slot one waiter cannot use is never lost.
-    /// Returns how many were handed on.
-    pub async fn settle_handoffs(
-        &self,
-        waiter: ObjectRef,
-        priority: i64,
-        run_at: i64,
-        holding: Option<ResourceId>,
-    ) -> Result<usize> {
-        let key = waiter.key();
-        let mut tx = self.begin().await?;
-        let slots: Vec<(String, i64)> =
-            query_as("DELETE FROM handoffs WHERE waiter = $1 RETURNING event, resource_id")
-                .bind(&key)
-                .fetch_all(tx.conn())
-                .await?;
-        let mut handed = 0;
-        for (event, resource) in slots {
-            if holding == Some(ResourceId(resource)) {
-                continue; // used
-            }
-            handed += 1;
-            tx.fire_or_defer(Fire::One {
-                event,
-                resource: ResourceId(resource),
-                after: Some(Rank {
-                    priority,
-                    run_at,
-                    waiter: key.clone(),
-                }),
-            })
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(handed)
     }
 }
 

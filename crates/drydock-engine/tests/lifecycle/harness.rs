@@ -201,6 +201,11 @@ impl BlueprintImpl for Scripted {
         self.0.max_holding.fetch_max(*h, Ordering::SeqCst);
         Ok(Map::new())
     }
+    /// Its activations only count, except the one that releases its
+    /// resource through the store.
+    fn lease_activation_is_local(&self, bp: &Blueprint) -> bool {
+        field(bp, "lease-activation") != "torn-down-once"
+    }
     async fn did_release_lease(
         &self,
         _ctx: &Context<'_>,

@@ -28,6 +28,7 @@ backend_tests!(
     releasing_a_pending_resource_destroys_it_and_its_waiting_lease_builds_another,
     expired_lease_is_released_and_renew_extends_it,
     gc_prunes_only_destroyed_objects_and_reschedules_lost_tasks,
+    a_reused_lease_is_active_in_one_commit_and_destroyed_in_two,
 );
 
 async fn lease_goes_pending_acquired_active_released_destroyed_on_a_new_resource(
@@ -649,6 +650,81 @@ async fn an_impossible_lease_breaks_while_pending_with_the_reason(
         h.store.resources(None, None, 10).await?.is_empty(),
         "nothing was built"
     );
+    h.stop().await;
+    Ok(())
+}
+
+/// Claim the next runnable task, which must be `lease`'s, and run one pass
+/// over it as a worker would; returns the commits the pass and its
+/// completion made.
+async fn one_pass(
+    h: &Harness,
+    engine: &drydock_engine::Engine,
+    lease: drydock_model::LeaseId,
+) -> anyhow::Result<u64> {
+    use drydock_store::queue::{WorkerConfig, run_claimed};
+    let cfg = WorkerConfig::new("one-pass");
+    let task = h
+        .store
+        .claim("one-pass", Duration::from_secs(60))
+        .await?
+        .expect("a runnable task");
+    ensure!(
+        task.object_key.as_deref() == Some(ObjectRef::lease(lease).key().as_str()),
+        "claimed {:?}",
+        task.object_key
+    );
+    let before = h.store.commits();
+    run_claimed(&h.store, engine, &cfg, &task).await?;
+    Ok(h.store.commits() - before)
+}
+
+async fn a_reused_lease_is_active_in_one_commit_and_destroyed_in_two(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    // No workers: the test runs each pass itself and counts its commits.
+    let h = Harness::start(db, 0).await;
+    let engine = drydock_engine::Engine::new(
+        h.store.clone(),
+        h.registry.clone(),
+        crate::harness::config("counting"),
+    );
+    h.blueprint("pool", json!({})).await?;
+    let first = h.lease(none()).await?;
+    while h.store.lease(first.id).await?.status != LeaseStatus::Active {
+        one_pass(&h, &engine, first.id).await?;
+    }
+    // A second lease shares the active resource: acquiring (resource row
+    // locked, lease saved), activating (a local activation) and the task's
+    // completion are one transaction.
+    let second = h.lease(none()).await?;
+    let commits = one_pass(&h, &engine, second.id).await?;
+    let active = h.store.lease(second.id).await?;
+    ensure!(active.status == LeaseStatus::Active, "{}", active.status);
+    ensure!(active.resource_id == h.store.lease(first.id).await?.resource_id);
+    ensure!(commits == 1, "{commits} commits from pending to active");
+    let logs = h.lease_logs(second.id).await?;
+    ensure!(
+        logs.ends_with(&["lease.acquired".into(), "lease.activated".into()]),
+        "{logs:?}"
+    );
+    let tasks = h.store.tasks_for(&second.object().key()).await?;
+    ensure!(
+        tasks
+            .iter()
+            .all(|t| t.state == drydock_store::queue::TaskState::Done),
+        "the lease's task is not done"
+    );
+    // Released: the release is consumed in one transaction (the teardown
+    // hooks may do remote work after it), the destruction and the
+    // completion in one more.
+    client::release_lease(&h.store, second.id, "user:test").await?;
+    let commits = one_pass(&h, &engine, second.id).await?;
+    ensure!(
+        h.store.lease(second.id).await?.status == LeaseStatus::Destroyed,
+        "not destroyed"
+    );
+    ensure!(commits == 2, "{commits} commits from active to destroyed");
     h.stop().await;
     Ok(())
 }

@@ -3,7 +3,8 @@
 use anyhow::ensure;
 use drydock_model::{LeaseId, ObjectRef};
 use drydock_store::queue::{
-    ClaimedTask, Completion, Handler, NewTask, Outcome, TaskState, WorkerConfig, run_claimed,
+    ClaimedTask, Completion, Handled, Handler, NewTask, Outcome, TaskState, WorkerConfig,
+    run_claimed,
 };
 use drydock_store::{Store, StoreError, now_ms};
 use drydock_testkit::{TestDb, wait_until};
@@ -33,6 +34,7 @@ backend_tests!(
     a_dropped_transaction_is_rolled_back_and_frees_the_writer,
     transactions_cancelled_at_any_point_leave_the_writer_clean,
     a_busy_worker_claims_its_next_task_with_the_last_ones_completion,
+    a_handlers_last_write_commits_with_its_completion_and_only_with_it,
 );
 
 const TTL: Duration = Duration::from_secs(30);
@@ -200,8 +202,8 @@ async fn yield_requeues_without_counting_a_failure(db: &TestDb) -> anyhow::Resul
 struct Always(Outcome);
 
 impl Handler for Always {
-    async fn handle(&self, _task: &ClaimedTask) -> Outcome {
-        self.0.clone()
+    async fn handle(&self, _task: &ClaimedTask) -> Handled {
+        self.0.clone().into()
     }
 }
 
@@ -530,11 +532,12 @@ async fn a_lease_reader_wakes_for_its_own_lease_only(db: &TestDb) -> anyhow::Res
 struct YieldTwice(std::sync::atomic::AtomicU32);
 
 impl Handler for YieldTwice {
-    async fn handle(&self, _: &ClaimedTask) -> Outcome {
+    async fn handle(&self, _: &ClaimedTask) -> Handled {
         match self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
             0 | 1 => Outcome::Yield(Duration::from_millis(300)),
             _ => Outcome::Done,
         }
+        .into()
     }
 }
 
@@ -672,11 +675,11 @@ async fn schedule_within(s: &Store, stuck: &str) -> anyhow::Result<drydock_model
 struct Recorder(std::sync::Mutex<Vec<(String, bool)>>);
 
 impl Handler for Recorder {
-    async fn handle(&self, task: &ClaimedTask) -> Outcome {
+    async fn handle(&self, task: &ClaimedTask) -> Handled {
         let key = task.object_key.clone().unwrap_or_default();
         let locked = task.lock.is_some();
         self.0.lock().unwrap().push((key, locked));
-        Outcome::Done
+        Outcome::Done.into()
     }
 }
 
@@ -738,5 +741,85 @@ async fn one_worker_until_done<H: Handler + 'static>(
     let stopped = tokio::time::timeout(Duration::from_secs(10), worker).await;
     done?;
     ensure!(stopped.is_ok_and(|r| r.is_ok()), "the worker did not stop");
+    Ok(())
+}
+
+/// Writes a log event for its task in a transaction it leaves open for the
+/// completion, and ends with the given outcome.
+struct TailWriter(Store, Outcome);
+
+impl TailWriter {
+    fn event(task: &ClaimedTask) -> String {
+        format!("test.tail.{}", task.id.0)
+    }
+}
+
+impl Handler for TailWriter {
+    async fn handle(&self, task: &ClaimedTask) -> Handled {
+        let mut tx = self.0.begin().await.expect("a transaction");
+        tx.log(drydock_store::log::NewLog::new(Self::event(task)))
+            .await
+            .expect("a log write");
+        Handled {
+            outcome: self.1.clone(),
+            tail: Some(tx),
+        }
+    }
+}
+
+async fn tail_written(s: &Store, task: &ClaimedTask) -> anyhow::Result<bool> {
+    let all = s
+        .logs(&drydock_store::log::LogFilter {
+            latest: true,
+            ..Default::default()
+        })
+        .await?;
+    Ok(all.iter().any(|l| l.kind == TailWriter::event(task)))
+}
+
+async fn a_handlers_last_write_commits_with_its_completion_and_only_with_it(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let s = &db.store;
+    let cfg = WorkerConfig::new("w");
+    // Done: the write and the completion are one commit.
+    let id = s.schedule(NewTask::new("test.tail")).await?;
+    let task = s.claim("w", TTL).await?.expect("task");
+    let before = s.commits();
+    let done = TailWriter(s.clone(), Outcome::Done);
+    ensure!(run_claimed(s, &done, &cfg, &task).await? == Outcome::Done);
+    let commits = s.commits() - before;
+    ensure!(commits == 1, "{commits} commits for a write and its completion");
+    ensure!(s.task(id).await?.state == TaskState::Done);
+    ensure!(tail_written(s, &task).await?, "the tail was not written");
+
+    // Requeued: the write commits first, the task is queued again.
+    let id = s.schedule(NewTask::new("test.tail")).await?;
+    let task = s.claim("w", TTL).await?.expect("task");
+    let requeue = TailWriter(s.clone(), Outcome::Yield(Duration::from_secs(60)));
+    run_claimed(s, &requeue, &cfg, &task).await?;
+    ensure!(s.task(id).await?.state == TaskState::Queued);
+    ensure!(tail_written(s, &task).await?, "a requeue lost the tail");
+
+    // A claim lost to another worker: its completion fails and the write
+    // is rolled back with it (fenced by the claim).
+    let id = s.schedule(NewTask::new("test.tail.lost")).await?;
+    let old = s
+        .claim("dead-worker", Duration::from_millis(300))
+        .await?
+        .expect("task");
+    let mut new = None;
+    wait_until(Duration::from_secs(5), "claim expiry", async || {
+        new = s.claim("w2", TTL).await.unwrap();
+        new.is_some()
+    })
+    .await?;
+    ensure!(new.is_some_and(|t| t.id == id));
+    let err = run_claimed(s, &done, &cfg, &old).await.unwrap_err();
+    ensure!(matches!(err, StoreError::LostClaim { .. }), "{err}");
+    ensure!(
+        !tail_written(s, &old).await?,
+        "a write of a lost claim was committed"
+    );
     Ok(())
 }

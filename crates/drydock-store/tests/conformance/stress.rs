@@ -5,7 +5,9 @@
 use anyhow::ensure;
 use drydock_model::{ObjectRef, ResourceId, TaskId};
 use drydock_store::lease::NewLease;
-use drydock_store::queue::{ClaimedTask, Handler, NewTask, Outcome, WorkerConfig, run_worker};
+use drydock_store::queue::{
+    ClaimedTask, Handled, Handler, NewTask, Outcome, WorkerConfig, run_worker,
+};
 use drydock_store::{Store, StoreError};
 use drydock_testkit::{Rng, TestDb};
 use std::collections::{HashMap, HashSet};
@@ -28,7 +30,7 @@ struct Recorder {
 }
 
 impl Handler for Recorder {
-    async fn handle(&self, task: &ClaimedTask) -> Outcome {
+    async fn handle(&self, task: &ClaimedTask) -> Handled {
         let n = {
             let mut runs = self.runs.lock().unwrap();
             let n = runs.entry(task.id).or_default();
@@ -46,9 +48,9 @@ impl Handler for Recorder {
         }
         // Object tasks yield once, so each object is run twice in a row.
         if task.object_key.is_some() && n == 1 {
-            Outcome::Yield(Duration::ZERO)
+            Outcome::Yield(Duration::ZERO).into()
         } else {
-            Outcome::Done
+            Outcome::Done.into()
         }
     }
 }
