@@ -113,8 +113,10 @@ impl BlueprintImpl for HostLocal {
         lease: &Lease,
     ) -> BlueprintResult<Map<String, Value>> {
         let dir = lease_dir(resource, lease)?;
-        tokio::fs::create_dir_all(&dir)
-            .await
+        // One mkdir, run where it is awaited: it may be inside the writer's
+        // transaction (see `lease_activation_is_local`), where a hop to
+        // the blocking pool and back would hold the writer idle.
+        std::fs::create_dir_all(&dir)
             .map_err(|e| BlueprintError::Temporary(format!("creating {}: {e}", dir.display())))?;
         let mut attrs = Map::new();
         attrs.insert("path".into(), json!(dir.to_string_lossy()));

@@ -353,6 +353,7 @@ async fn run(b: &mut Bench, args: &BenchArgs, url: &str, children: &[Child]) -> 
     // 4. Full cycles per second, 8 clients.
     let cycles_bp = b.blueprint("cycles", 8, None).await?;
     let span = Duration::from_secs(if args.quick { 2 } else { 10 });
+    let commits = b.store.commits();
     let started = Instant::now();
     let counts = join_all((0..8).map(|_| {
         let b = &*b;
@@ -371,13 +372,19 @@ async fn run(b: &mut Bench, args: &BenchArgs, url: &str, children: &[Child]) -> 
     }))
     .await?;
     let total: u64 = counts.iter().sum();
+    let commits = (b.store.commits() - commits) as f64 / total.max(1) as f64;
     b.row(
         "full lease cycles per second (8 clients)",
         "≥ 1,000 SQLite, ≥ 700 PostgreSQL",
         format!(
-            "{:.0}/s ({total} in {:.1} s)",
+            "{:.0}/s ({total} in {:.1} s; {commits:.1} commits per cycle{})",
             total as f64 / started.elapsed().as_secs_f64(),
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            if args.daemons > 0 {
+                " by the clients"
+            } else {
+                ""
+            }
         ),
     );
 

@@ -207,10 +207,7 @@ impl Engine {
         }
 
         // Fast path (step 4 alone): a free resource, without registering waits.
-        if let Some(step) = self
-            .lease_free_resource(lease, lock, &usable, tail)
-            .await?
-        {
+        if let Some(step) = self.lease_free_resource(lease, lock, &usable, tail).await? {
             return Ok(step);
         }
         // Slow path: register the generic wake-ups first, so capacity freed

@@ -144,7 +144,6 @@ impl Tx {
         Ok(handed)
     }
 
-
     /// Fire now. Returns how many waiters were woken.
     pub(crate) async fn fire_now(&mut self, fire: &Fire) -> Result<usize> {
         match fire {
@@ -274,10 +273,11 @@ impl Store {
     pub(crate) async fn fire_deferred(&self, fires: &[Fire]) -> Result<()> {
         let mut wanted = Vec::new();
         for fire in fires {
-            let waiting: Option<i64> = query_scalar("SELECT 1 FROM wakeups WHERE event = $1 LIMIT 1")
-                .bind(fire.event())
-                .fetch_optional(&mut self.reader().await?.raw)
-                .await?;
+            let waiting: Option<i64> =
+                query_scalar("SELECT 1 FROM wakeups WHERE event = $1 LIMIT 1")
+                    .bind(fire.event())
+                    .fetch_optional(&mut self.reader().await?.raw)
+                    .await?;
             if waiting.is_some() {
                 wanted.push(fire);
             }

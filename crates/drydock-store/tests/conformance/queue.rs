@@ -789,7 +789,10 @@ async fn a_handlers_last_write_commits_with_its_completion_and_only_with_it(
     let done = TailWriter(s.clone(), Outcome::Done);
     ensure!(run_claimed(s, &done, &cfg, &task).await? == Outcome::Done);
     let commits = s.commits() - before;
-    ensure!(commits == 1, "{commits} commits for a write and its completion");
+    ensure!(
+        commits == 1,
+        "{commits} commits for a write and its completion"
+    );
     ensure!(s.task(id).await?.state == TaskState::Done);
     ensure!(tail_written(s, &task).await?, "the tail was not written");
 
