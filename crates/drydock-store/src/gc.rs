@@ -19,6 +19,10 @@ impl PruneReport {
     }
 }
 
+/// Finished tasks older than `$1`, at most `$2` (through `tasks_finished`).
+pub(crate) const FINISHED_TASKS_SQL: &str = "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
+     WHERE state IN ('done', 'failed') AND finished_at < $1 LIMIT $2)";
+
 impl Store {
     /// Delete up to `batch` rows of each kind: logs and consumed commands of
     /// destroyed objects older than `cutoff`, finished tasks older than
@@ -48,15 +52,12 @@ impl Store {
         .execute(tx.conn())
         .await?
         .rows_affected();
-        let tasks = query(
-            "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE state IN ('done', 'failed') \
-               AND finished_at < $1 ORDER BY id LIMIT $2)",
-        )
-        .bind(task_cutoff)
-        .bind(batch)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
+        let tasks = query(FINISHED_TASKS_SQL)
+            .bind(task_cutoff)
+            .bind(batch)
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
         tx.commit().await?;
         Ok(PruneReport {
             logs,

@@ -934,26 +934,35 @@ enum Claimed {
     },
 }
 
-/// Claim the most urgent runnable task (and its object's lock when free)
-/// in `tx`.
-async fn claim_in(tx: &mut Tx, owner: &str, ttl: Duration) -> Result<Claimed> {
-    let now = now_ms();
-    let skip_locked = match tx.dialect() {
+/// The claim: the most urgent runnable task (`$1` owner, `$2` claim expiry,
+/// `$3` now).
+fn claim_sql(dialect: Dialect) -> String {
+    let skip_locked = match dialect {
         Dialect::Sqlite => "",
         Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
     };
-    let sql = format!(
+    // An object's task is not claimed while another of its tasks holds a
+    // live claim. The live claims are read once, through the small
+    // `tasks_claimed` index (a task whose own claim expired is not among
+    // them, so it never excludes itself).
+    format!(
         "UPDATE tasks SET state = 'claimed', claim_owner = $1, claim_expires_at = $2, \
            claim_token = claim_token + 1, \
            attempts = attempts + CASE WHEN state = 'claimed' THEN 1 ELSE 0 END \
          WHERE id = (SELECT t.id FROM tasks t \
            WHERE ((t.state = 'queued' AND t.run_at <= $3) OR (t.state = 'claimed' AND t.claim_expires_at < $3)) \
-             AND (t.object_key IS NULL OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.object_key = t.object_key \
-                  AND o.state = 'claimed' AND o.claim_expires_at >= $3 AND o.id <> t.id)) \
+             AND (t.object_key IS NULL OR t.object_key NOT IN (SELECT o.object_key FROM tasks o \
+                  WHERE o.state = 'claimed' AND o.claim_expires_at >= $3 AND o.object_key IS NOT NULL)) \
            ORDER BY t.priority DESC, t.run_at, t.id LIMIT 1 {skip_locked}) \
          RETURNING id, kind, object_key, payload, attempts, max_attempts, claim_token"
-    );
-    let row = query(sql)
+    )
+}
+
+/// Claim the most urgent runnable task (and its object's lock when free)
+/// in `tx`.
+async fn claim_in(tx: &mut Tx, owner: &str, ttl: Duration) -> Result<Claimed> {
+    let now = now_ms();
+    let row = query(claim_sql(tx.dialect()))
         .bind(owner)
         .bind(now.saturating_add(ms(ttl)))
         .bind(now)
@@ -1009,13 +1018,11 @@ async fn runnable_now(db: &mut Db) -> Result<bool> {
 }
 
 /// When the next task becomes runnable (see [`Store::next_due`]).
+const NEXT_DUE_SQL: &str = "SELECT (SELECT MIN(run_at) FROM tasks WHERE state = 'queued'), \
+     (SELECT MIN(claim_expires_at) FROM tasks WHERE state = 'claimed')";
+
 async fn next_due_in(db: &mut Db) -> Result<Option<i64>> {
-    let (a, b): (Option<i64>, Option<i64>) = query_as(
-        "SELECT (SELECT MIN(run_at) FROM tasks WHERE state = 'queued'), \
-                (SELECT MIN(claim_expires_at) FROM tasks WHERE state = 'claimed')",
-    )
-    .fetch_one(db)
-    .await?;
+    let (a, b): (Option<i64>, Option<i64>) = query_as(NEXT_DUE_SQL).fetch_one(db).await?;
     Ok(match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -1251,6 +1258,47 @@ pub async fn run_worker<H: Handler>(
             Err(e) => {
                 tracing::warn!(task = task.id.0, kind = %task.kind, "recording task outcome failed: {e}");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod plans {
+    use super::*;
+
+    /// The queue's hot statements and the GC of finished tasks read
+    /// `tasks` (which keeps every finished task until GC) through its
+    /// indexes, never by a scan.
+    #[tokio::test]
+    async fn the_queue_reads_tasks_through_indexes_not_scans() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let mut conn = store.reader().await.unwrap();
+        for (what, sql) in [
+            ("claim", claim_sql(Dialect::Sqlite)),
+            ("next due", NEXT_DUE_SQL.to_owned()),
+            ("gc", crate::gc::FINISHED_TASKS_SQL.to_owned()),
+        ] {
+            let mut q = query(format!("EXPLAIN QUERY PLAN {sql}"));
+            for n in 1..=3_i64 {
+                if sql.contains(&format!("${n}")) {
+                    q = q.bind(n);
+                }
+            }
+            let plan: Vec<String> = q
+                .fetch_all(&mut conn.raw)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<String>("detail").unwrap())
+                .collect();
+            assert!(
+                !plan
+                    .iter()
+                    .any(|d| d.starts_with("SCAN ") && d != "SCAN CONSTANT ROW"),
+                "{what} scans: {plan:#?}"
+            );
         }
     }
 }
