@@ -20,3 +20,8 @@ DROP INDEX logs_blueprint;
 DROP INDEX logs_resource;
 CREATE INDEX logs_blueprint ON logs(blueprint_id, id) WHERE blueprint_id IS NOT NULL;
 CREATE INDEX logs_resource ON logs(resource_id, id) WHERE resource_id IS NOT NULL;
+
+-- Consuming a command no longer moves its entry: the target's commands are
+-- few, and the unconsumed ones are also in `commands_unconsumed`.
+DROP INDEX commands_target;
+CREATE INDEX commands_target ON commands(target_kind, target_id, id);
