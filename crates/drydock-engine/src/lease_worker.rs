@@ -76,21 +76,18 @@ impl Engine {
         let done = self
             .locked(object, held, async |lock| {
                 let mut tail = Tail::default();
-                let lease = match self.lease_steps(id, lock, &mut tail).await {
-                    Ok((next, lease)) => Ok((next, lease)),
-                    Err(e) => {
-                        // What the steps wrote stays written (each step's
-                        // write is valid on its own), as before a failure.
-                        if let Err(c) = tail.commit().await {
-                            tracing::debug!(%object, "committing before a failure failed: {c}");
-                        }
-                        Err(e)
-                    }
-                };
+                let steps = self.lease_steps(id, lock, &mut tail).await;
+                if steps.is_err()
+                    && let Err(c) = tail.commit().await
+                {
+                    // What the steps wrote stays written (each step's write
+                    // is valid on its own) unless the database failed too.
+                    tracing::debug!(%object, "committing before a failure failed: {c}");
+                }
                 // Slots handed to this lease that it did not take go on to
                 // the next waiter, whatever the pass did.
                 if self.store.has_handoffs(object).await? {
-                    let (priority, created_at, holding) = match &lease {
+                    let (priority, created_at, holding) = match &steps {
                         Ok((_, l)) => (l.priority, l.created_at, l.holding()),
                         Err(_) => {
                             let l = self.store.lease(id).await?;
@@ -105,7 +102,7 @@ impl Engine {
                 if held.is_none() {
                     tail.commit().await?;
                 }
-                lease.map(|(next, _)| (next, tail))
+                steps.map(|(next, _)| (next, tail))
             })
             .await?;
         Ok(match done {

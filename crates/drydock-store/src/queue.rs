@@ -1017,10 +1017,10 @@ async fn runnable_now(db: &mut Db) -> Result<bool> {
     Ok(due.is_some())
 }
 
-/// When the next task becomes runnable (see [`Store::next_due`]).
 const NEXT_DUE_SQL: &str = "SELECT (SELECT MIN(run_at) FROM tasks WHERE state = 'queued'), \
      (SELECT MIN(claim_expires_at) FROM tasks WHERE state = 'claimed')";
 
+/// When the next task becomes runnable (see [`Store::next_due`]).
 async fn next_due_in(db: &mut Db) -> Result<Option<i64>> {
     let (a, b): (Option<i64>, Option<i64>) = query_as(NEXT_DUE_SQL).fetch_one(db).await?;
     Ok(match (a, b) {
