@@ -11,7 +11,7 @@ use drydock_store::blueprint::Blueprint;
 use drydock_store::lease::Lease;
 use drydock_store::resource::Resource;
 use serde_json::{Map, Value, json};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub struct HostLocal;
 
@@ -51,6 +51,39 @@ fn lease_dir(resource: &Resource, lease: &Lease) -> BlueprintResult<PathBuf> {
             BlueprintError::Permanent(format!("resource {} has no root directory", resource.id))
         })?;
     Ok(PathBuf::from(root).join(format!("lease-{}", lease.id)))
+}
+
+/// Move a destroyed lease's directory into `.trash` beside it (a rename on
+/// the same filesystem) under a name of its own; returns the trash
+/// directory, or `None` when the lease's directory is gone already.
+fn move_aside(dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    let trash = dir.parent().unwrap_or(Path::new(".")).join(".trash");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let moved = std::fs::create_dir_all(&trash)
+        .and_then(|()| std::fs::rename(dir, trash.join(format!("{name}.{nanos}"))));
+    match moved {
+        Ok(()) => Ok(Some(trash)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Delete everything in `trash`, including what a process that died
+/// mid-way left behind. Best effort: another process may be emptying it
+/// too, and what fails now goes with the next lease's teardown.
+fn empty_trash(trash: &Path) {
+    let Ok(entries) = std::fs::read_dir(trash) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+            tracing::debug!("emptying {}: {e}", trash.display());
+        }
+    }
 }
 
 #[async_trait]
@@ -128,6 +161,10 @@ impl BlueprintImpl for HostLocal {
         true
     }
 
+    /// The directory is renamed into the root's trash at once (so its path
+    /// is gone when the lease is destroyed) and deleted in the background:
+    /// whatever the lease left there, however large, never holds up the
+    /// lease's destruction or the worker.
     async fn destroy_lease(
         &self,
         _ctx: &Context<'_>,
@@ -135,11 +172,14 @@ impl BlueprintImpl for HostLocal {
         lease: &Lease,
     ) -> BlueprintResult<()> {
         let dir = lease_dir(resource, lease)?;
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        match move_aside(&dir) {
+            Ok(Some(trash)) => {
+                tokio::task::spawn_blocking(move || empty_trash(&trash));
+                Ok(())
+            }
+            Ok(None) => Ok(()),
             Err(e) => Err(BlueprintError::Temporary(format!(
-                "removing {}: {e}",
+                "moving {} aside: {e}",
                 dir.display()
             ))),
         }
@@ -175,5 +215,27 @@ impl BlueprintImpl for HostLocal {
     ) -> bool {
         // With a lease limit, prefer another slot over stacking on a busy one.
         self.lease_limit(bp).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_destroyed_leases_directory_is_moved_aside_then_deleted() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("lease-7");
+        std::fs::create_dir_all(dir.join("build/out")).unwrap();
+        std::fs::write(dir.join("build/out/artifact"), b"left behind").unwrap();
+        let trash = move_aside(&dir).unwrap().expect("moved");
+        assert!(!dir.exists(), "the lease's path is gone at once");
+        let aside: Vec<_> = std::fs::read_dir(&trash).unwrap().flatten().collect();
+        assert_eq!(aside.len(), 1, "its content waits in {}", trash.display());
+        assert!(aside[0].path().join("build/out/artifact").is_file());
+        // A second teardown of the same lease (a retried pass) finds it gone.
+        assert_eq!(move_aside(&dir).unwrap(), None);
+        empty_trash(&trash);
+        assert_eq!(std::fs::read_dir(&trash).unwrap().count(), 0);
     }
 }

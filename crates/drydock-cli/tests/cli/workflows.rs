@@ -73,8 +73,19 @@ async fn lease_show_release_and_log_on_a_bare_database(db: &TestDb) -> anyhow::R
     ensure!(out.status.success(), "{}", stderr(&out));
     ensure!(
         !std::path::Path::new(&path).exists(),
-        "the lease's directory is removed when it is destroyed"
+        "the lease's directory is gone when it is destroyed"
     );
+    // Moved aside at once, then deleted in the background.
+    let trash = std::path::Path::new(&path)
+        .parent()
+        .expect("a root")
+        .join(".trash");
+    wait_until(
+        Duration::from_secs(10),
+        "the destroyed lease's directory to be deleted",
+        async || std::fs::read_dir(&trash).is_ok_and(|mut d| d.next().is_none()),
+    )
+    .await?;
     let again = drydock(&url, &["release-lease", "--id", &id]);
     ensure!(
         !again.status.success() && stderr(&again).contains("cannot be released: it is destroyed"),
