@@ -87,15 +87,16 @@ impl Engine {
                 // Slots handed to this lease that it did not take go on to
                 // the next waiter, whatever the pass did.
                 if self.store.has_handoffs(object).await? {
-                    let (priority, created_at, holding) = match &steps {
-                        Ok((_, l)) => (l.priority, l.created_at, l.holding()),
+                    let read;
+                    let lease = match &steps {
+                        Ok((_, lease)) => lease,
                         Err(_) => {
-                            let l = self.store.lease(id).await?;
-                            (l.priority, l.created_at, l.holding())
+                            read = self.store.lease(id).await?;
+                            &read
                         }
                     };
                     let mut tx = tail.begin(&self.store).await?;
-                    tx.settle_handoffs(object, priority, created_at, holding)
+                    tx.settle_handoffs(object, lease.priority, lease.created_at, lease.holding())
                         .await?;
                     tail.hold(tx);
                 }

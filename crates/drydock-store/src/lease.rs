@@ -263,11 +263,14 @@ impl Tx {
     }
 }
 
+/// When a lease on `$1` (a resource) last changed.
+const LAST_LEASE_ACTIVITY_SQL: &str = "SELECT MAX(modified_at) FROM leases WHERE resource_id = $1";
+
 impl Store {
     /// When a lease on `resource` last changed (acquired, released,
     /// destroyed): the resource's "last used" time for reclaim.
     pub async fn last_lease_activity(&self, resource: ResourceId) -> Result<Option<i64>> {
-        query_scalar("SELECT MAX(modified_at) FROM leases WHERE resource_id = $1")
+        query_scalar(LAST_LEASE_ACTIVITY_SQL)
             .bind(resource.0)
             .fetch_one(&mut self.reader().await?.raw)
             .await
@@ -284,7 +287,7 @@ impl Store {
 impl Tx {
     /// When a lease on `resource` last changed, read inside the transaction.
     pub async fn last_lease_activity(&mut self, resource: ResourceId) -> Result<Option<i64>> {
-        query_scalar("SELECT MAX(modified_at) FROM leases WHERE resource_id = $1")
+        query_scalar(LAST_LEASE_ACTIVITY_SQL)
             .bind(resource.0)
             .fetch_one(self.conn())
             .await

@@ -723,9 +723,10 @@ const SQLITE_WATCH_BUSY_FOR: Duration = Duration::from_secs(1);
 impl Store {
     /// On SQLite, notice commits by other processes (a CLI queueing a lease
     /// for a daemon, a daemon activating a lease a client waits for) by
-    /// watching `PRAGMA data_version` on a connection of its own, every
-    /// [`SQLITE_WATCH`]: it changes when another connection commits. This process's
-    /// commits change it too (they woke their workers and readers already),
+    /// watching `PRAGMA data_version` on a connection of its own (every
+    /// [`SQLITE_WATCH_BUSY`] while busy, [`SQLITE_WATCH_IDLE`] otherwise):
+    /// it changes when another connection commits. This process's commits
+    /// change it too (they woke their workers and readers already),
     /// so a change is looked into rather than broadcast. One worker looks
     /// if no commit of this process can explain the change (counted in
     /// `Tx::commit`), or else only if a task is runnable; the readers of a

@@ -110,26 +110,23 @@ impl Tx {
     /// End of a waiter's pass: slots handed to it are used when it now holds
     /// that resource (`holding`), and otherwise handed on to the next
     /// waiter in rank, so a slot one waiter cannot use is never lost.
-    /// Returns how many were handed on.
     pub async fn settle_handoffs(
         &mut self,
         waiter: ObjectRef,
         priority: i64,
         run_at: i64,
         holding: Option<ResourceId>,
-    ) -> Result<usize> {
+    ) -> Result<()> {
         let key = waiter.key();
         let slots: Vec<(String, i64)> =
             query_as("DELETE FROM handoffs WHERE waiter = $1 RETURNING event, resource_id")
                 .bind(&key)
                 .fetch_all(self.conn())
                 .await?;
-        let mut handed = 0;
         for (event, resource) in slots {
             if holding == Some(ResourceId(resource)) {
                 continue; // used
             }
-            handed += 1;
             self.fire_or_defer(Fire::One {
                 event,
                 resource: ResourceId(resource),
@@ -141,7 +138,7 @@ impl Tx {
             })
             .await?;
         }
-        Ok(handed)
+        Ok(())
     }
 
     /// Fire now. Returns how many waiters were woken.
@@ -272,16 +269,18 @@ impl Store {
     /// firing must wake — and no write transaction is spent on nobody.
     pub(crate) async fn fire_deferred(&self, fires: &[Fire]) -> Result<()> {
         let mut wanted = Vec::new();
+        let mut reader = self.reader().await?;
         for fire in fires {
             let waiting: Option<i64> =
                 query_scalar("SELECT 1 FROM wakeups WHERE event = $1 LIMIT 1")
                     .bind(fire.event())
-                    .fetch_optional(&mut self.reader().await?.raw)
+                    .fetch_optional(&mut reader.raw)
                     .await?;
             if waiting.is_some() {
                 wanted.push(fire);
             }
         }
+        drop(reader);
         if wanted.is_empty() {
             return Ok(());
         }
