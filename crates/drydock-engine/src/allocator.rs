@@ -608,7 +608,7 @@ impl Engine {
 
     /// Acquire `lease` on `resource` (spec §5 "acquire on resource"): slot
     /// locks, resource id and status in one transaction, with the resource
-    /// row locked so a concurrent release or reclaim either sees this lease
+    /// row shared so a concurrent release or reclaim either sees this lease
     /// or is seen by it. Acquired, the transaction is left open in `tail`.
     async fn try_acquire(
         &self,
@@ -637,7 +637,7 @@ impl Engine {
             }
         }
         let mut tx = tail.begin(&self.store).await?;
-        let fresh = tx.resource_for_update(resource.id).await?;
+        let fresh = tx.resource_to_acquire(resource.id).await?;
         let usable = fresh.status == ResourceStatus::Active
             || (fresh.status == ResourceStatus::Pending && !acquisition.activate_now);
         if !usable {
@@ -677,6 +677,7 @@ impl Engine {
         }
         *lease = tx.save_lease(&next, lock).await?;
         tail.hold(tx);
+        tail.acquired_on(fresh, bp.clone());
         if acquisition.activate_now {
             crate::metrics::lease_activated(lease);
         }

@@ -225,7 +225,8 @@ impl Engine {
         {
             transition(&mut next, LeaseStatus::Released)?;
             next.waiting = None;
-            tx.stop_waiting(next.object()).await?;
+            // Its waits end with its destruction, next in this pass (if
+            // that fails, a stale wake-up only brings the retry sooner).
             tx.log(lease_log(&next, log::LEASE_RELEASED).data(json!({ "by": by })))
                 .await?;
         }
@@ -245,6 +246,14 @@ impl Engine {
         resource: &Resource,
     ) -> PassResult<(drydock_store::blueprint::Blueprint, Arc<dyn BlueprintImpl>)> {
         let bp = self.store.blueprint(resource.blueprint_id).await?;
+        self.implementation(bp)
+    }
+
+    /// The implementation of a blueprint already read.
+    pub(crate) fn implementation(
+        &self,
+        bp: drydock_store::blueprint::Blueprint,
+    ) -> PassResult<(drydock_store::blueprint::Blueprint, Arc<dyn BlueprintImpl>)> {
         match self.blueprints.get(&bp.kind) {
             Some(imp) => Ok((bp, imp.clone())),
             None => Err(PassError::Blueprint(
@@ -275,7 +284,10 @@ impl Engine {
                 "acquired lease has no resource".into(),
             ));
         };
-        let resource = self.store.resource(rid).await?;
+        let (resource, blueprint) = match tail.take_acquired_on(rid) {
+            Some((r, bp)) => (r, Some(bp)),
+            None => (self.store.resource(rid).await?, None),
+        };
         match resource.status {
             drydock_model::ResourceStatus::Pending => {
                 let events = vec![events::resource(rid)];
@@ -295,7 +307,10 @@ impl Engine {
                 )))
             }
             drydock_model::ResourceStatus::Active => {
-                let (bp, imp) = self.implementation_of(&resource).await?;
+                let (bp, imp) = match blueprint {
+                    Some(bp) => self.implementation(bp)?,
+                    None => self.implementation_of(&resource).await?,
+                };
                 if !imp.lease_activation_is_local(&bp) {
                     tail.commit().await?;
                 }

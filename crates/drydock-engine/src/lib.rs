@@ -22,9 +22,11 @@ mod resource_worker;
 
 use blueprint::{BlueprintError, Registry};
 use drydock_model::{LeaseId, ObjectKind, ObjectRef, ResourceId};
+use drydock_store::blueprint::Blueprint;
 use drydock_store::command::Command;
 use drydock_store::object_lock::ObjectLock;
 use drydock_store::queue::{ClaimedTask, DEFAULT_MAX_ATTEMPTS, Handled, Handler, Outcome};
+use drydock_store::resource::Resource;
 use drydock_store::{Store, StoreError, Tx, now_ms};
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,32 +126,53 @@ pub(crate) type PassResult<T> = Result<T, PassError>;
 /// write committed — another transaction (on SQLite the one writer
 /// connection is this one), remote work, the end of a pass outside the
 /// queue — commits it first with [`Tail::commit`].
+///
+/// It also carries the resource and blueprint a lease was just acquired on
+/// (read in the acquiring transaction), so the activation that follows in
+/// the same pass does not read them again.
 #[derive(Default)]
-pub(crate) struct Tail(Option<Tx>);
+pub(crate) struct Tail {
+    tx: Option<Tx>,
+    acquired_on: Option<(Resource, Blueprint)>,
+}
 
 impl Tail {
     /// The held transaction, or a new one.
     pub(crate) async fn begin(&mut self, store: &Store) -> Result<Tx, StoreError> {
-        match self.0.take() {
+        match self.tx.take() {
             Some(tx) => Ok(tx),
             None => store.begin().await,
         }
     }
 
     pub(crate) fn hold(&mut self, tx: Tx) {
-        debug_assert!(self.0.is_none(), "a pass holds one transaction");
-        self.0 = Some(tx);
+        debug_assert!(self.tx.is_none(), "a pass holds one transaction");
+        self.tx = Some(tx);
     }
 
     pub(crate) async fn commit(&mut self) -> Result<(), StoreError> {
-        match self.0.take() {
+        match self.tx.take() {
             Some(tx) => tx.commit().await,
             None => Ok(()),
         }
     }
 
     pub(crate) fn into_tx(self) -> Option<Tx> {
-        self.0
+        self.tx
+    }
+
+    /// Remember what a lease was acquired on, as the acquiring transaction
+    /// read it.
+    pub(crate) fn acquired_on(&mut self, resource: Resource, blueprint: Blueprint) {
+        self.acquired_on = Some((resource, blueprint));
+    }
+
+    /// What a lease was acquired on in this pass, if it was `resource`.
+    pub(crate) fn take_acquired_on(
+        &mut self,
+        resource: ResourceId,
+    ) -> Option<(Resource, Blueprint)> {
+        self.acquired_on.take().filter(|(r, _)| r.id == resource)
     }
 }
 
@@ -290,16 +313,14 @@ impl Engine {
         object: ObjectRef,
         expired: bool,
     ) -> PassResult<Option<(Tx, Vec<Command>)>> {
-        if !expired && self.store.pending_commands(object).await?.is_empty() {
-            return Ok(None);
-        }
-        let mut tx = self.store.begin().await?;
-        let commands = tx.pending_commands(object).await?;
+        // Read outside the transaction: only this object's update worker
+        // (the caller, under its lock) consumes them, and one sent after
+        // this read has its own task and is consumed by the next pass.
+        let commands = self.store.pending_commands(object).await?;
         if commands.is_empty() && !expired {
-            tx.rollback().await?;
             return Ok(None);
         }
-        Ok(Some((tx, commands)))
+        Ok(Some((self.store.begin().await?, commands)))
     }
 
     /// Run `work` under `held` (a lock the caller holds and renews, such as

@@ -455,6 +455,38 @@ mod postgres {
     }
 }
 
+/// Commit the open transaction. On PostgreSQL `notices` (`(channel,
+/// payload)`, our own names and payloads: letters, digits, `.`, `_` and
+/// spaces) are sent in the same message as `COMMIT`, one round trip: the
+/// simple-query protocol runs them in order and stops at the first error,
+/// so they are delivered if, and only if, the transaction commits.
+pub(crate) async fn commit(db: &mut Db, notices: &[(&str, String)]) -> Result<()> {
+    match db {
+        Db::Postgres(conn) if !notices.is_empty() => {
+            use sqlx::Executor as _;
+            let mut script = String::new();
+            for (channel, payload) in notices {
+                let plain = |s: &str| {
+                    s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ' '))
+                };
+                if !plain(channel) || !plain(payload) {
+                    return Err(StoreError::invalid(
+                        "notification",
+                        format!("{channel:?} {payload:?} is not a plain name"),
+                    ));
+                }
+                script.push_str(&format!("NOTIFY {channel}, '{payload}'; "));
+            }
+            script.push_str("COMMIT");
+            conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(script)))
+                .await?;
+            Ok(())
+        }
+        db => query("COMMIT").execute(db).await.map(drop),
+    }
+}
+
 /// Take SQLite's write lock (`BEGIN IMMEDIATE`) without blocking the
 /// thread: when another process holds it, sleep and try again (1 ms
 /// doubling to 50 ms), for at most `patience`.

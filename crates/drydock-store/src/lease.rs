@@ -143,22 +143,23 @@ impl Tx {
         let attributes = check_map("lease attributes", &new.attributes)?;
         let now = now_ms();
         let blueprints: Vec<i64> = new.blueprint_ids.iter().map(|b| b.0).collect();
-        let id: i64 = query_scalar(
+        let sql = format!(
             "INSERT INTO leases (resource_type, status, blueprint_ids, authorizing, owner, attributes, internal, priority, \
                until_at, version, fence, created_at, modified_at) \
-             VALUES ($1, 'pending', $2, $3, $4, $5, '{}', $6, $7, 1, 0, $8, $8) RETURNING id",
-        )
-        .bind(&new.resource_type)
-        .bind(to_json(&blueprints))
-        .bind(&new.authorizing)
-        .bind(&new.owner)
-        .bind(attributes)
-        .bind(new.priority)
-        .bind(new.until)
-        .bind(now)
-        .fetch_one(self.conn())
-        .await?;
-        self.lease(LeaseId(id)).await
+             VALUES ($1, 'pending', $2, $3, $4, $5, '{{}}', $6, $7, 1, 0, $8, $8) RETURNING {COLUMNS}"
+        );
+        let row = query(sql)
+            .bind(&new.resource_type)
+            .bind(to_json(&blueprints))
+            .bind(&new.authorizing)
+            .bind(&new.owner)
+            .bind(attributes)
+            .bind(new.priority)
+            .bind(new.until)
+            .bind(now)
+            .fetch_one(self.conn())
+            .await?;
+        from_row(&row)
     }
 
     pub async fn lease(&mut self, id: LeaseId) -> Result<Lease> {

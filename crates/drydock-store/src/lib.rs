@@ -131,6 +131,7 @@ impl Store {
             store: self.clone(),
             wake_workers: false,
             changed_leases: Vec::new(),
+            notices: Vec::new(),
             deferred_fires: Vec::new(),
         };
         match tx.conn() {
@@ -148,6 +149,14 @@ impl Store {
         self.inner
             .commits_done
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Count a write made by one statement outside [`Tx`] (its own
+    /// transaction) in [`Store::commits`].
+    pub(crate) fn count_autocommit(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.inner.commits_begun.fetch_add(1, SeqCst);
+        self.inner.commits_done.fetch_add(1, SeqCst);
     }
 
     /// A connection for reads (SQLite: not the writer's).
@@ -171,6 +180,9 @@ pub struct Tx {
     /// Leases this transaction wrote (their waiters are woken on commit;
     /// on PostgreSQL other processes are told in the same transaction).
     changed_leases: Vec<i64>,
+    /// PostgreSQL notifications `(channel, payload)`, sent with `COMMIT`
+    /// (one round trip; delivered when, and only if, it commits).
+    notices: Vec<(&'static str, String)>,
     /// Wake-ups to fire once this transaction has committed (see
     /// [`Tx::fire`]).
     deferred_fires: Vec<wakeup::Fire>,
@@ -184,7 +196,8 @@ impl Tx {
         store.inner.commits_begun.fetch_add(1, SeqCst);
         // The connection stays in the Tx until COMMIT has answered: a
         // failure, or this future dropped half-way, leaves it to `Drop`.
-        let committed = db::query("COMMIT").execute(self.conn()).await;
+        let notices = std::mem::take(&mut self.notices);
+        let committed = db::commit(self.conn(), &notices).await;
         store.inner.commits_done.fetch_add(1, SeqCst);
         committed?;
         drop(self.conn.take());

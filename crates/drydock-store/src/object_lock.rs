@@ -12,7 +12,7 @@
 //! Contention is not an error: [`Store::try_lock`] answers `None`, meaning
 //! "try again shortly" (spec §19.1 fixed).
 
-use crate::db::{query, query_scalar};
+use crate::db::{Db, query, query_scalar};
 use crate::row::get;
 use crate::{Result, Store, StoreError, Tx, ms, now_ms};
 use std::time::Duration;
@@ -121,26 +121,7 @@ impl Tx {
         ttl: Duration,
     ) -> Result<Option<ObjectLock>> {
         let now = now_ms();
-        let expires_at = now.saturating_add(ms(ttl));
-        let token: Option<i64> = query_scalar(
-            "INSERT INTO object_locks (name, owner, token, expires_at, acquired_at) VALUES ($1, $2, 1, $3, $4) \
-             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, token = object_locks.token + 1, \
-               expires_at = excluded.expires_at, acquired_at = excluded.acquired_at \
-             WHERE object_locks.owner IS NULL OR object_locks.expires_at < $4 \
-             RETURNING token",
-        )
-        .bind(name)
-        .bind(owner)
-        .bind(expires_at)
-        .bind(now)
-        .fetch_optional(self.conn())
-        .await?;
-        Ok(token.map(|token| ObjectLock {
-            name: name.to_owned(),
-            owner: owner.to_owned(),
-            token,
-            expires_at,
-        }))
+        try_lock_on(self.conn(), name, owner, now, now.saturating_add(ms(ttl))).await
     }
 
     /// [`Store::renew_lock`] inside this transaction.
@@ -203,4 +184,38 @@ pub(crate) fn fence_condition(name_param: usize, token_param: usize) -> String {
     format!(
         "EXISTS (SELECT 1 FROM object_locks l WHERE l.name = ${name_param} AND l.token = ${token_param})"
     )
+}
+
+/// The end of an `INSERT INTO object_locks` that takes the lock (`$1` the
+/// owner, `$2` its expiry, `$3` now) if it is free or its holder's expired,
+/// returning the new fencing token; also part of the queue's claim.
+pub(crate) const TAKE_LOCK: &str = "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, \
+     token = object_locks.token + 1, expires_at = excluded.expires_at, acquired_at = excluded.acquired_at \
+     WHERE object_locks.owner IS NULL OR object_locks.expires_at < $3 RETURNING token";
+
+/// Take `name` for `owner` until `expires_at` if it is free or its holder's
+/// expired (at `now`), on a connection inside a transaction.
+pub(crate) async fn try_lock_on(
+    db: &mut Db,
+    name: &str,
+    owner: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<Option<ObjectLock>> {
+    let token: Option<i64> = query_scalar(format!(
+        "INSERT INTO object_locks (name, owner, token, expires_at, acquired_at) \
+         VALUES ($4, $1, 1, $2, $3) {TAKE_LOCK}"
+    ))
+    .bind(owner)
+    .bind(expires_at)
+    .bind(now)
+    .bind(name)
+    .fetch_optional(db)
+    .await?;
+    Ok(token.map(|token| ObjectLock {
+        name: name.to_owned(),
+        owner: owner.to_owned(),
+        token,
+        expires_at,
+    }))
 }

@@ -20,7 +20,7 @@
 //! [`Notify`]: tokio::sync::Notify
 
 use crate::db::{Db, Row, query, query_as, query_scalar};
-use crate::object_lock::ObjectLock;
+use crate::object_lock::{ObjectLock, TAKE_LOCK};
 use crate::row::{get, json, to_json};
 use crate::{Dialect, Result, Store, StoreError, Tx, ms, now_ms};
 use drydock_model::{LeaseId, ObjectRef, TaskId};
@@ -265,11 +265,8 @@ impl Tx {
         }
         self.changed_leases.push(id.0);
         if self.dialect() == Dialect::Postgres {
-            query("SELECT pg_notify($1, $2)")
-                .bind(CHANGES_CHANNEL)
-                .bind(format!("{} {}", self.store.inner.instance, id.0))
-                .execute(self.conn())
-                .await?;
+            let payload = format!("{} {}", self.store.inner.instance, id.0);
+            self.notices.push((CHANGES_CHANNEL, payload));
         }
         Ok(())
     }
@@ -277,12 +274,8 @@ impl Tx {
     /// Once per transaction.
     async fn notify_workers(&mut self) -> Result<()> {
         if self.dialect() == Dialect::Postgres && !self.wake_workers {
-            // Delivered to listeners when (and only if) this transaction commits.
-            query("SELECT pg_notify($1, $2)")
-                .bind(NOTIFY_CHANNEL)
-                .bind(self.store.inner.instance.clone())
-                .execute(self.conn())
-                .await?;
+            let payload = self.store.inner.instance.clone();
+            self.notices.push((NOTIFY_CHANNEL, payload));
         }
         self.wake_workers = true;
         Ok(())
@@ -311,6 +304,23 @@ impl Store {
     /// claim expired (that run counts as a failed attempt). A task whose
     /// object already has a task running under a live claim waits.
     pub async fn claim(&self, owner: &str, ttl: Duration) -> Result<Option<ClaimedTask>> {
+        if self.dialect() == Dialect::Postgres {
+            // One statement: no BEGIN and COMMIT around it.
+            let mut conn = self.inner.write.get().await?;
+            loop {
+                match claim_on(&mut conn.raw, Dialect::Postgres, owner, ttl).await? {
+                    Claimed::Nothing => return Ok(None),
+                    Claimed::Exhausted => {}
+                    Claimed::Task { task, more } => {
+                        self.count_autocommit();
+                        if more {
+                            self.more_tasks_maybe();
+                        }
+                        return Ok(Some(task));
+                    }
+                }
+            }
+        }
         loop {
             let mut tx = self.begin().await?;
             match claim_in(&mut tx, owner, ttl).await? {
@@ -946,7 +956,7 @@ fn claim_sql(dialect: Dialect) -> String {
     // live claim. The live claims are read once, through the small
     // `tasks_claimed` index (a task whose own claim expired is not among
     // them, so it never excludes itself).
-    format!(
+    let claim = format!(
         "UPDATE tasks SET state = 'claimed', claim_owner = $1, claim_expires_at = $2, \
            claim_token = claim_token + 1, \
            attempts = attempts + CASE WHEN state = 'claimed' THEN 1 ELSE 0 END \
@@ -955,19 +965,43 @@ fn claim_sql(dialect: Dialect) -> String {
              AND (t.object_key IS NULL OR t.object_key NOT IN (SELECT o.object_key FROM tasks o \
                   WHERE o.state = 'claimed' AND o.claim_expires_at >= $3 AND o.object_key IS NOT NULL)) \
            ORDER BY t.priority DESC, t.run_at, t.id LIMIT 1 {skip_locked}) \
-         RETURNING id, kind, object_key, payload, attempts, max_attempts, claim_token"
-    )
+         RETURNING id, kind, object_key, payload, attempts, max_attempts, claim_token, \
+           EXISTS (SELECT 1 FROM tasks m WHERE m.state = 'queued' AND m.run_at <= $3 \
+                   AND m.id <> tasks.id) AS more"
+    );
+    match dialect {
+        // The object's lock is taken in the claiming statement too (one
+        // round trip, and no transaction of its own around it): for a task
+        // with an object that its workers have not given up on, if the lock
+        // is free or its holder's expired — the lock expires with the claim.
+        Dialect::Postgres => format!(
+            "WITH c AS ({claim}), \
+             l AS (INSERT INTO object_locks (name, owner, token, expires_at, acquired_at) \
+               SELECT object_key, $1, 1, $2, $3 FROM c \
+               WHERE object_key IS NOT NULL AND attempts < max_attempts {TAKE_LOCK}) \
+             SELECT c.*, (SELECT token FROM l) AS lock_token FROM c"
+        ),
+        Dialect::Sqlite => claim,
+    }
 }
 
 /// Claim the most urgent runnable task (and its object's lock when free)
 /// in `tx`.
 async fn claim_in(tx: &mut Tx, owner: &str, ttl: Duration) -> Result<Claimed> {
+    let dialect = tx.dialect();
+    claim_on(tx.conn(), dialect, owner, ttl).await
+}
+
+/// [`claim_in`] on a connection: in its transaction, or (PostgreSQL, whose
+/// claim is one statement) a transaction of its own.
+async fn claim_on(db: &mut Db, dialect: Dialect, owner: &str, ttl: Duration) -> Result<Claimed> {
     let now = now_ms();
-    let row = query(claim_sql(tx.dialect()))
+    let expires_at = now.saturating_add(ms(ttl));
+    let row = query(claim_sql(dialect))
         .bind(owner)
-        .bind(now.saturating_add(ms(ttl)))
+        .bind(expires_at)
         .bind(now)
-        .fetch_optional(tx.conn())
+        .fetch_optional(&mut *db)
         .await?;
     let Some(row) = row else {
         return Ok(Claimed::Nothing);
@@ -995,16 +1029,28 @@ async fn claim_in(tx: &mut Tx, owner: &str, ttl: Duration) -> Result<Claimed> {
             task.attempts
         ))
         .bind(task.id.0)
-        .execute(tx.conn())
+        .execute(db)
         .await?;
         return Ok(Claimed::Exhausted);
     }
-    if let Some(key) = &task.object_key {
-        task.lock = tx.try_lock(key, owner, ttl).await?;
-    }
-    // Another runnable task: one more idle worker looks (and so on while
-    // each finds one), instead of every commit waking every worker.
-    let more = runnable_now(tx.conn()).await?;
+    task.lock = match (dialect, &task.object_key) {
+        (_, None) => None,
+        (Dialect::Postgres, Some(key)) => {
+            get::<Option<i64>>(&row, "lock_token")?.map(|token| ObjectLock {
+                name: key.clone(),
+                owner: owner.to_owned(),
+                token,
+                expires_at,
+            })
+        }
+        (Dialect::Sqlite, Some(key)) => {
+            crate::object_lock::try_lock_on(db, key, owner, now, expires_at).await?
+        }
+    };
+    // Another runnable task (whatever its object's state; read with the
+    // claim): one more idle worker looks (and so on while each finds one),
+    // instead of every commit waking every worker.
+    let more = get::<bool>(&row, "more")?;
     Ok(Claimed::Task { task, more })
 }
 

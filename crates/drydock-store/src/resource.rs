@@ -200,12 +200,27 @@ impl Store {
 
 impl Tx {
     /// Read a resource and, on PostgreSQL, lock its row until the
-    /// transaction ends: lease acquisition and resource release/reclaim
-    /// serialize on it (spec PHI312). SQLite transactions are serial anyway.
+    /// transaction ends, to change its status: a release, reclaim or break
+    /// waits for the leases being acquired on it ([`Tx::resource_to_acquire`])
+    /// and sees them, and they wait for it and see its new status (spec
+    /// PHI312). SQLite transactions are serial anyway.
     pub async fn resource_for_update(&mut self, id: ResourceId) -> Result<Resource> {
+        self.resource_locked(id, " FOR UPDATE").await
+    }
+
+    /// Read a resource to acquire a lease on it, sharing its row with the
+    /// other leases being acquired on it (PostgreSQL `FOR KEY SHARE`: only
+    /// [`Tx::resource_for_update`] waits for them). Many leases on one
+    /// resource do not queue for its row: their live-lease count is written
+    /// when each transaction commits (a deferred trigger, migration 0009).
+    pub async fn resource_to_acquire(&mut self, id: ResourceId) -> Result<Resource> {
+        self.resource_locked(id, " FOR KEY SHARE").await
+    }
+
+    async fn resource_locked(&mut self, id: ResourceId, lock: &str) -> Result<Resource> {
         let lock = match self.dialect() {
             crate::Dialect::Sqlite => "",
-            crate::Dialect::Postgres => " FOR UPDATE",
+            crate::Dialect::Postgres => lock,
         };
         let sql = format!("SELECT {COLUMNS} FROM resources WHERE id = $1{lock}");
         let row = query(sql).bind(id.0).fetch_optional(self.conn()).await?;

@@ -29,6 +29,23 @@ impl TestDb {
     pub async fn connect_again(&self) -> Store {
         Store::open(&self.url).await.expect("second connection")
     }
+
+    /// PostgreSQL: how many sessions on this database wait for a lock held
+    /// by another (`pg_stat_activity`), to see a transaction blocked.
+    pub async fn sessions_waiting_for_locks(&self) -> i64 {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&self.url)
+            .await
+            .expect("a PostgreSQL test database");
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("pg_stat_activity");
+        n
+    }
 }
 
 pub fn postgres_url() -> String {

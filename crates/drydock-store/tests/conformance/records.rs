@@ -8,7 +8,7 @@ use drydock_store::authorization::BlueprintAuthState;
 use drydock_store::lease::{LeaseFilter, NewLease};
 use drydock_store::log::{LogFilter, NewLog};
 use drydock_store::resource::NewResource;
-use drydock_testkit::TestDb;
+use drydock_testkit::{Backend, TestDb, run};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
@@ -518,4 +518,88 @@ async fn each_resource_counts_the_leases_that_hold_or_wait_for_it(
     ensure!(counts().await? == [0, 0]);
     ensure!(s.live_lease_drift().await?.is_empty());
     Ok(())
+}
+
+/// PostgreSQL: leases acquired on one resource do not queue for its row
+/// (each shares it, and the live-lease count is written at commit), while a
+/// release of the resource, which must see every lease acquired on it,
+/// still waits for them. (SQLite has one writer: nothing to show there.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_leases_on_one_resource_share_its_row_and_its_release_waits_for_them() {
+    run(Backend::Postgres, async |db: &TestDb| {
+        let s = &db.store;
+        let bp = s
+            .create_blueprint("admin", "bp", "host.local", Map::new())
+            .await?;
+        let mut tx = s.begin().await?;
+        let r = tx
+            .insert_resource(&NewResource {
+                blueprint_id: bp.id,
+                resource_type: "host".into(),
+                status: ResourceStatus::Active,
+                attributes: Map::new(),
+                until: None,
+            })
+            .await?;
+        tx.commit().await?;
+        let new = NewLease {
+            resource_type: "host".into(),
+            authorizing: "cli".into(),
+            ..Default::default()
+        };
+        let (a, b) = (s.insert_lease(&new).await?, s.insert_lease(&new).await?);
+        let acquire = async |lease: &drydock_store::lease::Lease| {
+            let lock = s
+                .try_lock(&lease.object().key(), "w", Duration::from_secs(30))
+                .await?
+                .expect("lock");
+            let mut tx = s.begin().await?;
+            let fresh = tx.resource_to_acquire(r.id).await?;
+            ensure!(fresh.status == ResourceStatus::Active);
+            let mut next = lease.clone();
+            next.status = LeaseStatus::Acquired;
+            next.resource_id = Some(r.id);
+            tx.save_lease(&next, &lock).await?;
+            anyhow::Ok(tx)
+        };
+        let first = acquire(&a).await?;
+        // The second acquisition commits while the first is still open.
+        let second = tokio::time::timeout(Duration::from_secs(10), async {
+            acquire(&b).await?.commit().await?;
+            anyhow::Ok(())
+        })
+        .await;
+        ensure!(
+            matches!(second, Ok(Ok(()))),
+            "the second lease queued behind the first one's transaction: {second:?}"
+        );
+        // A release locks the row: it waits for the open acquisition...
+        let releaser = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut tx = s.begin().await?;
+                tx.resource_for_update(r.id).await?;
+                let seen = tx.live_leases_on(r.id).await?.len();
+                tx.rollback().await?;
+                anyhow::Ok(seen)
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while db.sessions_waiting_for_locks().await == 0 {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the release did not wait for the open acquisition"
+            );
+            tokio::task::yield_now().await;
+        }
+        ensure!(!releaser.is_finished());
+        // ... and then sees it.
+        first.commit().await?;
+        ensure!(releaser.await?? == 2, "the release saw both leases");
+        let room = s.active_resources_with_room(&[(bp.id, None)]).await?;
+        ensure!(room.iter().any(|(x, n)| x.id == r.id && *n == 2));
+        ensure!(s.live_lease_drift().await?.is_empty());
+        Ok(())
+    })
+    .await
 }
