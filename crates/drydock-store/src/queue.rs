@@ -523,9 +523,6 @@ impl Store {
             tx.rollback().await?;
             return Err(lost(task));
         }
-        if let Some(lock) = &task.lock {
-            tx.unlock(lock).await?;
-        }
         if matches!(completion, Completion::Requeue { .. }) {
             tx.notify_workers().await?;
         }
@@ -1085,21 +1082,47 @@ async fn set_state(
     attempts: i64,
     run_at: i64,
 ) -> Result<u64> {
-    Ok(query(
-        "UPDATE tasks SET state = $1, finished_at = $2, last_error = COALESCE($3, last_error), attempts = $4, \
-         run_at = $5, claim_owner = NULL, claim_expires_at = NULL \
-         WHERE id = $6 AND claim_token = $7 AND state = 'claimed'",
-    )
-    .bind(state)
-    .bind(finished_at)
-    .bind(error)
-    .bind(attempts)
-    .bind(run_at)
-    .bind(task.id.0)
-    .bind(task.token)
-    .execute(tx.conn())
-    .await?
-    .rows_affected())
+    const UPDATE: &str = "UPDATE tasks SET state = $1, finished_at = $2, \
+         last_error = COALESCE($3, last_error), attempts = $4, run_at = $5, \
+         claim_owner = NULL, claim_expires_at = NULL \
+         WHERE id = $6 AND claim_token = $7 AND state = 'claimed'";
+    let q = |sql: std::borrow::Cow<'static, str>| {
+        query(sql)
+            .bind(state)
+            .bind(finished_at)
+            .bind(error)
+            .bind(attempts)
+            .bind(run_at)
+            .bind(task.id.0)
+            .bind(task.token)
+    };
+    let (lock, dialect) = (task.lock.as_ref(), tx.dialect());
+    match lock {
+        // One statement: the object's lock is let go with its task.
+        Some(lock) if dialect == Dialect::Postgres => {
+            let sql = format!(
+                "WITH t AS ({UPDATE} RETURNING 1), \
+                 u AS (UPDATE object_locks SET owner = NULL, expires_at = 0 \
+                   WHERE name = $8 AND token = $9 AND EXISTS (SELECT 1 FROM t)) \
+                 SELECT COUNT(*) AS n FROM t"
+            );
+            let row = q(sql.into())
+                .bind(&lock.name)
+                .bind(lock.token)
+                .fetch_one(tx.conn())
+                .await?;
+            Ok(row.get::<i64>("n")? as u64)
+        }
+        _ => {
+            let n = q(UPDATE.into()).execute(tx.conn()).await?.rows_affected();
+            if let Some(lock) = lock
+                && n > 0
+            {
+                tx.unlock(lock).await?;
+            }
+            Ok(n)
+        }
+    }
 }
 
 fn lost(task: &ClaimedTask) -> StoreError {
