@@ -49,6 +49,14 @@ const SQLITE_STATEMENT_CACHE: usize = 256;
 /// measured the same speed (`drydock bench --scale`) and 8 MiB less memory.
 const SQLITE_PAGE_CACHE_KIB: u32 = 512;
 
+/// The page size of a SQLite database this process creates (an existing
+/// one keeps its own: in WAL mode it cannot change). A commit writes every
+/// page it dirtied to the WAL, and a lease cycle's writes are small rows
+/// spread over a dozen tables and indexes: with 1 KiB pages instead of
+/// SQLite's default 4 KiB a cycle writes a quarter of the bytes, measured
+/// +20–25 % full lease cycles per second (`drydock bench`, alternating).
+const SQLITE_PAGE_SIZE: u32 = 1024;
+
 /// Record that a connection failed (the server went away, a socket broke).
 pub(crate) fn connection_failed() {
     FAILURES.fetch_add(1, Ordering::Relaxed);
@@ -70,10 +78,12 @@ pub(crate) struct Connection {
 pub(crate) fn open_sqlite(path: &str) -> Result<rusqlite::Connection, StoreError> {
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
-    // WAL lets readers run beside the writer; NORMAL is durable across
-    // process crashes.
+    // The page size first: it applies only to a new, empty database, and
+    // only before WAL mode is set. WAL lets readers run beside the writer;
+    // NORMAL is durable across process crashes.
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+        "PRAGMA page_size = {SQLITE_PAGE_SIZE}; \
+         PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
          PRAGMA cache_size = -{SQLITE_PAGE_CACHE_KIB};"
     ))?;
     conn.set_prepared_statement_cache_capacity(SQLITE_STATEMENT_CACHE);
@@ -138,5 +148,47 @@ impl From<PoolError<StoreError>> for StoreError {
             PoolError::Closed => StoreError::Unavailable("the connection pool is closed".into()),
             e => StoreError::Unavailable(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page_size(conn: &rusqlite::Connection) -> u32 {
+        conn.query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_new_sqlite_database_gets_small_pages_and_an_existing_one_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("new.db");
+        let conn = open_sqlite(new.to_str().unwrap()).unwrap();
+        conn.execute_batch("CREATE TABLE t (x)").unwrap();
+        assert_eq!(page_size(&conn), SQLITE_PAGE_SIZE);
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+
+        // A database made with SQLite's default pages (as earlier versions
+        // made them) is opened as it is, and written as before.
+        let old = dir.path().join("old.db");
+        let made = rusqlite::Connection::open(&old).unwrap();
+        made.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE t (x); INSERT INTO t VALUES (1)",
+        )
+        .unwrap();
+        let before = page_size(&made);
+        assert_ne!(before, SQLITE_PAGE_SIZE);
+        drop(made);
+        let conn = open_sqlite(old.to_str().unwrap()).unwrap();
+        conn.execute_batch("INSERT INTO t VALUES (2)").unwrap();
+        assert_eq!(page_size(&conn), before);
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
     }
 }
