@@ -26,6 +26,27 @@ fn map(v: Value) -> Map<String, Value> {
     v.as_object().cloned().unwrap_or_default()
 }
 
+/// A resource of `bp`, inserted in a transaction of its own.
+async fn resource(
+    s: &drydock_store::Store,
+    bp: BlueprintId,
+    status: ResourceStatus,
+    attributes: Value,
+) -> anyhow::Result<drydock_store::resource::Resource> {
+    let mut tx = s.begin().await?;
+    let r = tx
+        .insert_resource(&NewResource {
+            blueprint_id: bp,
+            resource_type: "host".into(),
+            status,
+            attributes: map(attributes),
+            until: None,
+        })
+        .await?;
+    tx.commit().await?;
+    Ok(r)
+}
+
 async fn blueprint_edits_are_audited_and_bad_input_changes_nothing(
     db: &TestDb,
 ) -> anyhow::Result<()> {
@@ -218,17 +239,7 @@ async fn resources_are_inserted_and_saved_under_their_lock(db: &TestDb) -> anyho
     let bp = s
         .create_blueprint("admin", "bp", "host.local", Map::new())
         .await?;
-    let mut tx = s.begin().await?;
-    let r = tx
-        .insert_resource(&NewResource {
-            blueprint_id: bp.id,
-            resource_type: "host".into(),
-            status: ResourceStatus::Pending,
-            attributes: map(json!({"dir": "/tmp/r1"})),
-            until: None,
-        })
-        .await?;
-    tx.commit().await?;
+    let r = resource(s, bp.id, ResourceStatus::Pending, json!({"dir": "/tmp/r1"})).await?;
     ensure!(r.status == ResourceStatus::Pending && r.attributes["dir"] == "/tmp/r1");
     let mut tx = s.begin().await?;
     let bad = tx
@@ -442,18 +453,7 @@ async fn each_resource_counts_the_leases_that_hold_or_wait_for_it(
         .await?;
     let mut resources = Vec::new();
     for dir in ["/tmp/r1", "/tmp/r2"] {
-        let mut tx = s.begin().await?;
-        resources.push(
-            tx.insert_resource(&NewResource {
-                blueprint_id: bp.id,
-                resource_type: "host".into(),
-                status: ResourceStatus::Active,
-                attributes: map(json!({ "dir": dir })),
-                until: None,
-            })
-            .await?,
-        );
-        tx.commit().await?;
+        resources.push(resource(s, bp.id, ResourceStatus::Active, json!({ "dir": dir })).await?);
     }
     let (r1, r2) = (resources[0].id, resources[1].id);
     let counts = async || -> anyhow::Result<Vec<i64>> {
@@ -531,17 +531,7 @@ async fn postgres_leases_on_one_resource_share_its_row_and_its_release_waits_for
         let bp = s
             .create_blueprint("admin", "bp", "host.local", Map::new())
             .await?;
-        let mut tx = s.begin().await?;
-        let r = tx
-            .insert_resource(&NewResource {
-                blueprint_id: bp.id,
-                resource_type: "host".into(),
-                status: ResourceStatus::Active,
-                attributes: Map::new(),
-                until: None,
-            })
-            .await?;
-        tx.commit().await?;
+        let r = resource(s, bp.id, ResourceStatus::Active, json!({})).await?;
         let new = NewLease {
             resource_type: "host".into(),
             authorizing: "cli".into(),
