@@ -677,9 +677,10 @@ impl Engine {
         }
         *lease = tx.save_lease(&next, lock).await?;
         tail.hold(tx);
-        tail.acquired_on(fresh, bp.clone());
         if acquisition.activate_now {
             crate::metrics::lease_activated(lease);
+        } else {
+            tail.acquired_on(fresh, bp.clone());
         }
         Ok(Acquire::Acquired)
     }

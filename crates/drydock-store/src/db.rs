@@ -464,19 +464,20 @@ pub(crate) async fn commit(db: &mut Db, notices: &[(&str, String)]) -> Result<()
     match db {
         Db::Postgres(conn) if !notices.is_empty() => {
             use sqlx::Executor as _;
+            use std::fmt::Write as _;
+            fn plain(s: &str) -> bool {
+                s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ' '))
+            }
             let mut script = String::new();
             for (channel, payload) in notices {
-                let plain = |s: &str| {
-                    s.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ' '))
-                };
                 if !plain(channel) || !plain(payload) {
                     return Err(StoreError::invalid(
                         "notification",
                         format!("{channel:?} {payload:?} is not a plain name"),
                     ));
                 }
-                script.push_str(&format!("NOTIFY {channel}, '{payload}'; "));
+                let _ = write!(script, "NOTIFY {channel}, '{payload}'; ");
             }
             script.push_str("COMMIT");
             conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(script)))

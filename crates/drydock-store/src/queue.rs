@@ -304,34 +304,12 @@ impl Store {
     /// claim expired (that run counts as a failed attempt). A task whose
     /// object already has a task running under a live claim waits.
     pub async fn claim(&self, owner: &str, ttl: Duration) -> Result<Option<ClaimedTask>> {
-        if self.dialect() == Dialect::Postgres {
-            // One statement: no BEGIN and COMMIT around it.
-            let mut conn = self.inner.write.get().await?;
-            loop {
-                match claim_on(&mut conn.raw, Dialect::Postgres, owner, ttl).await? {
-                    Claimed::Nothing => return Ok(None),
-                    Claimed::Exhausted => {}
-                    Claimed::Task { task, more } => {
-                        self.count_autocommit();
-                        if more {
-                            self.more_tasks_maybe();
-                        }
-                        return Ok(Some(task));
-                    }
-                }
-            }
-        }
         loop {
-            let mut tx = self.begin().await?;
-            match claim_in(&mut tx, owner, ttl).await? {
-                Claimed::Nothing => {
-                    tx.rollback().await?;
-                    return Ok(None);
-                }
+            match self.claim_once(owner, ttl).await? {
+                Claimed::Nothing => return Ok(None),
                 // Given up on (its workers kept dying): look again.
-                Claimed::Exhausted => tx.commit().await?,
+                Claimed::Exhausted => {}
                 Claimed::Task { task, more } => {
-                    tx.commit().await?;
                     if more {
                         self.more_tasks_maybe();
                     }
@@ -339,6 +317,26 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// One claim, committed. On PostgreSQL the claim is one statement, run
+    /// without `BEGIN` and `COMMIT` around it.
+    async fn claim_once(&self, owner: &str, ttl: Duration) -> Result<Claimed> {
+        if self.dialect() == Dialect::Postgres {
+            let mut conn = self.inner.write.get().await?;
+            let claimed = claim_on(&mut conn.raw, Dialect::Postgres, owner, ttl).await?;
+            if matches!(claimed, Claimed::Task { .. }) {
+                self.count_autocommit();
+            }
+            return Ok(claimed);
+        }
+        let mut tx = self.begin().await?;
+        let claimed = claim_in(&mut tx, owner, ttl).await?;
+        match claimed {
+            Claimed::Nothing => tx.rollback().await?,
+            _ => tx.commit().await?,
+        }
+        Ok(claimed)
     }
 
     /// Extend a claim, and the object lock taken with it. Fails with
