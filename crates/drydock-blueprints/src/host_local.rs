@@ -147,7 +147,7 @@ impl BlueprintImpl for HostLocal {
     ) -> BlueprintResult<Map<String, Value>> {
         let dir = lease_dir(resource, lease)?;
         // One mkdir, run where it is awaited: it may be inside the writer's
-        // transaction (see `lease_activation_is_local`), where a hop to
+        // transaction (see `lease_hooks_are_local`), where a hop to
         // the blocking pool and back would hold the writer idle.
         std::fs::create_dir_all(&dir)
             .map_err(|e| BlueprintError::Temporary(format!("creating {}: {e}", dir.display())))?;
@@ -156,8 +156,8 @@ impl BlueprintImpl for HostLocal {
         Ok(attrs)
     }
 
-    /// Activation makes one local directory.
-    fn lease_activation_is_local(&self, _bp: &Blueprint) -> bool {
+    /// Activation makes one local directory; teardown renames it.
+    fn lease_hooks_are_local(&self, _bp: &Blueprint) -> bool {
         true
     }
 

@@ -427,12 +427,16 @@ pub trait BlueprintImpl: Send + Sync + 'static {
         Ok(Map::new())
     }
 
-    /// Whether [`BlueprintImpl::activate_lease`] is quick work on this
-    /// machine only — no network, no waiting on other processes, no writes
-    /// through the store — so the engine may run it inside the transaction
-    /// that acquired the lease (pending -> active in one commit). Default:
-    /// no; the acquisition is committed before activation starts.
-    fn lease_activation_is_local(&self, _bp: &Blueprint) -> bool {
+    /// Whether [`BlueprintImpl::activate_lease`],
+    /// [`BlueprintImpl::did_release_lease`] and
+    /// [`BlueprintImpl::destroy_lease`] are quick work on this machine only
+    /// — no network, no waiting on other processes, no writes through the
+    /// store — so the engine may run them inside the transaction before
+    /// them: activation in the one that acquired the lease (pending ->
+    /// active in one commit), teardown in the one that consumed its release
+    /// (released -> destroyed in one commit). Default: no; what came before
+    /// is committed before a hook starts.
+    fn lease_hooks_are_local(&self, _bp: &Blueprint) -> bool {
         false
     }
 

@@ -122,7 +122,7 @@ impl Engine {
     ) -> PassResult<(Next, Lease)> {
         let mut lease = self.store.lease(id).await?;
         if lease.status.is_commandable() {
-            lease = self.lease_commands(lease, lock).await?;
+            lease = self.lease_commands(lease, lock, tail).await?;
         }
         // A few steps per pass: pending -> acquired -> active, or
         // released -> destroyed, without another trip through the queue.
@@ -139,7 +139,6 @@ impl Engine {
                 LeaseStatus::Acquired => self.activate_lease(&mut lease, lock, tail).await?,
                 LeaseStatus::Active => Step::Wait(lease.until.map_or(Next::Idle, Next::At)),
                 LeaseStatus::Released | LeaseStatus::Broken => {
-                    tail.commit().await?;
                     self.destroy_lease(&mut lease, lock, tail).await?;
                     Step::Wait(Next::Idle)
                 }
@@ -153,9 +152,16 @@ impl Engine {
     }
 
     /// Consume the lease's commands in order (and its expiry), in one
-    /// transaction with the resulting write. Idempotent: a release of a
-    /// lease already released does nothing.
-    async fn lease_commands(&self, lease: Lease, lock: &ObjectLock) -> PassResult<Lease> {
+    /// transaction with the resulting write, left open in `tail` for the
+    /// next step (a local teardown joins it: released -> destroyed in one
+    /// commit). Idempotent: a release of a lease already released does
+    /// nothing.
+    async fn lease_commands(
+        &self,
+        lease: Lease,
+        lock: &ObjectLock,
+        tail: &mut Tail,
+    ) -> PassResult<Lease> {
         let now = now_ms();
         let expired = lease.until.is_some_and(|u| u <= now);
         let Some((mut tx, commands)) = self.commands_to_consume(lease.object(), expired).await?
@@ -236,7 +242,7 @@ impl Engine {
             tx.check_fence(lock).await?;
             next
         };
-        tx.commit().await?;
+        tail.hold(tx);
         Ok(saved)
     }
 
@@ -311,7 +317,7 @@ impl Engine {
                     Some(bp) => self.implementation(bp)?,
                     None => self.implementation_of(&resource).await?,
                 };
-                if !imp.lease_activation_is_local(&bp) {
+                if !imp.lease_hooks_are_local(&bp) {
                     tail.commit().await?;
                 }
                 let ctx = Context {
@@ -366,7 +372,9 @@ impl Engine {
 
     /// `released`/`broken` -> `destroyed` (spec §6.3, §6.5): blueprint hooks,
     /// then one transaction that frees the lease's slot locks and wakes
-    /// whoever waits for the capacity.
+    /// whoever waits for the capacity. The release's write may still be
+    /// open in `tail`: it is committed before the hooks run unless they are
+    /// quick local work, which then joins it.
     async fn destroy_lease(
         &self,
         lease: &mut Lease,
@@ -377,6 +385,9 @@ impl Engine {
         if let Some(rid) = lease.resource_id {
             let resource = self.store.resource(rid).await?;
             let (bp, imp) = self.implementation_of(&resource).await?;
+            if !imp.lease_hooks_are_local(&bp) {
+                tail.commit().await?;
+            }
             let ctx = Context {
                 store: &self.store,
                 blueprint: &bp,

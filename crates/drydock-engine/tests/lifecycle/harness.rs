@@ -33,6 +33,8 @@ pub struct Probe {
     pub lease_activations: AtomicU32,
     /// While set, lease activation yields ("hold").
     pub hold: AtomicBool,
+    /// While set, a "remote" lease teardown waits.
+    pub hold_teardown: AtomicBool,
 }
 
 pub struct Scripted(pub Arc<Probe>);
@@ -68,6 +70,14 @@ const FIELDS: &[FieldSpec] = &[
         required: false,
         default: Some("ok"),
         description: "ok|instant|fail|flaky-2|temporary|hold|torn-down-once",
+        secret: false,
+    },
+    FieldSpec {
+        name: "lease-teardown",
+        kind: FieldKind::Text,
+        required: false,
+        default: Some("local"),
+        description: "local|remote (not local: waits while the probe holds teardowns)",
         secret: false,
     },
 ];
@@ -201,10 +211,10 @@ impl BlueprintImpl for Scripted {
         self.0.max_holding.fetch_max(*h, Ordering::SeqCst);
         Ok(Map::new())
     }
-    /// Its activations only count, except the one that releases its
-    /// resource through the store.
-    fn lease_activation_is_local(&self, bp: &Blueprint) -> bool {
-        field(bp, "lease-activation") != "torn-down-once"
+    /// Its hooks only count, except the activation that releases its
+    /// resource through the store and a "remote" teardown.
+    fn lease_hooks_are_local(&self, bp: &Blueprint) -> bool {
+        field(bp, "lease-activation") != "torn-down-once" && field(bp, "lease-teardown") != "remote"
     }
     async fn did_release_lease(
         &self,
@@ -223,10 +233,18 @@ impl BlueprintImpl for Scripted {
     }
     async fn destroy_lease(
         &self,
-        _ctx: &Context<'_>,
+        ctx: &Context<'_>,
         r: &Resource,
         lease: &Lease,
     ) -> BlueprintResult<()> {
+        if field(ctx.blueprint, "lease-teardown") == "remote" {
+            let released = async {
+                while self.0.hold_teardown.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(20), released).await;
+        }
         if lease.activated_at.is_some() {
             *self.0.holding.lock().unwrap().entry(r.id.0).or_default() -= 1;
         }

@@ -28,7 +28,8 @@ backend_tests!(
     releasing_a_pending_resource_destroys_it_and_its_waiting_lease_builds_another,
     expired_lease_is_released_and_renew_extends_it,
     gc_prunes_only_destroyed_objects_and_reschedules_lost_tasks,
-    a_reused_lease_is_active_in_one_commit_and_destroyed_in_two,
+    a_reused_lease_is_active_in_one_commit_and_destroyed_in_one,
+    a_release_is_committed_before_a_remote_teardown_runs,
 );
 
 async fn lease_goes_pending_acquired_active_released_destroyed_on_a_new_resource(
@@ -679,7 +680,7 @@ async fn one_pass(
     Ok(h.store.commits() - before)
 }
 
-async fn a_reused_lease_is_active_in_one_commit_and_destroyed_in_two(
+async fn a_reused_lease_is_active_in_one_commit_and_destroyed_in_one(
     db: &TestDb,
 ) -> anyhow::Result<()> {
     // No workers: the test runs each pass itself and counts its commits.
@@ -715,16 +716,46 @@ async fn a_reused_lease_is_active_in_one_commit_and_destroyed_in_two(
             .all(|t| t.state == drydock_store::queue::TaskState::Done),
         "the lease's task is not done"
     );
-    // Released: the release is consumed in one transaction (the teardown
-    // hooks may do remote work after it), the destruction and the
-    // completion in one more.
+    // Released: consuming the release, the local teardown, the
+    // destruction and the task's completion are one transaction.
     client::release_lease(&h.store, second.id, "user:test").await?;
     let commits = one_pass(&h, &engine, second.id).await?;
     ensure!(
         h.store.lease(second.id).await?.status == LeaseStatus::Destroyed,
         "not destroyed"
     );
-    ensure!(commits == 2, "{commits} commits from active to destroyed");
+    ensure!(commits == 1, "{commits} commits from active to destroyed");
+    let logs = h.lease_logs(second.id).await?;
+    ensure!(
+        logs.ends_with(&["lease.released".into(), "lease.destroyed".into()]),
+        "{logs:?}"
+    );
+    ensure!(h.probe.did_release.lock().unwrap()[&second.id.0] == 1);
+    h.stop().await;
+    Ok(())
+}
+
+async fn a_release_is_committed_before_a_remote_teardown_runs(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let h = Harness::start(db, 1).await;
+    h.blueprint("pool", json!({"lease-teardown": "remote"}))
+        .await?;
+    let lease = h.lease(none()).await?;
+    h.wait_status(lease.id, LeaseStatus::Active).await?;
+    h.probe.hold_teardown.store(true, Ordering::SeqCst);
+    client::release_lease(&h.store, lease.id, "user:test").await?;
+    // The teardown may be slow remote work: the release is visible to
+    // everyone (its transaction committed, the writer free) while it runs.
+    h.wait_status(lease.id, LeaseStatus::Released).await?;
+    let other = h.lease(none()).await?;
+    ensure!(
+        h.store.lease(lease.id).await?.status == LeaseStatus::Released,
+        "the teardown is held: the lease cannot be destroyed yet"
+    );
+    h.probe.hold_teardown.store(false, Ordering::SeqCst);
+    h.wait_status(lease.id, LeaseStatus::Destroyed).await?;
+    h.wait_status(other.id, LeaseStatus::Active).await?;
     h.stop().await;
     Ok(())
 }
