@@ -284,16 +284,23 @@ pub async fn wait_for_lease(
     done: impl Fn(&Lease) -> bool,
 ) -> Result<Lease, ClientError> {
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut signal = store.lease_signal(id).await;
+    let mut lease = store.lease(id).await?;
     loop {
-        let signal = store.lease_signal(id).await;
-        let lease = store.lease(id).await?;
         let now = tokio::time::Instant::now();
         if done(&lease) || now >= deadline {
             return Ok(lease);
         }
-        signal
+        let by_write = signal
             .wait((deadline - now).min(std::time::Duration::from_millis(250)))
             .await;
+        // The next signal is taken before the last is let go (it keeps
+        // what this process wrote); a write here needs no read back.
+        signal = store.lease_signal(id).await;
+        lease = match signal.written().filter(|_| by_write) {
+            Some(written) => written.clone(),
+            None => store.lease(id).await?,
+        };
     }
 }
 

@@ -204,8 +204,9 @@ impl Tx {
                 token: lock.token,
             });
         };
-        self.lease_changed(lease.id).await?;
-        from_row(&saved)
+        let saved = from_row(&saved)?;
+        self.lease_changed(&saved);
+        Ok(saved)
     }
 }
 

@@ -81,7 +81,7 @@ struct Inner {
     /// Readers waiting for particular leases ([`Store::lease_signal`]),
     /// woken by commits that wrote those leases — here or, through
     /// `NOTIFY`, in another process.
-    lease_waiters: std::sync::Mutex<std::collections::HashMap<i64, Arc<Notify>>>,
+    lease_waiters: std::sync::Mutex<std::collections::HashMap<i64, queue::LeaseWaiters>>,
     /// The connection URL (kept for the PostgreSQL listener; never printed).
     url: String,
     /// Commits begun and finished through this handle: the SQLite watch
@@ -177,9 +177,10 @@ pub struct Tx {
     conn: Option<pool::Conn>,
     store: Store,
     wake_workers: bool,
-    /// Leases this transaction wrote (their waiters are woken on commit;
-    /// on PostgreSQL other processes are told in the same transaction).
-    changed_leases: Vec<i64>,
+    /// Leases this transaction wrote, as it left them (their waiters here
+    /// are woken on commit and given them; on PostgreSQL other processes
+    /// are told in the same transaction).
+    changed_leases: Vec<lease::Lease>,
     /// PostgreSQL notifications `(channel, payload)`, sent with `COMMIT`
     /// (one round trip; delivered when, and only if, it commits).
     notices: Vec<(&'static str, String)>,
@@ -201,7 +202,7 @@ impl Tx {
         store.inner.commits_done.fetch_add(1, SeqCst);
         committed?;
         drop(self.conn.take());
-        store.leases_changed(&self.changed_leases);
+        store.leases_written(std::mem::take(&mut self.changed_leases));
         if self.wake_workers {
             // One idle worker looks; if it finds work it wakes the next
             // (`run_worker`), so a commit never sets every worker claiming.

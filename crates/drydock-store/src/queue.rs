@@ -20,6 +20,7 @@
 //! [`Notify`]: tokio::sync::Notify
 
 use crate::db::{Db, Row, query, query_as, query_scalar};
+use crate::lease::Lease;
 use crate::object_lock::{ObjectLock, TAKE_LOCK};
 use crate::row::{get, json, to_json};
 use crate::{Dialect, Result, Store, StoreError, Tx, ms, now_ms};
@@ -256,19 +257,20 @@ impl Tx {
             .await
     }
 
-    /// Record that lease `id` changed: its waiters here are woken when this
-    /// transaction commits, and (PostgreSQL; on SQLite they watch
-    /// `data_version`) other processes' are told in it. Once per lease.
-    pub(crate) async fn lease_changed(&mut self, id: LeaseId) -> Result<()> {
-        if self.changed_leases.contains(&id.0) {
-            return Ok(());
+    /// Record that a lease was written, as `saved`: its waiters here are
+    /// woken when this transaction commits (and given it), and
+    /// (PostgreSQL; on SQLite they watch `data_version`) other processes'
+    /// are told in it, once per lease.
+    pub(crate) fn lease_changed(&mut self, saved: &Lease) {
+        if let Some(seen) = self.changed_leases.iter_mut().find(|l| l.id == saved.id) {
+            *seen = saved.clone();
+            return;
         }
-        self.changed_leases.push(id.0);
+        self.changed_leases.push(saved.clone());
         if self.dialect() == Dialect::Postgres {
-            let payload = format!("{} {}", self.store.inner.instance, id.0);
+            let payload = format!("{} {}", self.store.inner.instance, saved.id.0);
             self.notices.push((CHANGES_CHANNEL, payload));
         }
-        Ok(())
     }
 
     /// Once per transaction.
@@ -664,7 +666,7 @@ impl Store {
                                     // was down are lost: everyone looks again.
                                     reconnected = false;
                                     inner.tasks_ready.notify_waiters();
-                                    inner.changed.notify_waiters();
+                                    changed_elsewhere(&inner);
                                 }
                                 let got = l.try_recv().await;
                                 let Some(inner) = weak.upgrade() else { return };
@@ -687,14 +689,14 @@ impl Store {
                                             }
                                             .leases_changed(&[id]);
                                         } else {
-                                            inner.changed.notify_waiters();
+                                            changed_elsewhere(&inner);
                                         }
                                     }
                                     // Connection lost: everyone looks, then
                                     // reconnect below.
                                     Ok(None) | Err(_) => {
                                         inner.tasks_ready.notify_waiters();
-                                        inner.changed.notify_waiters();
+                                        changed_elsewhere(&inner);
                                         break;
                                     }
                                 }
@@ -820,11 +822,21 @@ impl Store {
         let versions: Vec<(i64, i64)> = query_as(sql).fetch_all(&mut *conn).await?;
         // A lease seen for the first time wakes its readers too: they may
         // have read it before the change this look found.
-        let moved: Vec<i64> = versions
-            .into_iter()
-            .filter(|(id, v)| seen.insert(*id, *v) != Some(*v))
-            .map(|(id, _)| id)
-            .collect();
+        // A version this process wrote itself woke its readers already.
+        let moved: Vec<i64> = {
+            let waiters = self.lease_waiters();
+            versions
+                .into_iter()
+                .filter(|(id, v)| seen.insert(*id, *v) != Some(*v))
+                .filter(|(id, v)| {
+                    waiters
+                        .get(id)
+                        .and_then(|w| w.written.as_ref())
+                        .is_none_or(|l| l.version != *v)
+                })
+                .map(|(id, _)| id)
+                .collect()
+        };
         self.leases_changed(&moved);
         Ok(())
     }
@@ -837,13 +849,20 @@ impl Store {
     /// it, so no change between the read and the wait is missed. Only the
     /// readers of the lease written wake: many waiting clients cost one
     /// read per change of their own lease, not one per commit.
+    ///
+    /// [`LeaseSignal::written`] gives the lease as this process last wrote
+    /// it, when no other process's change has been heard of since: a reader
+    /// woken by this process's write need not read the lease back.
     pub async fn lease_signal(&self, id: LeaseId) -> LeaseSignal<'_> {
         self.ensure_listener().await;
-        let notify = self
-            .lease_waiters()
-            .entry(id.0)
-            .or_insert_with(|| Arc::new(tokio::sync::Notify::new()))
-            .clone();
+        let (notify, written) = {
+            let mut waiters = self.lease_waiters();
+            let entry = waiters.entry(id.0).or_insert_with(|| LeaseWaiters {
+                notify: Arc::new(tokio::sync::Notify::new()),
+                written: None,
+            });
+            (entry.notify.clone(), entry.written.clone())
+        };
         let mut lease = Box::pin(notify.notified_owned());
         lease.as_mut().enable();
         let mut any = Box::pin(self.inner.changed.notified());
@@ -853,30 +872,75 @@ impl Store {
             id: id.0,
             lease,
             any,
+            written,
         }
     }
 
     fn lease_waiters(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, Arc<tokio::sync::Notify>>> {
-        self.inner
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, LeaseWaiters>> {
+        Self::waiters_of(&self.inner)
+    }
+
+    fn waiters_of(
+        inner: &crate::Inner,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, LeaseWaiters>> {
+        inner
             .lease_waiters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Wake the readers waiting for these leases.
+    /// Wake the readers waiting for these leases, changed by another
+    /// process: they read them again.
     pub(crate) fn leases_changed(&self, ids: &[i64]) {
         if ids.is_empty() {
             return;
         }
-        let waiters = self.lease_waiters();
+        let mut waiters = self.lease_waiters();
         for id in ids {
-            if let Some(n) = waiters.get(id) {
-                n.notify_waiters();
+            if let Some(w) = waiters.get_mut(id) {
+                w.written = None;
+                w.notify.notify_waiters();
             }
         }
     }
+
+    /// Wake the readers waiting for these leases, just committed here as
+    /// they are: each keeps the latest version written.
+    pub(crate) fn leases_written(&self, leases: Vec<Lease>) {
+        if leases.is_empty() {
+            return;
+        }
+        let mut waiters = self.lease_waiters();
+        for lease in leases {
+            if let Some(w) = waiters.get_mut(&lease.id.0) {
+                // Commits of one lease are ordered by its lock, but two may
+                // report here out of order: the newest version wins.
+                if w.written.as_ref().is_none_or(|l| l.version < lease.version) {
+                    w.written = Some(lease);
+                }
+                w.notify.notify_waiters();
+            }
+        }
+    }
+}
+
+/// Another process may have changed anything: every reader waiting for a
+/// lease reads it again.
+fn changed_elsewhere(inner: &crate::Inner) {
+    for w in Store::waiters_of(inner).values_mut() {
+        w.written = None;
+    }
+    inner.changed.notify_waiters();
+}
+
+/// The readers of one lease (see [`Store::lease_signal`]).
+pub(crate) struct LeaseWaiters {
+    notify: Arc<tokio::sync::Notify>,
+    /// The lease as this process last committed it, since anyone here
+    /// waited; `None` once another process changed it.
+    written: Option<Lease>,
 }
 
 /// See [`Store::lease_signal`].
@@ -885,18 +949,28 @@ pub struct LeaseSignal<'a> {
     id: i64,
     lease: Pin<Box<tokio::sync::futures::OwnedNotified>>,
     any: Pin<Box<tokio::sync::futures::Notified<'a>>>,
+    written: Option<Lease>,
 }
 
 impl LeaseSignal<'_> {
-    /// Wait for the change, or at most `poll`.
-    pub async fn wait(mut self, poll: Duration) {
+    /// Wait for the change, or at most `poll`. True when a write of this
+    /// lease woke it (not the poll, nor an unnamed change elsewhere).
+    pub async fn wait(&mut self, poll: Duration) -> bool {
         let changed = async {
             tokio::select! {
-                _ = self.lease.as_mut() => {}
-                _ = self.any.as_mut() => {}
+                _ = self.lease.as_mut() => true,
+                _ = self.any.as_mut() => false,
             }
         };
-        let _ = tokio::time::timeout(poll, changed).await;
+        tokio::time::timeout(poll, changed).await.unwrap_or(false)
+    }
+
+    /// The lease as this process last committed it, when that was after
+    /// every change another process is known to have made to it (as of
+    /// when this signal was taken). Take the next signal before dropping
+    /// the last one: the record lives while someone waits.
+    pub fn written(&self) -> Option<&Lease> {
+        self.written.as_ref()
     }
 }
 
@@ -907,7 +981,7 @@ impl Drop for LeaseSignal<'_> {
         let mut waiters = self.store.lease_waiters();
         if waiters
             .get(&self.id)
-            .is_some_and(|n| Arc::strong_count(n) <= 2)
+            .is_some_and(|w| Arc::strong_count(&w.notify) <= 2)
         {
             waiters.remove(&self.id);
         }

@@ -1,6 +1,6 @@
 //! Task queue semantics.
 
-use anyhow::ensure;
+use anyhow::{Context as _, ensure};
 use drydock_model::{LeaseId, ObjectRef};
 use drydock_store::queue::{
     ClaimedTask, Completion, Handled, Handler, NewTask, Outcome, TaskState, WorkerConfig,
@@ -30,6 +30,7 @@ backend_tests!(
     a_commit_wakes_one_idle_worker_not_all,
     a_lease_reader_wakes_for_its_own_lease_only,
     a_lease_reader_wakes_for_another_processes_write,
+    a_lease_reader_is_given_what_this_process_wrote_but_reads_another_processes_write,
     a_worker_returns_at_the_due_time_of_a_task_it_requeued,
     a_dropped_transaction_is_rolled_back_and_frees_the_writer,
     transactions_cancelled_at_any_point_leave_the_writer_clean,
@@ -507,7 +508,7 @@ async fn a_lease_reader_wakes_for_its_own_lease_only(db: &TestDb) -> anyhow::Res
         ..Default::default()
     };
     let (a, b) = (s.insert_lease(&new).await?, s.insert_lease(&new).await?);
-    let signal = s.lease_signal(a.id).await;
+    let mut signal = s.lease_signal(a.id).await;
     let (tx_woken, mut woken) = tokio::sync::oneshot::channel();
     let reader = async move {
         signal.wait(Duration::from_secs(20)).await;
@@ -591,7 +592,7 @@ async fn a_lease_reader_wakes_for_another_processes_write(db: &TestDb) -> anyhow
             ..Default::default()
         })
         .await?;
-    let signal = s.lease_signal(lease.id).await;
+    let mut signal = s.lease_signal(lease.id).await;
     let woken = std::sync::atomic::AtomicBool::new(false);
     let started = Instant::now();
     let reader = async {
@@ -824,5 +825,60 @@ async fn a_handlers_last_write_commits_with_its_completion_and_only_with_it(
         !tail_written(s, &old).await?,
         "a write of a lost claim was committed"
     );
+    Ok(())
+}
+
+/// A reader woken by this process's write is given the lease as written
+/// (no read back); once another process has written it, nothing is given
+/// (the reader must read), until this process writes it again.
+async fn a_lease_reader_is_given_what_this_process_wrote_but_reads_another_processes_write(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let s = &db.store;
+    let other = db.connect_again().await;
+    let lease = s
+        .insert_lease(&drydock_store::lease::NewLease {
+            resource_type: "host".into(),
+            authorizing: "cli".into(),
+            ..Default::default()
+        })
+        .await?;
+    let mut signal = s.lease_signal(lease.id).await;
+    ensure!(signal.written().is_none(), "nothing written yet");
+    write_lease(s, lease.id, "here").await?;
+    ensure!(signal.wait(Duration::from_secs(5)).await, "woken by the write");
+    let mut next = s.lease_signal(lease.id).await;
+    drop(signal);
+    let given = next.written().cloned().context("the write is given")?;
+    ensure!(given == s.lease(lease.id).await?, "given {given:?}");
+    ensure!(given.failure.as_deref() == Some("here"));
+
+    // Another process writes: its change is heard (NOTIFY, or the SQLite
+    // watch, which may not have its baseline yet: it writes until heard),
+    // and what this process wrote is no longer given.
+    let started = Instant::now();
+    loop {
+        write_lease(&other, lease.id, "there").await?;
+        if next.wait(Duration::from_millis(100)).await {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(5),
+            "the other process's write was not heard"
+        );
+    }
+    let mut last = s.lease_signal(lease.id).await;
+    drop(next);
+    ensure!(
+        last.written().is_none(),
+        "gave {:?} after another process wrote",
+        last.written()
+    );
+    write_lease(s, lease.id, "here again").await?;
+    ensure!(last.wait(Duration::from_secs(5)).await);
+    let again = s.lease_signal(lease.id).await;
+    let given = again.written().context("the new write is given")?;
+    ensure!(given.failure.as_deref() == Some("here again"), "{given:?}");
+    ensure!(*given == s.lease(lease.id).await?);
     Ok(())
 }
