@@ -680,7 +680,7 @@ impl Engine {
         if acquisition.activate_now {
             crate::metrics::lease_activated(lease);
         } else {
-            tail.acquired_on(fresh, bp.clone());
+            tail.lease_on(fresh, bp.clone());
         }
         Ok(Acquire::Acquired)
     }

@@ -164,10 +164,21 @@ impl Engine {
     ) -> PassResult<Lease> {
         let now = now_ms();
         let expired = lease.until.is_some_and(|u| u <= now);
-        let Some((mut tx, commands)) = self.commands_to_consume(lease.object(), expired).await?
-        else {
+        let Some(commands) = self.commands_to_consume(lease.object(), expired).await? else {
             return Ok(lease);
         };
+        // A release is torn down next in this pass: what the teardown needs
+        // is read now, not while the transaction holds the writer.
+        if let Some(rid) = lease.resource_id
+            && lease.status.is_live()
+            && (expired || commands.iter().any(|c| c.command == CommandKind::Release))
+        {
+            let resource = self.store.resource(rid).await?;
+            if let Ok((bp, _)) = self.implementation_of(&resource).await {
+                tail.lease_on(resource, bp);
+            }
+        }
+        let mut tx = self.store.begin().await?;
         let mut next = lease.clone();
         let mut release_by: Option<String> = None;
         let mut reacquire = false;
@@ -290,7 +301,7 @@ impl Engine {
                 "acquired lease has no resource".into(),
             ));
         };
-        let (resource, blueprint) = match tail.take_acquired_on(rid) {
+        let (resource, blueprint) = match tail.take_lease_on(rid) {
             Some((r, bp)) => (r, Some(bp)),
             None => (self.store.resource(rid).await?, None),
         };
@@ -383,8 +394,17 @@ impl Engine {
     ) -> PassResult<()> {
         let mut freed = None;
         if let Some(rid) = lease.resource_id {
-            let resource = self.store.resource(rid).await?;
-            let (bp, imp) = self.implementation_of(&resource).await?;
+            let (resource, bp, imp) = match tail.take_lease_on(rid) {
+                Some((resource, bp)) => {
+                    let (bp, imp) = self.implementation(bp)?;
+                    (resource, bp, imp)
+                }
+                None => {
+                    let resource = self.store.resource(rid).await?;
+                    let (bp, imp) = self.implementation_of(&resource).await?;
+                    (resource, bp, imp)
+                }
+            };
             if !imp.lease_hooks_are_local(&bp) {
                 tail.commit().await?;
             }

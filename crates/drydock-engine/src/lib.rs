@@ -133,7 +133,7 @@ pub(crate) type PassResult<T> = Result<T, PassError>;
 #[derive(Default)]
 pub(crate) struct Tail {
     tx: Option<Tx>,
-    acquired_on: Option<(Resource, Blueprint)>,
+    lease_on: Option<(Resource, Blueprint)>,
 }
 
 impl Tail {
@@ -161,18 +161,15 @@ impl Tail {
         self.tx
     }
 
-    /// Remember what a lease was acquired on, as the acquiring transaction
-    /// read it.
-    pub(crate) fn acquired_on(&mut self, resource: Resource, blueprint: Blueprint) {
-        self.acquired_on = Some((resource, blueprint));
+    /// Remember the resource a lease is on and its blueprint, as this pass
+    /// read them (the acquiring transaction, or before a release).
+    pub(crate) fn lease_on(&mut self, resource: Resource, blueprint: Blueprint) {
+        self.lease_on = Some((resource, blueprint));
     }
 
-    /// What a lease was acquired on in this pass, if it was `resource`.
-    pub(crate) fn take_acquired_on(
-        &mut self,
-        resource: ResourceId,
-    ) -> Option<(Resource, Blueprint)> {
-        self.acquired_on.take().filter(|(r, _)| r.id == resource)
+    /// What this pass read the lease to be on, if it was `resource`.
+    pub(crate) fn take_lease_on(&mut self, resource: ResourceId) -> Option<(Resource, Blueprint)> {
+        self.lease_on.take().filter(|(r, _)| r.id == resource)
     }
 }
 
@@ -312,15 +309,12 @@ impl Engine {
         &self,
         object: ObjectRef,
         expired: bool,
-    ) -> PassResult<Option<(Tx, Vec<Command>)>> {
+    ) -> PassResult<Option<Vec<Command>>> {
         // Read outside the transaction: only this object's update worker
         // (the caller, under its lock) consumes them, and one sent after
         // this read has its own task and is consumed by the next pass.
         let commands = self.store.pending_commands(object).await?;
-        if commands.is_empty() && !expired {
-            return Ok(None);
-        }
-        Ok(Some((self.store.begin().await?, commands)))
+        Ok((!commands.is_empty() || expired).then_some(commands))
     }
 
     /// Run `work` under `held` (a lock the caller holds and renews, such as

@@ -116,10 +116,10 @@ impl Engine {
     ) -> PassResult<Resource> {
         let now = now_ms();
         let expired = resource.until.is_some_and(|u| u <= now);
-        let Some((mut tx, commands)) = self.commands_to_consume(resource.object(), expired).await?
-        else {
+        let Some(commands) = self.commands_to_consume(resource.object(), expired).await? else {
             return Ok(resource);
         };
+        let mut tx = self.store.begin().await?;
         let r = tx.resource_for_update(resource.id).await?;
         let mut release_by: Option<String> = None;
         for c in &commands {
