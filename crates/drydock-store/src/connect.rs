@@ -124,8 +124,10 @@ impl Store {
                 instance: instance_name(),
                 commits_begun: Default::default(),
                 commits_done: Default::default(),
+                commits_written: Default::default(),
                 lease_waiters: Default::default(),
                 listener: tokio::sync::OnceCell::new(),
+                groups: Default::default(),
             }),
         })
     }

@@ -22,6 +22,7 @@ pub mod daemon;
 mod db;
 mod error;
 mod gc;
+mod group;
 pub mod lease;
 pub mod log;
 pub mod object_lock;
@@ -88,10 +89,14 @@ struct Inner {
     /// tells other processes' commits from them.
     commits_begun: std::sync::atomic::AtomicU64,
     commits_done: std::sync::atomic::AtomicU64,
+    /// SQLite: `COMMIT`s sent (a group's transactions share one).
+    commits_written: std::sync::atomic::AtomicU64,
     /// This handle's name in `NOTIFY` payloads, so its listener can tell
     /// its own notifications (already delivered in-process) from others'.
     instance: String,
     listener: tokio::sync::OnceCell<()>,
+    /// SQLite: the open commit group on the writer connection.
+    groups: group::Groups,
 }
 
 impl std::fmt::Debug for Store {
@@ -129,15 +134,20 @@ impl Store {
         let mut tx = Tx {
             conn: Some(self.inner.write.get().await?),
             store: self.clone(),
+            group: None,
             wake_workers: false,
             changed_leases: Vec::new(),
             notices: Vec::new(),
             deferred_fires: Vec::new(),
         };
-        match tx.conn() {
-            db::Db::Sqlite(conn) => db::begin_immediate(conn, pool::SQLITE_BUSY_TIMEOUT).await?,
-            pg => {
-                db::query("BEGIN").execute(pg).await?;
+        match self.inner.dialect {
+            // One writer connection: join (or open) its group (`group`).
+            Dialect::Sqlite => {
+                let conn = tx.conn.as_mut().expect("held since it was taken");
+                tx.group = Some(group::begin(self, conn).await?);
+            }
+            Dialect::Postgres => {
+                db::query("BEGIN").execute(tx.conn()).await?;
             }
         }
         Ok(tx)
@@ -149,6 +159,19 @@ impl Store {
         self.inner
             .commits_done
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `COMMIT`s written to the database: on SQLite a group of
+    /// transactions shares one ([`Store::commits`] counts each
+    /// transaction); on PostgreSQL the same as [`Store::commits`].
+    pub fn commits_written(&self) -> u64 {
+        match self.inner.dialect {
+            Dialect::Sqlite => self
+                .inner
+                .commits_written
+                .load(std::sync::atomic::Ordering::Relaxed),
+            Dialect::Postgres => self.commits(),
+        }
     }
 
     /// Count a write made by one statement outside [`Tx`] (its own
@@ -176,6 +199,8 @@ pub struct Tx {
     /// The writer connection, inside `BEGIN`; `None` once finished.
     conn: Option<pool::Conn>,
     store: Store,
+    /// SQLite: the commit group this transaction is a member of.
+    group: Option<Arc<group::Group>>,
     wake_workers: bool,
     /// Leases this transaction wrote, as it left them (their waiters here
     /// are woken on commit and given them; on PostgreSQL other processes
@@ -197,8 +222,19 @@ impl Tx {
         store.inner.commits_begun.fetch_add(1, SeqCst);
         // The connection stays in the Tx until COMMIT has answered: a
         // failure, or this future dropped half-way, leaves it to `Drop`.
-        let notices = std::mem::take(&mut self.notices);
-        let committed = db::commit(self.conn(), &notices).await;
+        let committed = match self.group.take() {
+            Some(group) => {
+                let conn = self
+                    .conn
+                    .take()
+                    .expect("a transaction is open until it ends");
+                group::commit(&store, conn, group).await
+            }
+            None => {
+                let notices = std::mem::take(&mut self.notices);
+                db::commit(self.conn(), &notices).await
+            }
+        };
         store.inner.commits_done.fetch_add(1, SeqCst);
         committed?;
         drop(self.conn.take());
@@ -220,6 +256,10 @@ impl Tx {
     }
 
     pub async fn rollback(mut self) -> Result<()> {
+        if self.group.is_some() {
+            // Dropping the member undoes its work (and only its).
+            return Ok(());
+        }
         db::query("ROLLBACK").execute(self.conn()).await?;
         drop(self.conn.take());
         Ok(())
@@ -245,27 +285,21 @@ impl Tx {
 impl Drop for Tx {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            roll_back_later(conn);
+            match self.store.inner.dialect {
+                Dialect::Sqlite => group::drop_member(&self.store, conn),
+                Dialect::Postgres => roll_back_later(conn),
+            }
         }
     }
 }
 
-/// Roll back an unfinished transaction on its connection and give the
-/// connection back to the pool (the next writer waits for that). If the
-/// rollback fails (the transaction may have ended, or the connection
-/// broke), or there is no runtime to do it on, close the connection
-/// instead: closing ends any transaction, and nothing unclean is reused.
-/// On SQLite the rollback runs here and now (a local call), and the lock
-/// wait a cancelled `BEGIN IMMEDIATE` may have turned off is restored.
+/// Roll back an unfinished PostgreSQL transaction on its connection and
+/// give the connection back to the pool. If the rollback fails (the
+/// transaction may have ended, or the connection broke), or there is no
+/// runtime to do it on, close the connection instead: closing ends any
+/// transaction, and nothing unclean is reused. (SQLite: see
+/// [`group::drop_member`].)
 fn roll_back_later(mut conn: pool::Conn) {
-    if let db::Db::Sqlite(c) = &conn.raw {
-        let restored = c.busy_timeout(pool::SQLITE_BUSY_TIMEOUT).is_ok();
-        if restored && (c.is_autocommit() || c.execute_batch("ROLLBACK").is_ok()) {
-            return;
-        }
-        drop(deadpool::managed::Object::take(conn));
-        return;
-    }
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
             runtime.spawn(async move {

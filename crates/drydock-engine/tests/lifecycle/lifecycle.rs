@@ -735,9 +735,7 @@ async fn a_reused_lease_is_active_in_one_commit_and_destroyed_in_one(
     Ok(())
 }
 
-async fn a_release_is_committed_before_a_remote_teardown_runs(
-    db: &TestDb,
-) -> anyhow::Result<()> {
+async fn a_release_is_committed_before_a_remote_teardown_runs(db: &TestDb) -> anyhow::Result<()> {
     let h = Harness::start(db, 1).await;
     h.blueprint("pool", json!({"lease-teardown": "remote"}))
         .await?;

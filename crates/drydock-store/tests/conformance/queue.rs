@@ -846,7 +846,10 @@ async fn a_lease_reader_is_given_what_this_process_wrote_but_reads_another_proce
     let mut signal = s.lease_signal(lease.id).await;
     ensure!(signal.written().is_none(), "nothing written yet");
     write_lease(s, lease.id, "here").await?;
-    ensure!(signal.wait(Duration::from_secs(5)).await, "woken by the write");
+    ensure!(
+        signal.wait(Duration::from_secs(5)).await,
+        "woken by the write"
+    );
     let mut next = s.lease_signal(lease.id).await;
     drop(signal);
     let given = next.written().cloned().context("the write is given")?;
