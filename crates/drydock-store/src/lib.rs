@@ -220,8 +220,11 @@ impl Tx {
         use std::sync::atomic::Ordering::SeqCst;
         let store = self.store.clone();
         store.inner.commits_begun.fetch_add(1, SeqCst);
-        // The connection stays in the Tx until COMMIT has answered: a
-        // failure, or this future dropped half-way, leaves it to `Drop`.
+        // PostgreSQL: the connection stays in the Tx until COMMIT has
+        // answered: a failure, or this future dropped half-way, leaves it
+        // to `Drop`. SQLite: the member's work joins its group at once
+        // (synchronously); dropped while it waits for the group's commit,
+        // the work is committed with the group all the same.
         let committed = match self.group.take() {
             Some(group) => {
                 let conn = self

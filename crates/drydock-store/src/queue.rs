@@ -954,7 +954,8 @@ pub struct LeaseSignal<'a> {
 
 impl LeaseSignal<'_> {
     /// Wait for the change, or at most `poll`. True when a write of this
-    /// lease woke it (not the poll, nor an unnamed change elsewhere).
+    /// lease woke it (not the poll, nor an unnamed change elsewhere). Once
+    /// woken, a signal stays fired: take a new one to wait again.
     pub async fn wait(&mut self, poll: Duration) -> bool {
         let changed = async {
             tokio::select! {
