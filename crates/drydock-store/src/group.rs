@@ -288,6 +288,16 @@ mod tests {
         }
     }
 
+    /// A scratch database, opened twice: this process's store and
+    /// another process's.
+    async fn two_processes() -> (tempfile::TempDir, Store, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("g.db").display());
+        let s = Store::open(&url).await.unwrap();
+        let other = Store::open(&url).await.unwrap();
+        (dir, s, other)
+    }
+
     /// Whether a lease made with `marker` is in the database, as another
     /// process sees it.
     async fn stored(other: &Store, marker: &str) -> bool {
@@ -306,10 +316,7 @@ mod tests {
     /// undoes its own work and nobody else's; and groups did form.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn grouped_transactions_are_visible_when_their_commit_returns_and_roll_back_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("g.db").display());
-        let s = Store::open(&url).await.unwrap();
-        let other = Store::open(&url).await.unwrap();
+        let (_dir, s, other) = two_processes().await;
         let actors: Vec<_> = (0..8)
             .map(|a| {
                 let (s, other) = (s.clone(), other.clone());
@@ -364,10 +371,7 @@ mod tests {
     /// watchdog commits the group, and the commit returns.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_whose_next_writer_went_away_is_committed_by_the_watchdog() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("g.db").display());
-        let s = Store::open(&url).await.unwrap();
-        let other = Store::open(&url).await.unwrap();
+        let (_dir, s, other) = two_processes().await;
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         // A group older than MAX_OPEN commits instead of handing on: on a
         // loaded machine the few statements below can take that long, so
@@ -414,10 +418,7 @@ mod tests {
     /// committed), and the writer serves the next transaction.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_rolled_back_by_sqlite_fails_its_waiting_transactions() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("g.db").display());
-        let s = Store::open(&url).await.unwrap();
-        let other = Store::open(&url).await.unwrap();
+        let (_dir, s, other) = two_processes().await;
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         for attempt in 0..100 {
             let marker = format!("first-{attempt}");

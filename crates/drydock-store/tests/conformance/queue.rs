@@ -502,12 +502,10 @@ async fn a_commit_wakes_one_idle_worker_not_all(db: &TestDb) -> anyhow::Result<(
 
 async fn a_lease_reader_wakes_for_its_own_lease_only(db: &TestDb) -> anyhow::Result<()> {
     let s = &db.store;
-    let new = drydock_store::lease::NewLease {
-        resource_type: "host".into(),
-        authorizing: "cli".into(),
-        ..Default::default()
-    };
-    let (a, b) = (s.insert_lease(&new).await?, s.insert_lease(&new).await?);
+    let (a, b) = (
+        s.insert_lease(&host_lease()).await?,
+        s.insert_lease(&host_lease()).await?,
+    );
     let mut signal = s.lease_signal(a.id).await;
     let (tx_woken, mut woken) = tokio::sync::oneshot::channel();
     let reader = async move {
@@ -585,13 +583,7 @@ async fn a_lease_reader_wakes_for_another_processes_write(db: &TestDb) -> anyhow
     // the data_version watch (SQLite), not through the reader's poll.
     let s = &db.store;
     let writer = db.connect_again().await;
-    let lease = s
-        .insert_lease(&drydock_store::lease::NewLease {
-            resource_type: "host".into(),
-            authorizing: "cli".into(),
-            ..Default::default()
-        })
-        .await?;
+    let lease = s.insert_lease(&host_lease()).await?;
     let mut signal = s.lease_signal(lease.id).await;
     let woken = std::sync::atomic::AtomicBool::new(false);
     let started = Instant::now();
@@ -644,6 +636,15 @@ async fn transactions_cancelled_at_any_point_leave_the_writer_clean(
 }
 
 /// Write a note into lease `id` under its lock, as its worker would.
+/// A pending lease on a host, to write and wait for.
+fn host_lease() -> drydock_store::lease::NewLease {
+    drydock_store::lease::NewLease {
+        resource_type: "host".into(),
+        authorizing: "cli".into(),
+        ..Default::default()
+    }
+}
+
 async fn write_lease(s: &Store, id: LeaseId, note: &str) -> anyhow::Result<()> {
     let lock = s
         .try_lock(&ObjectRef::lease(id).key(), "w", TTL)
@@ -836,13 +837,7 @@ async fn a_lease_reader_is_given_what_this_process_wrote_but_reads_another_proce
 ) -> anyhow::Result<()> {
     let s = &db.store;
     let other = db.connect_again().await;
-    let lease = s
-        .insert_lease(&drydock_store::lease::NewLease {
-            resource_type: "host".into(),
-            authorizing: "cli".into(),
-            ..Default::default()
-        })
-        .await?;
+    let lease = s.insert_lease(&host_lease()).await?;
     let mut signal = s.lease_signal(lease.id).await;
     ensure!(signal.written().is_none(), "nothing written yet");
     write_lease(s, lease.id, "here").await?;
