@@ -138,6 +138,7 @@ impl Store {
             wake_workers: false,
             changed_leases: Vec::new(),
             notices: Vec::new(),
+            pending_logs: Vec::new(),
             deferred_fires: Vec::new(),
         };
         match self.inner.dialect {
@@ -209,6 +210,8 @@ pub struct Tx {
     /// PostgreSQL notifications `(channel, payload)`, sent with `COMMIT`
     /// (one round trip; delivered when, and only if, it commits).
     notices: Vec<(&'static str, String)>,
+    /// Events recorded by [`Tx::log`], written just before the commit.
+    pending_logs: Vec<log::PendingLog>,
     /// Wake-ups to fire once this transaction has committed (see
     /// [`Tx::fire`]).
     deferred_fires: Vec<wakeup::Fire>,
@@ -218,6 +221,7 @@ impl Tx {
     /// Commit, then wake workers if this transaction made tasks runnable.
     pub async fn commit(mut self) -> Result<()> {
         use std::sync::atomic::Ordering::SeqCst;
+        self.write_logs().await?;
         let store = self.store.clone();
         store.inner.commits_begun.fetch_add(1, SeqCst);
         // PostgreSQL: the connection stays in the Tx until COMMIT has

@@ -1,11 +1,12 @@
 //! Typed log events linked to a lease, resource and/or blueprint (spec §12),
 //! queryable by object and time.
 
-use crate::db::{Row, query_scalar};
+use crate::db::{Row, query, query_scalar};
 use crate::row::{get, json, to_json};
 use crate::{Result, Store, StoreError, Tx, now_ms};
 use drydock_model::{BlueprintId, LeaseId, LogId, ResourceId};
 use serde_json::Value;
+use std::fmt::Write as _;
 
 /// Longest log type accepted.
 pub const MAX_TYPE_LEN: usize = 64;
@@ -93,7 +94,65 @@ fn from_row(row: &Row) -> Result<LogEntry> {
 }
 
 impl Tx {
-    pub async fn log(&mut self, log: NewLog) -> Result<LogId> {
+    /// Record an event. It is written with the transaction's other events,
+    /// in one statement, when the transaction commits (a rolled-back
+    /// transaction records none).
+    pub async fn log(&mut self, log: NewLog) -> Result<()> {
+        let row = PendingLog::checked(log)?;
+        self.pending_logs.push(row);
+        Ok(())
+    }
+
+    /// Write the events recorded so far (see [`Tx::log`]).
+    pub(crate) async fn write_logs(&mut self) -> Result<()> {
+        if self.pending_logs.is_empty() {
+            return Ok(());
+        }
+        let logs = std::mem::take(&mut self.pending_logs);
+        let mut sql = String::from(
+            "INSERT INTO logs (epoch, blueprint_id, resource_id, lease_id, type, data) VALUES ",
+        );
+        for i in 0..logs.len() {
+            let n = i * 6;
+            let sep = if i == 0 { "" } else { ", " };
+            let _ = write!(
+                sql,
+                "{sep}(${}, ${}, ${}, ${}, ${}, ${})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5,
+                n + 6
+            );
+        }
+        let mut q = query(sql);
+        for l in logs {
+            q = q
+                .bind(l.epoch)
+                .bind(l.blueprint)
+                .bind(l.resource)
+                .bind(l.lease)
+                .bind(l.kind)
+                .bind(l.data);
+        }
+        q.execute(self.conn()).await?;
+        Ok(())
+    }
+}
+
+/// An event waiting for its transaction's commit, checked.
+pub(crate) struct PendingLog {
+    epoch: i64,
+    blueprint: Option<i64>,
+    resource: Option<i64>,
+    lease: Option<i64>,
+    kind: String,
+    data: String,
+}
+
+impl PendingLog {
+    fn checked(log: NewLog) -> Result<PendingLog> {
         if log.kind.is_empty() || log.kind.len() > MAX_TYPE_LEN {
             return Err(StoreError::invalid(
                 "log type",
@@ -106,27 +165,35 @@ impl Tx {
             // without bound because a command printed a lot.
             data = to_json(&serde_json::json!({ "truncated": true, "bytes": data.len() }));
         }
-        let id: i64 = query_scalar(
-            "INSERT INTO logs (epoch, blueprint_id, resource_id, lease_id, type, data) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(now_ms())
-        .bind(log.blueprint.map(|b| b.0))
-        .bind(log.resource.map(|r| r.0))
-        .bind(log.lease.map(|l| l.0))
-        .bind(&log.kind)
-        .bind(data)
-        .fetch_one(self.conn())
-        .await?;
-        Ok(LogId(id))
+        Ok(PendingLog {
+            epoch: now_ms(),
+            blueprint: log.blueprint.map(|b| b.0),
+            resource: log.resource.map(|r| r.0),
+            lease: log.lease.map(|l| l.0),
+            kind: log.kind,
+            data,
+        })
     }
 }
 
 impl Store {
+    /// Record an event in a transaction of its own; returns its id.
     pub async fn log(&self, log: NewLog) -> Result<LogId> {
+        let l = PendingLog::checked(log)?;
         let mut tx = self.begin().await?;
-        let id = tx.log(log).await?;
+        let id: i64 = query_scalar(
+            "INSERT INTO logs (epoch, blueprint_id, resource_id, lease_id, type, data) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(l.epoch)
+        .bind(l.blueprint)
+        .bind(l.resource)
+        .bind(l.lease)
+        .bind(l.kind)
+        .bind(l.data)
+        .fetch_one(tx.conn())
+        .await?;
         tx.commit().await?;
-        Ok(id)
+        Ok(LogId(id))
     }
 
     /// Events matching `filter`, oldest first.

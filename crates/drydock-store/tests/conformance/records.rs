@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use std::time::Duration;
 
 backend_tests!(
+    a_transactions_events_are_written_in_order_when_it_commits_and_never_when_it_rolls_back,
     blueprint_edits_are_audited_and_bad_input_changes_nothing,
     leases_are_inserted_listed_and_saved_under_their_lock,
     resources_are_inserted_and_saved_under_their_lock,
@@ -592,4 +593,64 @@ async fn postgres_leases_on_one_resource_share_its_row_and_its_release_waits_for
         Ok(())
     })
     .await
+}
+
+/// Events recorded in a transaction are written together when it commits
+/// (in the order recorded, each with its own object and data, an oversized
+/// payload truncated), and not at all when it rolls back; a bad event is
+/// refused when it is recorded.
+async fn a_transactions_events_are_written_in_order_when_it_commits_and_never_when_it_rolls_back(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    use drydock_model::{LeaseId, ResourceId};
+    let s = &db.store;
+    let of = |lease: i64| LogFilter {
+        lease: Some(LeaseId(lease)),
+        ..Default::default()
+    };
+    let mut tx = s.begin().await?;
+    tx.log(NewLog::new("lease.queued").lease(LeaseId(41)))
+        .await?;
+    ensure!(
+        tx.log(NewLog::new("").lease(LeaseId(41))).await.is_err(),
+        "an empty type is refused"
+    );
+    tx.rollback().await?;
+    ensure!(
+        s.logs(&of(41)).await?.is_empty(),
+        "rolled back, yet written"
+    );
+
+    let mut tx = s.begin().await?;
+    tx.log(NewLog::new("lease.queued").lease(LeaseId(42)))
+        .await?;
+    tx.log(
+        NewLog::new("lease.acquired")
+            .lease(LeaseId(42))
+            .resource(ResourceId(7))
+            .data(json!({"n": 1})),
+    )
+    .await?;
+    tx.log(
+        NewLog::new("lease.output")
+            .lease(LeaseId(42))
+            .data(json!({"text": "z".repeat(100_000)})),
+    )
+    .await?;
+    tx.commit().await?;
+    let written = s.logs(&of(42)).await?;
+    let kinds: Vec<&str> = written.iter().map(|e| e.kind.as_str()).collect();
+    ensure!(
+        kinds == ["lease.queued", "lease.acquired", "lease.output"],
+        "{kinds:?}"
+    );
+    ensure!(written.windows(2).all(|w| w[0].id < w[1].id));
+    ensure!(written[1].resource == Some(ResourceId(7)) && written[1].data == json!({"n": 1}));
+    ensure!(written[0].resource.is_none() && written[0].data == json!({}));
+    ensure!(
+        written[2].data["truncated"] == json!(true),
+        "{}",
+        written[2].data
+    );
+    Ok(())
 }
