@@ -394,17 +394,15 @@ impl Engine {
     ) -> PassResult<()> {
         let mut freed = None;
         if let Some(rid) = lease.resource_id {
-            let (resource, bp, imp) = match tail.take_lease_on(rid) {
-                Some((resource, bp)) => {
-                    let (bp, imp) = self.implementation(bp)?;
-                    (resource, bp, imp)
-                }
+            let (resource, bp) = match tail.take_lease_on(rid) {
+                Some(on) => on,
                 None => {
                     let resource = self.store.resource(rid).await?;
-                    let (bp, imp) = self.implementation_of(&resource).await?;
-                    (resource, bp, imp)
+                    let bp = self.store.blueprint(resource.blueprint_id).await?;
+                    (resource, bp)
                 }
             };
+            let (bp, imp) = self.implementation(bp)?;
             if !imp.lease_hooks_are_local(&bp) {
                 tail.commit().await?;
             }

@@ -277,7 +277,9 @@ fn watch_group(store: Store, group: Arc<Group>) {
 mod tests {
     use crate::Store;
     use crate::lease::{LeaseFilter, NewLease};
-    use std::future::Future as _;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
     use std::time::Duration;
 
     fn lease(marker: &str) -> NewLease {
@@ -367,36 +369,50 @@ mod tests {
         );
     }
 
+    type Waiting<'s, T> = Pin<Box<dyn Future<Output = crate::Result<T>> + Send + 's>>;
+
+    /// A transaction writes `marker` and commits while a second one waits
+    /// for the writer. Returns the first's commit when it handed the writer
+    /// on (still waiting for its group), or `None` when it committed at
+    /// once (its group was already older than `MAX_OPEN`, as on a loaded
+    /// machine); and the second's `begin`, waiting.
+    async fn commit_while_another_waits<'s>(
+        s: &'s Store,
+        marker: &str,
+    ) -> (Option<Waiting<'static, ()>>, Waiting<'s, crate::Tx>) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut first = s.begin().await.unwrap();
+        first.insert_lease(&lease(marker)).await.unwrap();
+        let mut second: Waiting<'s, crate::Tx> = Box::pin(s.begin());
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(s.inner.write.status().waiting, 1);
+        let mut commit: Waiting<'static, ()> = Box::pin(first.commit());
+        match commit.as_mut().poll(&mut cx) {
+            Poll::Ready(committed) => {
+                committed.unwrap();
+                (None, second)
+            }
+            Poll::Pending => (Some(commit), second),
+        }
+    }
+
     /// A transaction hands the writer to a waiter that then goes away: the
     /// watchdog commits the group, and the commit returns.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_whose_next_writer_went_away_is_committed_by_the_watchdog() {
         let (_dir, s, other) = two_processes().await;
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        // A group older than MAX_OPEN commits instead of handing on: on a
-        // loaded machine the few statements below can take that long, so
-        // try until the hand-on happens.
         let mut handed_on = false;
         for attempt in 0..100 {
             let marker = format!("first-{attempt}");
-            let mut first = s.begin().await.unwrap();
-            first.insert_lease(&lease(&marker)).await.unwrap();
-            // A second writer starts waiting for the writer connection...
-            let mut second = Box::pin(s.begin());
-            assert!(second.as_mut().poll(&mut cx).is_pending());
-            assert_eq!(s.inner.write.status().waiting, 1);
-            // ...so the first hands the writer on when it commits...
-            let mut commit = Box::pin(first.commit());
-            let polled = commit.as_mut().poll(&mut cx);
-            handed_on = polled.is_pending();
-            // ...and the second goes away without taking it.
+            let (commit, second) = commit_while_another_waits(&s, &marker).await;
+            // The second goes away without taking the writer.
             drop(second);
-            match polled {
-                std::task::Poll::Ready(committed) => committed.unwrap(),
-                std::task::Poll::Pending => tokio::time::timeout(Duration::from_secs(10), commit)
+            if let Some(commit) = commit {
+                tokio::time::timeout(Duration::from_secs(10), commit)
                     .await
                     .expect("the group was never committed")
-                    .unwrap(),
+                    .unwrap();
+                handed_on = true;
             }
             assert!(stored(&other, &marker).await);
             if handed_on {
@@ -419,20 +435,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_rolled_back_by_sqlite_fails_its_waiting_transactions() {
         let (_dir, s, other) = two_processes().await;
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         for attempt in 0..100 {
             let marker = format!("first-{attempt}");
-            let mut first = s.begin().await.unwrap();
-            first.insert_lease(&lease(&marker)).await.unwrap();
-            let mut second = Box::pin(s.begin());
-            assert!(second.as_mut().poll(&mut cx).is_pending());
-            let mut commit = Box::pin(first.commit());
-            if let std::task::Poll::Ready(committed) = commit.as_mut().poll(&mut cx) {
-                // Not handed on (the group was already old): try again.
-                committed.unwrap();
+            let (commit, second) = commit_while_another_waits(&s, &marker).await;
+            let Some(commit) = commit else {
+                // Not handed on: try again.
                 second.await.unwrap().commit().await.unwrap();
                 continue;
-            }
+            };
             // The second transaction gets the writer; an error in it makes
             // SQLite roll everything back, the first's work included.
             let mut second = second.await.unwrap();

@@ -1,7 +1,7 @@
 //! Typed log events linked to a lease, resource and/or blueprint (spec §12),
 //! queryable by object and time.
 
-use crate::db::{Row, query, query_scalar};
+use crate::db::{Row, query_scalar};
 use crate::row::{get, json, to_json};
 use crate::{Result, Store, StoreError, Tx, now_ms};
 use drydock_model::{BlueprintId, LeaseId, LogId, ResourceId};
@@ -103,10 +103,11 @@ impl Tx {
         Ok(())
     }
 
-    /// Write the events recorded so far (see [`Tx::log`]).
-    pub(crate) async fn write_logs(&mut self) -> Result<()> {
+    /// Write the events recorded so far (see [`Tx::log`]); returns their
+    /// ids.
+    pub(crate) async fn write_logs(&mut self) -> Result<Vec<i64>> {
         if self.pending_logs.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let logs = std::mem::take(&mut self.pending_logs);
         let mut sql = String::from(
@@ -126,7 +127,8 @@ impl Tx {
                 n + 6
             );
         }
-        let mut q = query(sql);
+        sql.push_str(" RETURNING id");
+        let mut q = query_scalar::<i64>(sql);
         for l in logs {
             q = q
                 .bind(l.epoch)
@@ -136,8 +138,7 @@ impl Tx {
                 .bind(l.kind)
                 .bind(l.data);
         }
-        q.execute(self.conn()).await?;
-        Ok(())
+        q.fetch_all(self.conn()).await
     }
 }
 
@@ -179,21 +180,12 @@ impl PendingLog {
 impl Store {
     /// Record an event in a transaction of its own; returns its id.
     pub async fn log(&self, log: NewLog) -> Result<LogId> {
-        let l = PendingLog::checked(log)?;
         let mut tx = self.begin().await?;
-        let id: i64 = query_scalar(
-            "INSERT INTO logs (epoch, blueprint_id, resource_id, lease_id, type, data) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(l.epoch)
-        .bind(l.blueprint)
-        .bind(l.resource)
-        .bind(l.lease)
-        .bind(l.kind)
-        .bind(l.data)
-        .fetch_one(tx.conn())
-        .await?;
+        tx.log(log).await?;
+        let id = tx.write_logs().await?.pop();
         tx.commit().await?;
-        Ok(LogId(id))
+        id.map(LogId)
+            .ok_or_else(|| StoreError::Database("the event was not written".into()))
     }
 
     /// Events matching `filter`, oldest first.

@@ -155,9 +155,13 @@ impl From<PoolError<StoreError>> for StoreError {
 mod tests {
     use super::*;
 
+    /// The one value `sql` reads.
+    fn one<T: rusqlite::types::FromSql>(conn: &rusqlite::Connection, sql: &str) -> T {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
     fn page_size(conn: &rusqlite::Connection) -> u32 {
-        conn.query_row("PRAGMA page_size", [], |r| r.get(0))
-            .unwrap()
+        one(conn, "PRAGMA page_size")
     }
 
     #[test]
@@ -167,10 +171,7 @@ mod tests {
         let conn = open_sqlite(new.to_str().unwrap()).unwrap();
         conn.execute_batch("CREATE TABLE t (x)").unwrap();
         assert_eq!(page_size(&conn), SQLITE_PAGE_SIZE);
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(mode, "wal");
+        assert_eq!(one::<String>(&conn, "PRAGMA journal_mode"), "wal");
 
         // A database made with SQLite's default pages (as earlier versions
         // made them) is opened as it is, and written as before.
@@ -186,9 +187,6 @@ mod tests {
         let conn = open_sqlite(old.to_str().unwrap()).unwrap();
         conn.execute_batch("INSERT INTO t VALUES (2)").unwrap();
         assert_eq!(page_size(&conn), before);
-        let n: i64 = conn
-            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 2);
+        assert_eq!(one::<i64>(&conn, "SELECT COUNT(*) FROM t"), 2);
     }
 }
