@@ -675,7 +675,17 @@ impl Engine {
             tx.log(lease_log(&next, log::LEASE_ACTIVATED)).await?;
             crate::lease_worker::wake_owner(&mut tx, &next).await?;
         }
-        *lease = tx.save_lease(&next, lock).await?;
+        if !acquisition.activate_now
+            && fresh.status == ResourceStatus::Active
+            && imp.lease_hooks_are_local(bp)
+        {
+            // Its activation joins this transaction next, and writes the
+            // lease once for both steps (unless it fails first).
+            tx.save_lease_at_commit(next.clone(), lock).await?;
+            *lease = next;
+        } else {
+            *lease = tx.save_lease(&next, lock).await?;
+        }
         tail.hold(tx);
         if acquisition.activate_now {
             crate::metrics::lease_activated(lease);

@@ -5,7 +5,8 @@ use crate::blueprint::{BlueprintImpl, Context};
 use crate::events::{self, log};
 use crate::{Engine, Next, PassError, PassResult, Tail};
 use drydock_model::{CommandKind, LeaseId, LeaseStatus, ObjectRef, ResourceId};
-use drydock_store::lease::Lease;
+use drydock_store::command::Command;
+use drydock_store::lease::{Lease, LeaseForPass};
 use drydock_store::log::NewLog;
 use drydock_store::object_lock::ObjectLock;
 use drydock_store::resource::Resource;
@@ -76,7 +77,9 @@ impl Engine {
         let done = self
             .locked(object, held, async |lock| {
                 let mut tail = Tail::default();
-                let steps = self.lease_steps(id, lock, &mut tail).await;
+                let read = self.store.lease_for_pass(id).await?;
+                let handed_over = read.handed_over;
+                let steps = self.lease_steps(read, lock, &mut tail).await;
                 if steps.is_err()
                     && let Err(c) = tail.commit().await
                 {
@@ -85,8 +88,10 @@ impl Engine {
                     tracing::debug!(%object, "committing before a failure failed: {c}");
                 }
                 // Slots handed to this lease that it did not take go on to
-                // the next waiter, whatever the pass did.
-                if self.store.has_handoffs(object).await? {
+                // the next waiter, whatever the pass did. (Slots handed over
+                // after the pass's read come with a wake-up: the next pass
+                // settles them.)
+                if handed_over {
                     let read;
                     let lease = match &steps {
                         Ok((_, lease)) => lease,
@@ -116,13 +121,15 @@ impl Engine {
     /// the lease as the steps left it (the last write may be in `tail`).
     async fn lease_steps(
         &self,
-        id: LeaseId,
+        read: LeaseForPass,
         lock: &ObjectLock,
         tail: &mut Tail,
     ) -> PassResult<(Next, Lease)> {
-        let mut lease = self.store.lease(id).await?;
+        let mut lease = read.lease;
         if lease.status.is_commandable() {
-            lease = self.lease_commands(lease, lock, tail).await?;
+            lease = self
+                .lease_commands(lease, read.commands, lock, tail)
+                .await?;
         }
         // A few steps per pass: pending -> acquired -> active, or
         // released -> destroyed, without another trip through the queue.
@@ -159,22 +166,25 @@ impl Engine {
     async fn lease_commands(
         &self,
         lease: Lease,
+        commands: Vec<Command>,
         lock: &ObjectLock,
         tail: &mut Tail,
     ) -> PassResult<Lease> {
         let now = now_ms();
         let expired = lease.until.is_some_and(|u| u <= now);
-        let Some(commands) = self.commands_to_consume(lease.object(), expired).await? else {
+        if commands.is_empty() && !expired {
             return Ok(lease);
-        };
+        }
         // A release is torn down next in this pass: what the teardown needs
         // is read now, not while the transaction holds the writer.
+        let mut teardown_is_local = lease.resource_id.is_none();
         if let Some(rid) = lease.resource_id
             && lease.status.is_live()
             && (expired || commands.iter().any(|c| c.command == CommandKind::Release))
         {
             let resource = self.store.resource(rid).await?;
-            if let Ok((bp, _)) = self.implementation_of(&resource).await {
+            if let Ok((bp, imp)) = self.implementation_of(&resource).await {
+                teardown_is_local = imp.lease_hooks_are_local(&bp);
                 tail.lease_on(resource, bp);
             }
         }
@@ -247,11 +257,16 @@ impl Engine {
             tx.log(lease_log(&next, log::LEASE_RELEASED).data(json!({ "by": by })))
                 .await?;
         }
-        let saved = if next != lease {
-            tx.save_lease(&next, lock).await?
-        } else {
+        let saved = if next == lease {
             tx.check_fence(lock).await?;
             next
+        } else if next.status == LeaseStatus::Released && teardown_is_local {
+            // Its destruction joins this transaction next, and writes the
+            // lease once for both steps (unless the teardown fails first).
+            tx.save_lease_at_commit(next.clone(), lock).await?;
+            next
+        } else {
+            tx.save_lease(&next, lock).await?
         };
         tail.hold(tx);
         Ok(saved)

@@ -49,6 +49,33 @@ fn from_row(row: &Row) -> Result<Command> {
     })
 }
 
+/// The command columns of a read that joins a target's unconsumed commands
+/// to its own row (`c` is `commands`), each named `command_…`.
+pub(crate) const JOINED_COLUMNS: &str = "c.id AS command_id, c.author AS command_author, \
+     c.command AS command_kind, c.payload AS command_payload, \
+     c.created_at AS command_created_at, c.modified_at AS command_modified_at";
+
+/// The unconsumed command of `target` in a row read with
+/// [`JOINED_COLUMNS`], if the row has one (a `LEFT JOIN` without a match
+/// has none).
+pub(crate) fn joined(row: &Row, target: ObjectRef) -> Result<Option<Command>> {
+    let Some(id) = get::<Option<i64>>(row, "command_id")? else {
+        return Ok(None);
+    };
+    let command: String = get(row, "command_kind")?;
+    Ok(Some(Command {
+        id: CommandId(id),
+        author: get(row, "command_author")?,
+        target,
+        command: CommandKind::parse(&command)
+            .ok_or_else(|| StoreError::invalid("stored command", &command))?,
+        payload: json(row, "command_payload")?,
+        consumed: false,
+        created_at: get(row, "command_created_at")?,
+        modified_at: get(row, "command_modified_at")?,
+    }))
+}
+
 async fn pending(db: &mut Db, target: ObjectRef) -> Result<Vec<Command>> {
     let sql = format!(
         "SELECT {COLUMNS} FROM commands WHERE target_kind = $1 AND target_id = $2 AND consumed = 0 ORDER BY id"

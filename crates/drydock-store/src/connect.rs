@@ -127,6 +127,8 @@ impl Store {
                 commits_written: Default::default(),
                 lease_waiters: Default::default(),
                 listener: tokio::sync::OnceCell::new(),
+                listen_for: std::sync::atomic::AtomicU8::new(0),
+                listen_more: Arc::default(),
                 groups: Default::default(),
             }),
         })

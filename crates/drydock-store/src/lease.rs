@@ -3,6 +3,7 @@
 //! [`Tx::save_lease`], which is conditional on the row version and on the
 //! worker's object-lock token.
 
+use crate::command::Command;
 use crate::db::{Row, query, query_as, query_scalar};
 use crate::object_lock::{ObjectLock, fence_condition};
 use crate::row::{get, json, opt_json, parsed, to_json};
@@ -62,6 +63,31 @@ impl Lease {
     pub fn holding(&self) -> Option<ResourceId> {
         self.resource_id.filter(|_| self.status.is_live())
     }
+}
+
+/// The lease, its unconsumed commands (one row each, or one row without
+/// any) and whether slots were handed to it.
+static PASS_READ_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let lease_columns: Vec<String> = COLUMNS.split(", ").map(|c| format!("l.{c}")).collect();
+    format!(
+        "SELECT {}, {}, \
+           EXISTS (SELECT 1 FROM handoffs WHERE waiter = $2) AS handed_over \
+         FROM leases l LEFT JOIN commands c \
+           ON c.target_kind = 'lease' AND c.target_id = l.id AND c.consumed = 0 \
+         WHERE l.id = $1 ORDER BY c.id",
+        lease_columns.join(", "),
+        crate::command::JOINED_COLUMNS,
+    )
+});
+
+/// What a lease's update pass starts from ([`Store::lease_for_pass`]).
+#[derive(Clone, Debug)]
+pub struct LeaseForPass {
+    pub lease: Lease,
+    /// Its unconsumed commands, oldest first.
+    pub commands: Vec<Command>,
+    /// Whether capacity was handed to it and not yet settled.
+    pub handed_over: bool,
 }
 
 const COLUMNS: &str = "id, resource_type, status, resource_id, blueprint_ids, authorizing, owner, attributes, internal, \
@@ -163,13 +189,60 @@ impl Tx {
     }
 
     pub async fn lease(&mut self, id: LeaseId) -> Result<Lease> {
+        self.write_unsaved_lease().await?;
         crate::row::by_id(self.conn(), COLUMNS, "leases", "lease", id.0, from_row).await
     }
 
     /// Write every mutable field of `lease`, fenced: only if the row is
     /// still at `lease.version` and `lock` is still the current grant of the
     /// lease's lock. Returns the lease as stored (version bumped).
+    ///
+    /// It supersedes a write of the same lease put off in this transaction
+    /// ([`Tx::save_lease_at_commit`]) from the same version: one `UPDATE`
+    /// for both.
     pub async fn save_lease(&mut self, lease: &Lease, lock: &ObjectLock) -> Result<Lease> {
+        match self.unsaved_lease.take() {
+            Some((unsaved, _)) if unsaved.id == lease.id && unsaved.version == lease.version => {}
+            Some(other) => {
+                self.unsaved_lease = Some(other);
+                self.write_unsaved_lease().await?;
+            }
+            None => {}
+        }
+        self.write_lease(lease, lock).await
+    }
+
+    /// Write `lease` (as [`Tx::save_lease`]) when this transaction commits,
+    /// unless a later `save_lease` of it in this transaction supersedes the
+    /// write: a pass that moves a lease two steps in one transaction
+    /// (acquired then active, released then destroyed) writes its row once.
+    /// Checked now; the row's version is unchanged until then, so the
+    /// caller keeps `lease` as its copy. Until the write, reads of the
+    /// lease in this transaction ([`Tx::lease`], [`Tx::live_leases_on`])
+    /// write it first.
+    pub async fn save_lease_at_commit(&mut self, lease: Lease, lock: &ObjectLock) -> Result<()> {
+        check_map("lease attributes", &lease.attributes)?;
+        check_map("lease bookkeeping", &lease.internal)?;
+        if self
+            .unsaved_lease
+            .as_ref()
+            .is_some_and(|(l, _)| l.id != lease.id)
+        {
+            self.write_unsaved_lease().await?;
+        }
+        self.unsaved_lease = Some((lease, lock.clone()));
+        Ok(())
+    }
+
+    /// Write the lease put off by [`Tx::save_lease_at_commit`], if any.
+    pub(crate) async fn write_unsaved_lease(&mut self) -> Result<()> {
+        if let Some((lease, lock)) = self.unsaved_lease.take() {
+            self.write_lease(&lease, &lock).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_lease(&mut self, lease: &Lease, lock: &ObjectLock) -> Result<Lease> {
         let attributes = check_map("lease attributes", &lease.attributes)?;
         let internal = check_map("lease bookkeeping", &lease.internal)?;
         // The resources' live-lease counts follow in the same statement
@@ -231,6 +304,36 @@ impl Store {
         .await
     }
 
+    /// What a lease's update pass starts from, in one read: the lease, its
+    /// unconsumed commands (oldest first), and whether capacity was handed
+    /// to it ([`Tx::settle_handoffs`]). Read outside any transaction: only
+    /// the lease's update worker (the caller, under its lock) writes the
+    /// lease and consumes its commands, and a command sent or a slot handed
+    /// over after this read wakes the lease for another pass.
+    pub async fn lease_for_pass(&self, id: LeaseId) -> Result<LeaseForPass> {
+        let object = ObjectRef::lease(id);
+        let rows = query(PASS_READ_SQL.as_str())
+            .bind(id.0)
+            .bind(object.key())
+            .fetch_all(&mut self.reader().await?.raw)
+            .await?;
+        let Some(first) = rows.first() else {
+            return Err(StoreError::NotFound {
+                what: "lease",
+                id: id.0.to_string(),
+            });
+        };
+        let mut commands = Vec::new();
+        for row in &rows {
+            commands.extend(crate::command::joined(row, object)?);
+        }
+        Ok(LeaseForPass {
+            lease: from_row(first)?,
+            commands,
+            handed_over: get(first, "handed_over")?,
+        })
+    }
+
     /// Leases matching `filter`, newest first (or oldest first).
     pub async fn leases(&self, filter: &LeaseFilter) -> Result<Vec<Lease>> {
         let limit = filter.limit.unwrap_or(100).clamp(1, 10_000);
@@ -257,6 +360,7 @@ impl Tx {
     /// transaction (after the resource row was written or locked, so a lease
     /// acquiring concurrently is either seen here or sees the new status).
     pub async fn live_leases_on(&mut self, resource: ResourceId) -> Result<Vec<Lease>> {
+        self.write_unsaved_lease().await?;
         let sql = format!(
             "SELECT {COLUMNS} FROM leases WHERE resource_id = $1 AND status IN ('pending', 'acquired', 'active') ORDER BY id"
         );

@@ -95,6 +95,12 @@ struct Inner {
     /// its own notifications (already delivered in-process) from others'.
     instance: String,
     listener: tokio::sync::OnceCell<()>,
+    /// PostgreSQL: the channels this process needs to hear
+    /// (`queue::LISTEN_*` bits): task notifications once it runs workers,
+    /// lease changes once somebody here waits for a lease.
+    listen_for: std::sync::atomic::AtomicU8,
+    /// Tells the listener to listen again, for more channels.
+    listen_more: Arc<tokio::sync::Notify>,
     /// SQLite: the open commit group on the writer connection.
     groups: group::Groups,
 }
@@ -140,6 +146,7 @@ impl Store {
             notices: Vec::new(),
             pending_logs: Vec::new(),
             deferred_fires: Vec::new(),
+            unsaved_lease: None,
         };
         match self.inner.dialect {
             // One writer connection: join (or open) its group (`group`).
@@ -215,12 +222,16 @@ pub struct Tx {
     /// Wake-ups to fire once this transaction has committed (see
     /// [`Tx::fire`]).
     deferred_fires: Vec<wakeup::Fire>,
+    /// A lease write put off to the commit ([`Tx::save_lease_at_commit`]),
+    /// unless a later write of the same lease supersedes it.
+    unsaved_lease: Option<(lease::Lease, object_lock::ObjectLock)>,
 }
 
 impl Tx {
     /// Commit, then wake workers if this transaction made tasks runnable.
     pub async fn commit(mut self) -> Result<()> {
         use std::sync::atomic::Ordering::SeqCst;
+        self.write_unsaved_lease().await?;
         self.write_logs().await?;
         let store = self.store.clone();
         store.inner.commits_begun.fetch_add(1, SeqCst);

@@ -29,6 +29,7 @@ use serde_json::Value;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Attempts before a task that keeps failing temporarily fails for good.
@@ -38,6 +39,12 @@ pub const NOTIFY_CHANNEL: &str = "drydock_tasks";
 /// PostgreSQL channel notified when a transaction changed a lease, so
 /// readers in other processes (an API server's long-poll) see it at once.
 pub const CHANGES_CHANNEL: &str = "drydock_changes";
+
+/// What a process listens to (PostgreSQL): task notifications
+/// ([`NOTIFY_CHANNEL`]) ...
+const LISTEN_TASKS: u8 = 1;
+/// ... and lease changes ([`CHANGES_CHANNEL`]).
+const LISTEN_CHANGES: u8 = 2;
 
 /// A task to schedule.
 #[derive(Clone, Debug)]
@@ -601,7 +608,7 @@ impl Store {
     /// looking for work, then [`Store::wait_for_tasks`] on it, so no wake-up
     /// between the look and the wait is missed.
     pub async fn task_signal(&self) -> TaskSignal<'_> {
-        self.ensure_listener().await;
+        self.ensure_listener(LISTEN_TASKS).await;
         let mut notified = Box::pin(self.inner.tasks_ready.notified());
         notified.as_mut().enable();
         TaskSignal { notified }
@@ -638,22 +645,47 @@ impl Store {
     }
 
     /// On PostgreSQL, forward `NOTIFY` from other processes to this process's
-    /// waiting workers. Best effort: workers also poll.
-    async fn ensure_listener(&self) {
+    /// waiting workers and lease readers. Best effort: both also poll.
+    ///
+    /// A process listens only to the channels it needs (`want`, added up
+    /// over its life): every notification wakes every backend listening to
+    /// its channel and its process, so a daemon that runs workers for
+    /// nobody's waits does not hear lease changes, and a client that waits
+    /// for its lease does not hear of tasks. A new need makes the listener
+    /// listen again, for the union (everybody here looks once after).
+    async fn ensure_listener(&self, want: u8) {
         if self.dialect() == Dialect::Sqlite {
             return self.ensure_sqlite_watcher().await;
         }
+        let before = self.inner.listen_for.fetch_or(want, Ordering::SeqCst);
         let weak = Arc::downgrade(&self.inner);
         let url = self.inner.url.clone();
+        let more = self.inner.listen_more.clone();
         self.inner
             .listener
             .get_or_init(|| async move {
                 tokio::spawn(async move {
                     let mut reconnected = false;
                     loop {
+                        let Some(channels) = weak
+                            .upgrade()
+                            .map(|inner| inner.listen_for.load(Ordering::SeqCst))
+                        else {
+                            return;
+                        };
                         let listener = async {
                             let mut l = sqlx::postgres::PgListener::connect(&url).await?;
-                            l.listen_all([NOTIFY_CHANNEL, CHANGES_CHANNEL]).await?;
+                            let names = [
+                                (LISTEN_TASKS, NOTIFY_CHANNEL),
+                                (LISTEN_CHANGES, CHANGES_CHANNEL),
+                            ];
+                            l.listen_all(
+                                names
+                                    .iter()
+                                    .filter(|(bit, _)| channels & bit != 0)
+                                    .map(|(_, name)| *name),
+                            )
+                            .await?;
                             Ok::<_, sqlx::Error>(l)
                         }
                         .await;
@@ -668,8 +700,19 @@ impl Store {
                                     inner.tasks_ready.notify_waiters();
                                     changed_elsewhere(&inner);
                                 }
-                                let got = l.try_recv().await;
+                                let got = tokio::select! {
+                                    got = l.try_recv() => Some(got),
+                                    () = more.notified() => None,
+                                };
                                 let Some(inner) = weak.upgrade() else { return };
+                                let Some(got) = got else {
+                                    if inner.listen_for.load(Ordering::SeqCst) & !channels != 0 {
+                                        // Listen again, for more: what was
+                                        // sent meanwhile is looked for.
+                                        break;
+                                    }
+                                    continue;
+                                };
                                 match got {
                                     Ok(Some(n)) => {
                                         // Payload: the sender's instance and,
@@ -705,15 +748,22 @@ impl Store {
                                 "task notifications unavailable, polling instead: {e}"
                             ),
                         }
-                        if weak.strong_count() == 0 {
-                            return;
-                        }
+                        let Some(inner) = weak.upgrade() else { return };
                         reconnected = true;
+                        if inner.listen_for.load(Ordering::SeqCst) & !channels != 0 {
+                            continue;
+                        }
+                        drop(inner);
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 });
             })
             .await;
+        if before & want != want {
+            // The listener may have started without it (it reads what is
+            // wanted when it connects; more than that, it ignores).
+            self.inner.listen_more.notify_one();
+        }
     }
 }
 
@@ -854,7 +904,7 @@ impl Store {
     /// it, when no other process's change has been heard of since: a reader
     /// woken by this process's write need not read the lease back.
     pub async fn lease_signal(&self, id: LeaseId) -> LeaseSignal<'_> {
-        self.ensure_listener().await;
+        self.ensure_listener(LISTEN_CHANGES).await;
         let (notify, written) = {
             let mut waiters = self.lease_waiters();
             let entry = waiters.entry(id.0).or_insert_with(|| LeaseWaiters {

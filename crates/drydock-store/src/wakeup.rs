@@ -290,16 +290,6 @@ impl Store {
         }
         tx.commit().await
     }
-
-    /// Whether slots were handed to `waiter` (one cheap indexed read, so a
-    /// pass without any costs nothing more).
-    pub async fn has_handoffs(&self, waiter: ObjectRef) -> Result<bool> {
-        let any: Option<i64> = query_scalar("SELECT id FROM handoffs WHERE waiter = $1 LIMIT 1")
-            .bind(waiter.key())
-            .fetch_optional(&mut self.reader().await?.raw)
-            .await?;
-        Ok(any.is_some())
-    }
 }
 
 impl Store {

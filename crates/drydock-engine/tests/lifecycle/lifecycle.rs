@@ -28,7 +28,7 @@ backend_tests!(
     releasing_a_pending_resource_destroys_it_and_its_waiting_lease_builds_another,
     expired_lease_is_released_and_renew_extends_it,
     gc_prunes_only_destroyed_objects_and_reschedules_lost_tasks,
-    a_reused_lease_is_active_in_one_commit_and_destroyed_in_one,
+    a_reused_lease_is_active_in_one_commit_and_one_write_and_destroyed_in_one,
     a_release_is_committed_before_a_remote_teardown_runs,
 );
 
@@ -680,7 +680,7 @@ async fn one_pass(
     Ok(h.store.commits() - before)
 }
 
-async fn a_reused_lease_is_active_in_one_commit_and_destroyed_in_one(
+async fn a_reused_lease_is_active_in_one_commit_and_one_write_and_destroyed_in_one(
     db: &TestDb,
 ) -> anyhow::Result<()> {
     // No workers: the test runs each pass itself and counts its commits.
@@ -704,6 +704,11 @@ async fn a_reused_lease_is_active_in_one_commit_and_destroyed_in_one(
     ensure!(active.status == LeaseStatus::Active, "{}", active.status);
     ensure!(active.resource_id == h.store.lease(first.id).await?.resource_id);
     ensure!(commits == 1, "{commits} commits from pending to active");
+    ensure!(
+        active.version == second.version + 1,
+        "the lease row was written {} times from pending to active",
+        active.version - second.version
+    );
     let logs = h.lease_logs(second.id).await?;
     ensure!(
         logs.ends_with(&["lease.acquired".into(), "lease.activated".into()]),
@@ -720,11 +725,14 @@ async fn a_reused_lease_is_active_in_one_commit_and_destroyed_in_one(
     // destruction and the task's completion are one transaction.
     client::release_lease(&h.store, second.id, "user:test").await?;
     let commits = one_pass(&h, &engine, second.id).await?;
-    ensure!(
-        h.store.lease(second.id).await?.status == LeaseStatus::Destroyed,
-        "not destroyed"
-    );
+    let destroyed = h.store.lease(second.id).await?;
+    ensure!(destroyed.status == LeaseStatus::Destroyed, "not destroyed");
     ensure!(commits == 1, "{commits} commits from active to destroyed");
+    ensure!(
+        destroyed.version == active.version + 1,
+        "the lease row was written {} times from active to destroyed",
+        destroyed.version - active.version
+    );
     let logs = h.lease_logs(second.id).await?;
     ensure!(
         logs.ends_with(&["lease.released".into(), "lease.destroyed".into()]),

@@ -30,7 +30,10 @@ backend_tests!(
     a_commit_wakes_one_idle_worker_not_all,
     a_lease_reader_wakes_for_its_own_lease_only,
     a_lease_reader_wakes_for_another_processes_write,
+    a_process_hears_tasks_and_lease_changes_whichever_it_needed_first,
     a_lease_reader_is_given_what_this_process_wrote_but_reads_another_processes_write,
+    a_lease_pass_reads_the_lease_its_unconsumed_commands_and_hand_offs_at_once,
+    a_lease_write_put_off_to_the_commit_is_written_once_or_superseded,
     a_worker_returns_at_the_due_time_of_a_task_it_requeued,
     a_dropped_transaction_is_rolled_back_and_frees_the_writer,
     transactions_cancelled_at_any_point_leave_the_writer_clean,
@@ -362,7 +365,18 @@ async fn waiting_worker_is_woken_by_notification_not_poll(db: &TestDb) -> anyhow
     // process would be: the wake-up must travel through LISTEN/NOTIFY
     // (PostgreSQL) or the data_version watch (SQLite).
     let producer = db.connect_again().await;
-    let s = db.store.clone();
+    let waited = worker_woken_by_another_process(&db.store, &producer).await?;
+    ensure!(
+        waited < Duration::from_secs(5),
+        "woken after {waited:?}: the notification did not arrive"
+    );
+    Ok(())
+}
+
+/// How long a worker of `s` waits for a task `producer` (another process)
+/// schedules.
+async fn worker_woken_by_another_process(s: &Store, producer: &Store) -> anyhow::Result<Duration> {
+    let s = s.clone();
     let poll = Duration::from_secs(20);
     let waiter = tokio::spawn(async move {
         let signal = s.task_signal().await;
@@ -380,12 +394,7 @@ async fn waiting_worker_is_woken_by_notification_not_poll(db: &TestDb) -> anyhow
             .await?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let waited = tokio::time::timeout(Duration::from_secs(10), waiter).await??;
-    ensure!(
-        waited < Duration::from_secs(5),
-        "woken after {waited:?}: the notification did not arrive"
-    );
-    Ok(())
+    Ok(tokio::time::timeout(Duration::from_secs(10), waiter).await??)
 }
 
 async fn hand_back_returns_the_task_unchanged(db: &TestDb) -> anyhow::Result<()> {
@@ -581,8 +590,18 @@ async fn a_lease_reader_wakes_for_another_processes_write(db: &TestDb) -> anyhow
     // The writer is another store with its own connections, as another
     // process would be: the wake-up travels through NOTIFY (PostgreSQL) or
     // the data_version watch (SQLite), not through the reader's poll.
-    let s = &db.store;
     let writer = db.connect_again().await;
+    let waited = reader_woken_by_another_process(&db.store, &writer).await?;
+    ensure!(
+        waited < Duration::from_secs(5),
+        "woken after {waited:?}: another process's write did not reach the reader"
+    );
+    Ok(())
+}
+
+/// How long a reader of a lease in `s` waits for `writer` (another
+/// process) to write it.
+async fn reader_woken_by_another_process(s: &Store, writer: &Store) -> anyhow::Result<Duration> {
     let lease = s.insert_lease(&host_lease()).await?;
     let mut signal = s.lease_signal(lease.id).await;
     let woken = std::sync::atomic::AtomicBool::new(false);
@@ -599,17 +618,33 @@ async fn a_lease_reader_wakes_for_another_processes_write(db: &TestDb) -> anyhow
             && started.elapsed() < Duration::from_secs(5)
         {
             n += 1;
-            write_lease(&writer, lease.id, &format!("write {n}")).await?;
+            write_lease(writer, lease.id, &format!("write {n}")).await?;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         anyhow::Ok(())
     };
     let (waited, written) = tokio::join!(reader, write);
     written?;
-    ensure!(
-        waited < Duration::from_secs(5),
-        "woken after {waited:?}: another process's write did not reach the reader"
-    );
+    Ok(waited)
+}
+
+async fn a_process_hears_tasks_and_lease_changes_whichever_it_needed_first(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    // On PostgreSQL a process listens only to what it needs so far: a new
+    // need must make it listen for that too. Both orders.
+    let other = db.connect_again().await;
+    let readers_first = db.connect_again().await;
+    let workers_first = db.connect_again().await;
+    let bound = Duration::from_secs(5);
+    let waited = reader_woken_by_another_process(&readers_first, &other).await?;
+    ensure!(waited < bound, "reader first: woken after {waited:?}");
+    let waited = worker_woken_by_another_process(&readers_first, &other).await?;
+    ensure!(waited < bound, "then a worker: woken after {waited:?}");
+    let waited = worker_woken_by_another_process(&workers_first, &other).await?;
+    ensure!(waited < bound, "worker first: woken after {waited:?}");
+    let waited = reader_woken_by_another_process(&workers_first, &other).await?;
+    ensure!(waited < bound, "then a reader: woken after {waited:?}");
     Ok(())
 }
 
@@ -643,6 +678,151 @@ fn host_lease() -> drydock_store::lease::NewLease {
         authorizing: "cli".into(),
         ..Default::default()
     }
+}
+
+async fn a_lease_pass_reads_the_lease_its_unconsumed_commands_and_hand_offs_at_once(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    use drydock_model::{CommandKind, ResourceId};
+    use serde_json::json;
+    let s = &db.store;
+    let lease = s.insert_lease(&host_lease()).await?;
+    let other = s.insert_lease(&host_lease()).await?;
+    let (obj, other_obj) = (ObjectRef::lease(lease.id), ObjectRef::lease(other.id));
+
+    let read = s.lease_for_pass(lease.id).await?;
+    ensure!(read.lease == lease, "{:?}", read.lease);
+    ensure!(read.commands.is_empty() && !read.handed_over);
+
+    // Three commands, the first consumed; one for another lease.
+    let first = s
+        .enqueue_command("user:a", obj, CommandKind::Renew, json!({"until": 5}))
+        .await?;
+    s.enqueue_command("user:b", obj, CommandKind::Renew, json!({"until": 7}))
+        .await?;
+    s.enqueue_command("user:c", obj, CommandKind::Release, json!({}))
+        .await?;
+    s.enqueue_command("user:d", other_obj, CommandKind::Release, json!({}))
+        .await?;
+    let mut tx = s.begin().await?;
+    ensure!(tx.consume_command(first).await?);
+    tx.commit().await?;
+    let read = s.lease_for_pass(lease.id).await?;
+    ensure!(read.lease == lease, "one lease, however many commands");
+    ensure!(
+        read.commands == s.pending_commands(obj).await?,
+        "{:?}",
+        read.commands
+    );
+    let seen: Vec<(&str, CommandKind)> = read
+        .commands
+        .iter()
+        .map(|c| (c.author.as_str(), c.command))
+        .collect();
+    ensure!(
+        seen == [
+            ("user:b", CommandKind::Renew),
+            ("user:c", CommandKind::Release)
+        ],
+        "{seen:?}"
+    );
+    ensure!(read.commands[0].payload == json!({"until": 7}));
+    ensure!(!read.handed_over);
+
+    // A slot handed to the lease is seen until it is settled.
+    let event = "capacity(host)".to_owned();
+    let mut tx = s.begin().await?;
+    tx.wait_on(obj, 0, 1, std::slice::from_ref(&event)).await?;
+    tx.commit().await?;
+    let mut tx = s.begin().await?;
+    tx.hand_over(&event, ResourceId(9)).await?;
+    tx.commit().await?;
+    wait_until(Duration::from_secs(5), "the hand-off", async || {
+        s.lease_for_pass(lease.id)
+            .await
+            .is_ok_and(|r| r.handed_over)
+    })
+    .await?;
+    ensure!(!s.lease_for_pass(other.id).await?.handed_over);
+    let mut tx = s.begin().await?;
+    tx.settle_handoffs(obj, 0, 1, Some(ResourceId(9))).await?;
+    tx.commit().await?;
+    ensure!(!s.lease_for_pass(lease.id).await?.handed_over);
+
+    match s.lease_for_pass(LeaseId(other.id.0 + 100)).await {
+        Err(StoreError::NotFound { what: "lease", .. }) => Ok(()),
+        other => anyhow::bail!("a missing lease: {other:?}"),
+    }
+}
+
+async fn a_lease_write_put_off_to_the_commit_is_written_once_or_superseded(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let s = &db.store;
+    let lease = s.insert_lease(&host_lease()).await?;
+    let lock = s
+        .try_lock(&lease.object().key(), "w", TTL)
+        .await?
+        .context("lock")?;
+    let noted = |note: &str| {
+        let mut l = lease.clone();
+        l.failure = Some(note.into());
+        l
+    };
+
+    // Put off and rolled back: nothing written.
+    let mut tx = s.begin().await?;
+    tx.save_lease_at_commit(noted("rolled back"), &lock).await?;
+    tx.rollback().await?;
+    ensure!(s.lease(lease.id).await? == lease);
+
+    // Put off and committed: written once, at the commit.
+    let mut tx = s.begin().await?;
+    tx.save_lease_at_commit(noted("at commit"), &lock).await?;
+    ensure!(
+        s.lease(lease.id).await? == lease,
+        "written before the commit"
+    );
+    tx.commit().await?;
+    let stored = s.lease(lease.id).await?;
+    ensure!(stored.failure.as_deref() == Some("at commit"));
+    ensure!(stored.version == lease.version + 1, "{}", stored.version);
+
+    // Put off, then superseded by a write from the same version: one write.
+    let mut tx = s.begin().await?;
+    let mut first = stored.clone();
+    first.failure = Some("first".into());
+    tx.save_lease_at_commit(first.clone(), &lock).await?;
+    first.failure = Some("second".into());
+    let saved = tx.save_lease(&first, &lock).await?;
+    tx.commit().await?;
+    let stored2 = s.lease(lease.id).await?;
+    ensure!(stored2 == saved && stored2.failure.as_deref() == Some("second"));
+    ensure!(stored2.version == stored.version + 1, "{}", stored2.version);
+
+    // A read of the lease inside the transaction sees the write put off.
+    let mut tx = s.begin().await?;
+    let mut third = stored2.clone();
+    third.failure = Some("read".into());
+    tx.save_lease_at_commit(third, &lock).await?;
+    ensure!(tx.lease(lease.id).await?.failure.as_deref() == Some("read"));
+    tx.commit().await?;
+    ensure!(s.lease(lease.id).await?.version == stored2.version + 1);
+
+    // Refused when put off, not at the commit.
+    let mut big = s.lease(lease.id).await?;
+    big.attributes.insert(
+        "x".into(),
+        "y".repeat(drydock_store::lease::MAX_ATTRIBUTES_LEN).into(),
+    );
+    let mut tx = s.begin().await?;
+    ensure!(matches!(
+        tx.save_lease_at_commit(big, &lock).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    tx.commit().await?;
+    s.unlock(lock).await?;
+    Ok(())
 }
 
 async fn write_lease(s: &Store, id: LeaseId, note: &str) -> anyhow::Result<()> {
