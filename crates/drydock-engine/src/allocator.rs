@@ -69,10 +69,11 @@ fn push_id(lease: &mut Lease, key: &str, id: ResourceId) {
 }
 
 impl Engine {
-    /// Step 1: the enabled blueprints of the lease's type it allows.
-    async fn candidates(&self, lease: &Lease) -> PassResult<Vec<Candidate>> {
+    /// Step 1: the enabled blueprints of the lease's type it allows, as
+    /// of the blueprints' `version` (`None`: read now).
+    async fn candidates(&self, lease: &Lease, version: Option<i64>) -> PassResult<Vec<Candidate>> {
         let mut candidates: Vec<Candidate> = Vec::new();
-        for bp in self.store.blueprints(None).await? {
+        for bp in self.blueprints_as_of(version).await?.iter().cloned() {
             if bp.disabled
                 || !(lease.blueprint_ids.is_empty() || lease.blueprint_ids.contains(&bp.id))
             {
@@ -148,7 +149,7 @@ impl Engine {
         lock: &ObjectLock,
         tail: &mut Tail,
     ) -> PassResult<Step> {
-        let candidates = self.candidates(lease).await?;
+        let candidates = self.candidates(lease, tail.blueprints_version).await?;
         let generic = vec![
             events::capacity(&lease.resource_type),
             events::BLUEPRINTS.to_owned(),
@@ -160,7 +161,7 @@ impl Engine {
                 .await?;
             // Registered for `blueprints`; look again, so a blueprint
             // created between the first look and the registration is seen.
-            if self.candidates(lease).await?.is_empty() {
+            if self.candidates(lease, None).await?.is_empty() {
                 return Ok(step);
             }
             return Ok(Step::Progress);

@@ -10,7 +10,6 @@ use drydock_model::{BlueprintId, CommandId, CommandKind, LeaseId, ResourceId, Re
 use drydock_store::blueprint::Blueprint;
 use drydock_store::lease::{Lease, NewLease};
 use drydock_store::log::NewLog;
-use drydock_store::queue::NewTask;
 use drydock_store::{Store, StoreError, now_ms};
 use serde_json::{Map, Value, json};
 
@@ -379,22 +378,8 @@ pub async fn request_lease(store: &Store, new: &NewLease) -> Result<Lease, Clien
             "until {until} must be in the future and within a year"
         )));
     }
-    let mut tx = store.begin().await?;
-    let lease = tx.insert_lease(new).await?;
-    tx.log(
-        NewLog::new(log::LEASE_QUEUED)
-            .lease(lease.id)
-            .data(json!({ "type": lease.resource_type })),
-    )
-    .await?;
-    tx.schedule(
-        NewTask::update(lease.object())
-            .priority(lease.priority)
-            .run_at(lease.created_at),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(lease)
+    let queued = NewLog::new(log::LEASE_QUEUED).data(json!({ "type": new.resource_type }));
+    Ok(store.request_lease(new, queued).await?)
 }
 
 /// Ask a lease's worker to release it. Refused for leases that cannot be

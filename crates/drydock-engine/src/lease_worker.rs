@@ -76,8 +76,11 @@ impl Engine {
         let object = ObjectRef::lease(id);
         let done = self
             .locked(object, held, async |lock| {
-                let mut tail = Tail::default();
                 let read = self.store.lease_for_pass(id).await?;
+                let mut tail = Tail {
+                    blueprints_version: Some(read.blueprints_version),
+                    ..Tail::default()
+                };
                 let handed_over = read.handed_over;
                 let steps = self.lease_steps(read, lock, &mut tail).await;
                 if steps.is_err()
@@ -183,7 +186,10 @@ impl Engine {
             && (expired || commands.iter().any(|c| c.command == CommandKind::Release))
         {
             let resource = self.store.resource(rid).await?;
-            if let Ok((bp, imp)) = self.implementation_of(&resource).await {
+            let bp = self
+                .blueprint_as_of(resource.blueprint_id, tail.blueprints_version)
+                .await?;
+            if let Ok((bp, imp)) = self.implementation(bp) {
                 teardown_is_local = imp.lease_hooks_are_local(&bp);
                 tail.lease_on(resource, bp);
             }

@@ -83,6 +83,9 @@ pub struct Engine {
     pub store: Store,
     pub blueprints: Arc<Registry>,
     pub cfg: EngineConfig,
+    /// The blueprints as last read, and the blueprints' version they were
+    /// read at or after ([`Engine::blueprints_as_of`]).
+    blueprint_cache: std::sync::Mutex<Option<(i64, Arc<Vec<Blueprint>>)>>,
 }
 
 /// What an update pass decided about the object's next pass.
@@ -134,6 +137,8 @@ pub(crate) type PassResult<T> = Result<T, PassError>;
 pub(crate) struct Tail {
     tx: Option<Tx>,
     lease_on: Option<(Resource, Blueprint)>,
+    /// The blueprints' version the pass read with its lease.
+    pub(crate) blueprints_version: Option<i64>,
 }
 
 impl Tail {
@@ -179,6 +184,52 @@ impl Engine {
             store,
             blueprints,
             cfg,
+            blueprint_cache: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Every blueprint, as of `version` (the blueprints' version a pass
+    /// read with its lease, [`LeaseForPass`]): kept from an earlier read at
+    /// that version, or read now (`None`: always read now). A read after
+    /// the version was read is at least as new, so it is kept under it: a
+    /// blueprint edit moves the version, and the next pass reads again.
+    pub(crate) async fn blueprints_as_of(
+        &self,
+        version: Option<i64>,
+    ) -> Result<Arc<Vec<Blueprint>>, StoreError> {
+        let cache = || {
+            self.blueprint_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        if let Some(v) = version
+            && let Some((at, list)) = cache().as_ref()
+            && *at == v
+        {
+            return Ok(list.clone());
+        }
+        let list = Arc::new(self.store.blueprints(None).await?);
+        if let Some(v) = version {
+            *cache() = Some((v, list.clone()));
+        }
+        Ok(list)
+    }
+
+    /// Blueprint `id`, as of `version` (see [`Engine::blueprints_as_of`]).
+    pub(crate) async fn blueprint_as_of(
+        &self,
+        id: drydock_model::BlueprintId,
+        version: Option<i64>,
+    ) -> Result<Blueprint, StoreError> {
+        match self
+            .blueprints_as_of(version)
+            .await?
+            .iter()
+            .find(|b| b.id == id)
+        {
+            Some(bp) => Ok(bp.clone()),
+            // Not there: read it, for the error that names it.
+            None => self.store.blueprint(id).await,
         }
     }
 

@@ -92,6 +92,37 @@ async fn pending(db: &mut Db, target: ObjectRef) -> Result<Vec<Command>> {
 /// any lease priority in use.
 pub const COMMAND_PRIORITY: i64 = 1 << 40;
 
+fn check_target(command: CommandKind, target: ObjectRef) -> Result<()> {
+    if command.valid_for(target.kind) {
+        return Ok(());
+    }
+    Err(StoreError::invalid(
+        "command",
+        format!("{command} cannot be sent to a {}", target.kind.as_str()),
+    ))
+}
+
+/// The target's update task, woken by a command sent `now`. Acting on a
+/// command (a release frees capacity) goes before the allocator passes of
+/// waiting leases, which are queued at their leases' rank: a release never
+/// waits behind a crowd of waiters.
+fn command_task(target: ObjectRef, now: i64) -> NewTask {
+    NewTask::update(target)
+        .run_at(now)
+        .priority(COMMAND_PRIORITY)
+}
+
+/// PostgreSQL: a command and its target's update task in one statement
+/// (the task `$1..$7`, the command `$8..$12`, the notification `$13, $14`).
+const ENQUEUE_ALONE_SQL: &str = concat!(
+    "WITH t AS (",
+    crate::queue::schedule_sql!(),
+    "), c AS (INSERT INTO commands (author, target_kind, target_id, command, payload, consumed, created_at, modified_at) \
+       VALUES ($8, $9, $10, $11, $12, 0, $7, $7) RETURNING id), \
+     n AS (SELECT pg_notify($13, $14)) \
+     SELECT c.id FROM c, n"
+);
+
 impl Tx {
     /// Insert a command for `target` and wake its update task, in this
     /// transaction.
@@ -102,12 +133,7 @@ impl Tx {
         command: CommandKind,
         payload: Value,
     ) -> Result<CommandId> {
-        if !command.valid_for(target.kind) {
-            return Err(StoreError::invalid(
-                "command",
-                format!("{command} cannot be sent to a {}", target.kind.as_str()),
-            ));
-        }
+        check_target(command, target)?;
         let now = now_ms();
         let id: i64 = query_scalar(
             "INSERT INTO commands (author, target_kind, target_id, command, payload, consumed, created_at, modified_at) \
@@ -121,15 +147,7 @@ impl Tx {
         .bind(now)
         .fetch_one(self.conn())
         .await?;
-        // Acting on a command (a release frees capacity) goes before the
-        // allocator passes of waiting leases, which are queued at their
-        // leases' rank: a release never waits behind a crowd of waiters.
-        self.schedule(
-            NewTask::update(target)
-                .run_at(now)
-                .priority(COMMAND_PRIORITY),
-        )
-        .await?;
+        self.schedule(command_task(target, now)).await?;
         Ok(CommandId(id))
     }
 
@@ -155,7 +173,8 @@ impl Tx {
 }
 
 impl Store {
-    /// Enqueue a command in its own transaction.
+    /// Enqueue a command in its own transaction (on PostgreSQL one
+    /// statement: [`Store::write_alone`]).
     pub async fn enqueue_command(
         &self,
         author: &str,
@@ -163,6 +182,24 @@ impl Store {
         command: CommandKind,
         payload: Value,
     ) -> Result<CommandId> {
+        if self.dialect() == crate::Dialect::Postgres {
+            check_target(command, target)?;
+            let now = now_ms();
+            let q = command_task(target, now)
+                .bind_to(query(ENQUEUE_ALONE_SQL), now)
+                .bind(author)
+                .bind(target.kind.as_str())
+                .bind(target.id)
+                .bind(command.as_str())
+                .bind(to_json(&payload))
+                .bind(crate::queue::NOTIFY_CHANNEL)
+                .bind(self.notice_payload());
+            let rows = self.write_alone(q).await?;
+            let row = rows
+                .first()
+                .ok_or_else(|| StoreError::Database("the command was not stored".into()))?;
+            return Ok(CommandId(get(row, "id")?));
+        }
         let mut tx = self.begin().await?;
         let id = tx.enqueue_command(author, target, command, payload).await?;
         tx.commit().await?;

@@ -5,10 +5,12 @@
 
 use crate::command::Command;
 use crate::db::{Row, query, query_as, query_scalar};
+use crate::log::{NewLog, PendingLog};
 use crate::object_lock::{ObjectLock, fence_condition};
+use crate::queue::NewTask;
 use crate::row::{get, json, opt_json, parsed, to_json};
 use crate::{Result, Store, StoreError, Tx, now_ms};
-use drydock_model::{BlueprintId, LeaseId, LeaseStatus, ObjectRef, ResourceId};
+use drydock_model::{BlueprintId, LeaseId, LeaseStatus, ObjectKind, ObjectRef, ResourceId};
 use serde_json::{Map, Value};
 
 /// Largest serialized attribute map, in bytes.
@@ -66,17 +68,69 @@ impl Lease {
 }
 
 /// The lease, its unconsumed commands (one row each, or one row without
-/// any) and whether slots were handed to it.
+/// any), whether slots were handed to it, and the blueprints' version.
 static PASS_READ_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let lease_columns: Vec<String> = COLUMNS.split(", ").map(|c| format!("l.{c}")).collect();
     format!(
         "SELECT {}, {}, \
-           EXISTS (SELECT 1 FROM handoffs WHERE waiter = $2) AS handed_over \
+           EXISTS (SELECT 1 FROM handoffs WHERE waiter = $2) AS handed_over, \
+           (SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM blueprints) AS blueprints_version \
          FROM leases l LEFT JOIN commands c \
            ON c.target_kind = 'lease' AND c.target_id = l.id AND c.consumed = 0 \
          WHERE l.id = $1 ORDER BY c.id",
         lease_columns.join(", "),
         crate::command::JOINED_COLUMNS,
+    )
+});
+
+/// Insert a pending lease: `$1..$8` bound by [`bind_new`].
+const INSERT_SQL: &str = "INSERT INTO leases (resource_type, status, blueprint_ids, authorizing, owner, \
+       attributes, internal, priority, until_at, version, fence, created_at, modified_at) \
+     VALUES ($1, 'pending', $2, $3, $4, $5, '{}', $6, $7, 1, 0, $8, $8)";
+
+/// Check a new lease and bind it as `$1..$8` of [`INSERT_SQL`], created
+/// `now`.
+fn bind_new(q: crate::db::Query, new: &NewLease, now: i64) -> Result<crate::db::Query> {
+    if new.resource_type.is_empty() || new.resource_type.len() > 64 {
+        return Err(StoreError::invalid(
+            "resource type",
+            format!("{:?}", new.resource_type),
+        ));
+    }
+    if new.authorizing.is_empty() || new.authorizing.len() > 255 {
+        return Err(StoreError::invalid(
+            "authorizing object",
+            format!("{:?}", new.authorizing),
+        ));
+    }
+    let attributes = check_map("lease attributes", &new.attributes)?;
+    let blueprints: Vec<i64> = new.blueprint_ids.iter().map(|b| b.0).collect();
+    Ok(q.bind(&new.resource_type)
+        .bind(to_json(&blueprints))
+        .bind(&new.authorizing)
+        .bind(&new.owner)
+        .bind(attributes)
+        .bind(new.priority)
+        .bind(new.until)
+        .bind(now))
+}
+
+/// PostgreSQL: a new lease, its update task and its `queued` event in one
+/// statement ([`Store::request_lease`]): the lease `$1..$8`, the task
+/// `$9..$12` (kind, key prefix, max attempts, payload), the event
+/// `$13..$17` (epoch, blueprint, resource, type, data), the notification
+/// `$18, $19`. The task's key is the lease's ([`ObjectRef::key`]); a new
+/// lease has no queued task to fold into.
+static REQUEST_ALONE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH l AS ({INSERT_SQL} RETURNING {COLUMNS}), \
+         t AS (INSERT INTO tasks (kind, object_key, state, priority, run_at, attempts, max_attempts, \
+                 claim_token, payload, created_at) \
+               SELECT $9, $10::text || l.id, 'queued', l.priority, l.created_at, 0, $11, 0, $12, $8 FROM l), \
+         g AS (INSERT INTO logs (epoch, blueprint_id, resource_id, lease_id, type, data) \
+               SELECT $13, $14, $15, l.id, $16, $17 FROM l), \
+         n AS (SELECT pg_notify($18, $19)) \
+         SELECT l.* FROM l, n"
     )
 });
 
@@ -88,6 +142,11 @@ pub struct LeaseForPass {
     pub commands: Vec<Command>,
     /// Whether capacity was handed to it and not yet settled.
     pub handed_over: bool,
+    /// The blueprints' version: it moves whenever a blueprint is created
+    /// or edited (every write bumps the blueprint's own version, and
+    /// blueprints are never deleted), so blueprints read at this version
+    /// can be reused while it stays.
+    pub blueprints_version: i64,
 }
 
 const COLUMNS: &str = "id, resource_type, status, resource_id, blueprint_ids, authorizing, owner, attributes, internal, \
@@ -154,35 +213,8 @@ impl Tx {
     /// Insert a new pending lease. The caller schedules its update task in
     /// the same transaction.
     pub async fn insert_lease(&mut self, new: &NewLease) -> Result<Lease> {
-        if new.resource_type.is_empty() || new.resource_type.len() > 64 {
-            return Err(StoreError::invalid(
-                "resource type",
-                format!("{:?}", new.resource_type),
-            ));
-        }
-        if new.authorizing.is_empty() || new.authorizing.len() > 255 {
-            return Err(StoreError::invalid(
-                "authorizing object",
-                format!("{:?}", new.authorizing),
-            ));
-        }
-        let attributes = check_map("lease attributes", &new.attributes)?;
-        let now = now_ms();
-        let blueprints: Vec<i64> = new.blueprint_ids.iter().map(|b| b.0).collect();
-        let sql = format!(
-            "INSERT INTO leases (resource_type, status, blueprint_ids, authorizing, owner, attributes, internal, priority, \
-               until_at, version, fence, created_at, modified_at) \
-             VALUES ($1, 'pending', $2, $3, $4, $5, '{{}}', $6, $7, 1, 0, $8, $8) RETURNING {COLUMNS}"
-        );
-        let row = query(sql)
-            .bind(&new.resource_type)
-            .bind(to_json(&blueprints))
-            .bind(&new.authorizing)
-            .bind(&new.owner)
-            .bind(attributes)
-            .bind(new.priority)
-            .bind(new.until)
-            .bind(now)
+        let sql = format!("{INSERT_SQL} RETURNING {COLUMNS}");
+        let row = bind_new(query(sql), new, now_ms())?
             .fetch_one(self.conn())
             .await?;
         from_row(&row)
@@ -284,6 +316,45 @@ impl Tx {
 }
 
 impl Store {
+    /// Queue a new lease: insert it (pending), record `queued` about it
+    /// (its lease is set to the new one) and schedule its update task at
+    /// the lease's rank, in one transaction — on PostgreSQL one statement
+    /// ([`Store::write_alone`]).
+    pub async fn request_lease(&self, new: &NewLease, queued: NewLog) -> Result<Lease> {
+        let now = now_ms();
+        let task = |lease: &Lease| {
+            NewTask::update(lease.object())
+                .priority(lease.priority)
+                .run_at(lease.created_at)
+        };
+        if self.dialect() != crate::Dialect::Postgres {
+            let mut tx = self.begin().await?;
+            let lease = tx.insert_lease(new).await?;
+            tx.log(queued.lease(lease.id)).await?;
+            tx.schedule(task(&lease)).await?;
+            tx.commit().await?;
+            return Ok(lease);
+        }
+        // The task's kind and settings as for any lease; its key and rank
+        // are the new lease's, filled in by the statement.
+        let model = NewTask::update(ObjectRef::lease(LeaseId(0)));
+        let event = PendingLog::checked(queued)?;
+        let q = bind_new(query(REQUEST_ALONE_SQL.as_str()), new, now)?
+            .bind(&model.kind)
+            .bind(format!("{}:", ObjectKind::Lease.as_str()))
+            .bind(model.max_attempts)
+            .bind(to_json(&model.payload));
+        let q = event
+            .bind_without_lease(q)
+            .bind(crate::queue::NOTIFY_CHANNEL)
+            .bind(self.notice_payload());
+        let rows = self.write_alone(q).await?;
+        from_row(
+            rows.first()
+                .ok_or_else(|| StoreError::Database("the lease was not stored".into()))?,
+        )
+    }
+
     /// Insert a lease in its own transaction (without scheduling it).
     pub async fn insert_lease(&self, new: &NewLease) -> Result<Lease> {
         let mut tx = self.begin().await?;
@@ -331,6 +402,7 @@ impl Store {
             lease: from_row(first)?,
             commands,
             handed_over: get(first, "handed_over")?,
+            blueprints_version: get(first, "blueprints_version")?,
         })
     }
 

@@ -153,7 +153,17 @@ pub(crate) struct PendingLog {
 }
 
 impl PendingLog {
-    fn checked(log: NewLog) -> Result<PendingLog> {
+    /// Bind this event's epoch, blueprint, resource, type and data, in
+    /// that order (its lease is the caller's to fill in).
+    pub(crate) fn bind_without_lease(self, q: crate::db::Query) -> crate::db::Query {
+        q.bind(self.epoch)
+            .bind(self.blueprint)
+            .bind(self.resource)
+            .bind(self.kind)
+            .bind(self.data)
+    }
+
+    pub(crate) fn checked(log: NewLog) -> Result<PendingLog> {
         if log.kind.is_empty() || log.kind.len() > MAX_TYPE_LEN {
             return Err(StoreError::invalid(
                 "log type",

@@ -60,7 +60,33 @@ pub struct NewTask {
     pub max_attempts: i64,
 }
 
+/// Insert a queued task, or fold it into its object's queued task (the
+/// earlier `run_at` and the higher priority of the two): `$1..$7` bound by
+/// [`NewTask::bind_to`]. A macro, so that statements can build on it
+/// (`concat!`).
+macro_rules! schedule_sql {
+    () => {
+        "INSERT INTO tasks (kind, object_key, state, priority, run_at, attempts, max_attempts, claim_token, payload, created_at) \
+         VALUES ($1, $2, 'queued', $3, $4, 0, $5, 0, $6, $7) \
+         ON CONFLICT (object_key) WHERE state = 'queued' DO UPDATE SET \
+           run_at = CASE WHEN excluded.run_at < tasks.run_at THEN excluded.run_at ELSE tasks.run_at END, \
+           priority = CASE WHEN excluded.priority > tasks.priority THEN excluded.priority ELSE tasks.priority END"
+    };
+}
+pub(crate) use schedule_sql;
+
 impl NewTask {
+    /// Bind this task as `$1..$7` of [`schedule_sql!`], created `now`.
+    pub(crate) fn bind_to(&self, q: crate::db::Query, now: i64) -> crate::db::Query {
+        q.bind(&self.kind)
+            .bind(&self.object_key)
+            .bind(self.priority)
+            .bind(self.run_at)
+            .bind(self.max_attempts)
+            .bind(to_json(&self.payload))
+            .bind(now)
+    }
+
     pub fn new(kind: impl Into<String>) -> Self {
         Self {
             kind: kind.into(),
@@ -214,24 +240,8 @@ impl Tx {
     /// queued task, that one is kept (with the earlier `run_at` and higher
     /// priority of the two) and its id returned.
     pub async fn schedule(&mut self, task: NewTask) -> Result<TaskId> {
-        let now = now_ms();
-        let id: i64 = query_scalar(
-            "INSERT INTO tasks (kind, object_key, state, priority, run_at, attempts, max_attempts, claim_token, payload, created_at) \
-             VALUES ($1, $2, 'queued', $3, $4, 0, $5, 0, $6, $7) \
-             ON CONFLICT (object_key) WHERE state = 'queued' DO UPDATE SET \
-               run_at = CASE WHEN excluded.run_at < tasks.run_at THEN excluded.run_at ELSE tasks.run_at END, \
-               priority = CASE WHEN excluded.priority > tasks.priority THEN excluded.priority ELSE tasks.priority END \
-             RETURNING id",
-        )
-        .bind(&task.kind)
-        .bind(&task.object_key)
-        .bind(task.priority)
-        .bind(task.run_at)
-        .bind(task.max_attempts)
-        .bind(to_json(&task.payload))
-        .bind(now)
-        .fetch_one(self.conn())
-        .await?;
+        let q = task.bind_to(query(concat!(schedule_sql!(), " RETURNING id")), now_ms());
+        let id: i64 = get(&q.fetch_one(self.conn()).await?, "id")?;
         self.notify_workers().await?;
         Ok(TaskId(id))
     }
@@ -292,6 +302,26 @@ impl Tx {
 }
 
 impl Store {
+    /// PostgreSQL: run `q`, one statement whose data-modifying parts (CTEs)
+    /// make work for the workers and whose `SELECT` notifies them
+    /// (`pg_notify` of [`NOTIFY_CHANNEL`] with [`Store::notice_payload`]),
+    /// as a transaction of its own: no `BEGIN` and `COMMIT` round trips.
+    /// Wakes one idle worker here, as a commit that scheduled work does.
+    pub(crate) async fn write_alone(&self, q: crate::db::Query) -> Result<Vec<Row>> {
+        debug_assert_eq!(self.dialect(), Dialect::Postgres);
+        let mut conn = self.inner.write.get().await?;
+        let rows = q.fetch_all(&mut conn.raw).await?;
+        drop(conn);
+        self.count_autocommit();
+        self.inner.tasks_ready.notify_one();
+        Ok(rows)
+    }
+
+    /// What this process's notifications carry (its listener skips them).
+    pub(crate) fn notice_payload(&self) -> &str {
+        &self.inner.instance
+    }
+
     /// Schedule a task in its own transaction.
     pub async fn schedule(&self, task: NewTask) -> Result<TaskId> {
         let mut tx = self.begin().await?;

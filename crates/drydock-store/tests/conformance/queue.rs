@@ -32,7 +32,8 @@ backend_tests!(
     a_lease_reader_wakes_for_another_processes_write,
     a_process_hears_tasks_and_lease_changes_whichever_it_needed_first,
     a_lease_reader_is_given_what_this_process_wrote_but_reads_another_processes_write,
-    a_lease_pass_reads_the_lease_its_unconsumed_commands_and_hand_offs_at_once,
+    a_lease_pass_reads_its_lease_commands_hand_offs_and_the_blueprints_version_at_once,
+    a_lease_request_stores_the_lease_its_event_and_its_update_task_at_once,
     a_lease_write_put_off_to_the_commit_is_written_once_or_superseded,
     a_worker_returns_at_the_due_time_of_a_task_it_requeued,
     a_dropped_transaction_is_rolled_back_and_frees_the_writer,
@@ -397,6 +398,90 @@ async fn worker_woken_by_another_process(s: &Store, producer: &Store) -> anyhow:
     Ok(tokio::time::timeout(Duration::from_secs(10), waiter).await??)
 }
 
+async fn a_lease_request_stores_the_lease_its_event_and_its_update_task_at_once(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    use drydock_store::lease::{LeaseFilter, NewLease};
+    use drydock_store::log::{LogFilter, NewLog};
+    use serde_json::json;
+    let s = &db.store;
+    let new = NewLease {
+        priority: 7,
+        ..host_lease()
+    };
+    let queued = || NewLog::new("lease.queued").data(json!({ "type": "host" }));
+    let lease = s.request_lease(&new, queued()).await?;
+    ensure!(lease == s.lease(lease.id).await?, "{lease:?}");
+    ensure!(lease.status == drydock_model::LeaseStatus::Pending && lease.priority == 7);
+    let tasks = s.tasks_for(&lease.object().key()).await?;
+    ensure!(tasks.len() == 1, "{tasks:?}");
+    let task = &tasks[0];
+    ensure!(task.state == TaskState::Queued && task.kind == "lease.update");
+    ensure!(
+        task.priority == 7 && task.run_at == lease.created_at,
+        "{task:?}"
+    );
+    let logs = s
+        .logs(&LogFilter {
+            lease: Some(lease.id),
+            ..Default::default()
+        })
+        .await?;
+    ensure!(
+        logs.len() == 1 && logs[0].kind == "lease.queued",
+        "{logs:?}"
+    );
+    ensure!(logs[0].data == json!({ "type": "host" }));
+    // Claimed like any update task.
+    let claimed = s
+        .claim("w", TTL)
+        .await?
+        .context("the lease's task is runnable")?;
+    ensure!(claimed.object_key.as_deref() == Some(lease.object().key().as_str()));
+
+    // PostgreSQL: other processes' workers are told (SQLite's watch sees
+    // any commit), for a request and for a command alike.
+    if db.backend == drydock_testkit::Backend::Postgres {
+        let mut listener = sqlx::postgres::PgListener::connect(&db.url).await?;
+        listener
+            .listen(drydock_store::queue::NOTIFY_CHANNEL)
+            .await?;
+        s.request_lease(&new, queued()).await?;
+        tokio::time::timeout(Duration::from_secs(5), listener.recv())
+            .await
+            .context("no notification of the request")??;
+        s.enqueue_command(
+            "user:a",
+            lease.object(),
+            drydock_model::CommandKind::Release,
+            json!({}),
+        )
+        .await?;
+        tokio::time::timeout(Duration::from_secs(5), listener.recv())
+            .await
+            .context("no notification of the command")??;
+    }
+
+    // Refused as a whole: nothing of it is stored.
+    let count =
+        async || -> anyhow::Result<usize> { Ok(s.leases(&LeaseFilter::default()).await?.len()) };
+    let before = count().await?;
+    let bad = NewLease {
+        resource_type: String::new(),
+        ..host_lease()
+    };
+    ensure!(matches!(
+        s.request_lease(&bad, queued()).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    ensure!(matches!(
+        s.request_lease(&new, NewLog::new("")).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    ensure!(count().await? == before, "a refused request stored a lease");
+    Ok(())
+}
+
 async fn hand_back_returns_the_task_unchanged(db: &TestDb) -> anyhow::Result<()> {
     let s = &db.store;
     let id = s.schedule(NewTask::new("test.shutdown")).await?;
@@ -680,7 +765,7 @@ fn host_lease() -> drydock_store::lease::NewLease {
     }
 }
 
-async fn a_lease_pass_reads_the_lease_its_unconsumed_commands_and_hand_offs_at_once(
+async fn a_lease_pass_reads_its_lease_commands_hand_offs_and_the_blueprints_version_at_once(
     db: &TestDb,
 ) -> anyhow::Result<()> {
     use drydock_model::{CommandKind, ResourceId};
@@ -748,6 +833,30 @@ async fn a_lease_pass_reads_the_lease_its_unconsumed_commands_and_hand_offs_at_o
     tx.settle_handoffs(obj, 0, 1, Some(ResourceId(9))).await?;
     tx.commit().await?;
     ensure!(!s.lease_for_pass(lease.id).await?.handed_over);
+
+    // The blueprints' version moves with every blueprint created, edited
+    // or disabled, and only then.
+    let version = async || -> anyhow::Result<i64> {
+        Ok(s.lease_for_pass(lease.id).await?.blueprints_version)
+    };
+    let mut seen = vec![version().await?];
+    let bp = s
+        .create_blueprint("admin", "one", "host.local", Default::default())
+        .await?;
+    seen.push(version().await?);
+    s.create_blueprint("admin", "two", "host.local", Default::default())
+        .await?;
+    seen.push(version().await?);
+    s.edit_blueprint("admin", bp.id, None, Some("uno"), &Default::default())
+        .await?;
+    seen.push(version().await?);
+    s.set_blueprint_disabled("admin", bp.id, true).await?;
+    seen.push(version().await?);
+    seen.push(version().await?);
+    ensure!(
+        seen.windows(2).take(4).all(|w| w[0] < w[1]) && seen[4] == seen[5],
+        "blueprints' versions {seen:?}"
+    );
 
     match s.lease_for_pass(LeaseId(other.id.0 + 100)).await {
         Err(StoreError::NotFound { what: "lease", .. }) => Ok(()),
