@@ -233,7 +233,7 @@ impl Engine {
                 }
                 CommandKind::Reclaim => {}
             }
-            tx.consume_command(c.id).await?;
+            tx.mark_consumed(c.id).await?;
         }
         if release_by.is_none() && next.until.is_some_and(|u| u <= now) {
             tx.log(lease_log(&next, log::LEASE_EXPIRED).data(json!({ "until": next.until })))
@@ -246,7 +246,7 @@ impl Engine {
             let gone = next.resource_id;
             transition(&mut next, LeaseStatus::Pending)?;
             next.resource_id = None;
-            tx.release_slot_locks(&next.object().key()).await?;
+            tx.free_slot_locks(&next.object().key()).await?;
             tx.log(
                 lease_log(&lease, log::LEASE_REACQUIRE)
                     .data(json!({ "resource": gone.map(|r| r.0) })),
@@ -389,7 +389,7 @@ impl Engine {
                 transition(&mut next, LeaseStatus::Pending)?;
                 next.resource_id = None;
                 let mut tx = tail.begin(&self.store).await?;
-                tx.release_slot_locks(&lease.object().key()).await?;
+                tx.free_slot_locks(&lease.object().key()).await?;
                 tx.log(
                     lease_log(lease, log::LEASE_REACQUIRE)
                         .data(json!({ "resource": rid.0, "status": resource.status })),
@@ -468,7 +468,7 @@ impl Engine {
         transition(&mut next, LeaseStatus::Destroyed)?;
         next.waiting = None;
         let mut tx = tail.begin(&self.store).await?;
-        tx.release_slot_locks(&lease.object().key()).await?;
+        tx.free_slot_locks(&lease.object().key()).await?;
         tx.stop_waiting(lease.object()).await?;
         tx.log(
             lease_log(&next, log::LEASE_DESTROYED)

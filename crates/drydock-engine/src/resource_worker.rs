@@ -153,7 +153,7 @@ impl Engine {
                 }
                 CommandKind::Reclaim | CommandKind::Renew => {}
             }
-            tx.consume_command(c.id).await?;
+            tx.mark_consumed(c.id).await?;
         }
         if release_by.is_none() && expired {
             release_by = Some("expiry".into());
@@ -222,7 +222,7 @@ impl Engine {
         let mut next = r.clone();
         transition(&mut next, ResourceStatus::Destroyed)?;
         let mut tx = self.store.begin().await?;
-        tx.release_slot_locks(&r.object().key()).await?;
+        tx.free_slot_locks(&r.object().key()).await?;
         tx.log(
             resource_log(&next, log::RESOURCE_DESTROYED)
                 .data(json!({ "cleanup_failure": failure })),

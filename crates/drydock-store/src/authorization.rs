@@ -89,7 +89,7 @@ impl Store {
         .bind(blueprint.0)
         .bind(object)
         .bind(now)
-        .fetch_one(tx.conn())
+        .fetch_one(tx.conn().await?)
         .await?;
         tx.commit().await?;
         self.authorization(AuthorizationId(id)).await
@@ -111,7 +111,7 @@ impl Store {
         .bind(by)
         .bind(now)
         .bind(id.0)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?
         .rows_affected();
         if n == 0 {
@@ -137,7 +137,7 @@ impl Store {
             .bind(if active { "active" } else { "inactive" })
             .bind(now_ms())
             .bind(id.0)
-            .execute(tx.conn())
+            .execute(tx.conn().await?)
             .await?;
         tx.commit().await
     }

@@ -106,14 +106,14 @@ impl Tx {
         .bind(old)
         .bind(new)
         .bind(now_ms())
-        .execute(self.conn())
+        .execute(self.conn().await?)
         .await?;
         Ok(())
     }
 
     pub async fn blueprint(&mut self, id: BlueprintId) -> Result<Blueprint> {
         crate::row::by_id(
-            self.conn(),
+            self.conn().await?,
             COLUMNS,
             "blueprints",
             "blueprint",
@@ -148,7 +148,7 @@ impl Store {
         .bind(kind)
         .bind(&fields_text)
         .bind(now)
-        .fetch_one(tx.conn())
+        .fetch_one(tx.conn().await?)
         .await
         .map_err(|e| name_taken(e, name))?;
         let id = BlueprintId(id);
@@ -226,7 +226,7 @@ impl Store {
         .bind(now_ms())
         .bind(id.0)
         .bind(old.version)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await
         .map_err(|e| name_taken(e, new_name))?
         .rows_affected();
@@ -255,7 +255,7 @@ impl Store {
                 .bind(i64::from(disabled))
                 .bind(now_ms())
                 .bind(id.0)
-                .execute(tx.conn())
+                .execute(tx.conn().await?)
                 .await?;
             tx.record_edit(
                 id,

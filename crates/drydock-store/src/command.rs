@@ -88,6 +88,9 @@ async fn pending(db: &mut Db, target: ObjectRef) -> Result<Vec<Command>> {
     rows.iter().map(from_row).collect()
 }
 
+const CONSUME_SQL: &str =
+    "UPDATE commands SET consumed = 1, modified_at = $1 WHERE id = $2 AND consumed = 0";
+
 /// Task priority of an object's pass that has a command to act on: above
 /// any lease priority in use.
 pub const COMMAND_PRIORITY: i64 = 1 << 40;
@@ -145,30 +148,36 @@ impl Tx {
         .bind(command.as_str())
         .bind(to_json(&payload))
         .bind(now)
-        .fetch_one(self.conn())
+        .fetch_one(self.conn().await?)
         .await?;
         self.schedule(command_task(target, now)).await?;
         Ok(CommandId(id))
     }
 
+    /// Mark a command consumed, without telling whether it already was: a
+    /// side write, riding with the transaction's next statement (for the
+    /// target's update worker, the only consumer).
+    pub async fn mark_consumed(&mut self, id: CommandId) -> Result<()> {
+        let q = query(CONSUME_SQL).bind(now_ms()).bind(id.0);
+        self.side_write(q).await
+    }
+
     /// Mark a command consumed. `true` if this call consumed it, `false` if
     /// it already was.
     pub async fn consume_command(&mut self, id: CommandId) -> Result<bool> {
-        let n = query(
-            "UPDATE commands SET consumed = 1, modified_at = $1 WHERE id = $2 AND consumed = 0",
-        )
-        .bind(now_ms())
-        .bind(id.0)
-        .execute(self.conn())
-        .await?
-        .rows_affected();
+        let n = query(CONSUME_SQL)
+            .bind(now_ms())
+            .bind(id.0)
+            .execute(self.conn().await?)
+            .await?
+            .rows_affected();
         Ok(n == 1)
     }
 
     /// Unconsumed commands of `target`, oldest first, read inside this
     /// transaction.
     pub async fn pending_commands(&mut self, target: ObjectRef) -> Result<Vec<Command>> {
-        pending(self.conn(), target).await
+        pending(self.conn().await?, target).await
     }
 }
 

@@ -74,7 +74,7 @@ impl Store {
         .bind(format!("{}\n", key.expose_secret().trim()))
         .bind(by)
         .bind(now_ms())
-        .fetch_one(tx.conn())
+        .fetch_one(tx.conn().await?)
         .await
         .map_err(|e| {
             if e.is_unique_violation() {

@@ -29,7 +29,7 @@ impl Store {
         .bind(host)
         .bind(pid)
         .bind(now)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
         tx.commit().await
     }
@@ -40,7 +40,7 @@ impl Store {
         query("UPDATE daemons SET stopped_at = $1 WHERE id = $2")
             .bind(now_ms())
             .bind(id)
-            .execute(tx.conn())
+            .execute(tx.conn().await?)
             .await?;
         tx.commit().await
     }

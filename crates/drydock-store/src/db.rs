@@ -197,6 +197,39 @@ pub(crate) fn query(sql: impl Into<Cow<'static, str>>) -> Query {
     }
 }
 
+/// `sql` with every `$N` placeholder outside quoted text and identifiers
+/// renumbered `$(N + by)`.
+fn shift_params(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) => {
+                out.push(c);
+                if c == q {
+                    quote = None;
+                }
+            }
+            None if c == '\'' || c == '"' => {
+                quote = Some(c);
+                out.push(c);
+            }
+            None if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) => {
+                let mut n = 0usize;
+                while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                    n = n * 10 + d as usize;
+                    chars.next();
+                }
+                out.push('$');
+                out.push_str(&(n + by).to_string());
+            }
+            None => out.push(c),
+        }
+    }
+    out
+}
+
 /// What a statement did.
 pub(crate) struct Done {
     rows: u64,
@@ -209,6 +242,37 @@ impl Done {
 }
 
 impl Query {
+    /// PostgreSQL: this statement with `sides` run in it first, as
+    /// data-modifying CTEs (`side_0`, `side_1`, ...): writes whose results
+    /// nobody reads ride with the next statement instead of costing a round
+    /// trip each. They see the statement's snapshot, not each other's
+    /// effects, so they must be independent of each other and of it (the
+    /// caller's promise). This statement keeps its `$N`; the sides' are
+    /// numbered after them.
+    pub(crate) fn after(self, sides: Vec<Query>) -> Query {
+        if sides.is_empty() {
+            return self;
+        }
+        let mut args = self.args;
+        let mut ctes = Vec::with_capacity(sides.len());
+        for (i, side) in sides.into_iter().enumerate() {
+            ctes.push(format!(
+                "side_{i} AS ({})",
+                shift_params(&side.sql, args.len())
+            ));
+            args.extend(side.args);
+        }
+        let ctes = ctes.join(", ");
+        let sql = match self.sql.strip_prefix("WITH ") {
+            Some(rest) => format!("WITH {ctes}, {rest}"),
+            None => format!("WITH {ctes} {}", self.sql),
+        };
+        Query {
+            sql: sql.into(),
+            args,
+        }
+    }
+
     pub(crate) fn bind(mut self, value: impl Into<Arg>) -> Self {
         self.args.push(value.into());
         self
@@ -528,6 +592,57 @@ mod tests {
         let path = dir.path().join("t.db");
         let conn = crate::pool::open_sqlite(path.to_str().unwrap()).unwrap();
         (dir, Db::Sqlite(conn))
+    }
+
+    #[test]
+    fn placeholders_are_renumbered_outside_quotes_only() {
+        assert_eq!(
+            shift_params(
+                "UPDATE t SET a = $1, b = '$2' WHERE c = $12 AND \"$3\" = $2",
+                5
+            ),
+            "UPDATE t SET a = $6, b = '$2' WHERE c = $17 AND \"$3\" = $7"
+        );
+        assert_eq!(
+            shift_params("SELECT 'it''s $1', $1, $", 1),
+            "SELECT 'it''s $1', $2, $"
+        );
+    }
+
+    #[test]
+    fn writes_ride_with_the_next_statement_as_ctes_with_their_values_after_its() {
+        let q = query("UPDATE a SET x = $1 WHERE id = $2 RETURNING id")
+            .bind(1)
+            .bind(2)
+            .after(vec![
+                query("DELETE FROM b WHERE k = $1").bind("k"),
+                query("UPDATE c SET y = $2 WHERE id = $1").bind(3).bind(4),
+            ]);
+        assert_eq!(
+            q.sql,
+            "WITH side_0 AS (DELETE FROM b WHERE k = $3), side_1 AS (UPDATE c SET y = $5 WHERE id = $4) \
+             UPDATE a SET x = $1 WHERE id = $2 RETURNING id"
+        );
+        assert_eq!(
+            q.args,
+            [
+                Arg::Int(Some(1)),
+                Arg::Int(Some(2)),
+                Arg::Text(Some("k".into())),
+                Arg::Int(Some(3)),
+                Arg::Int(Some(4))
+            ]
+        );
+        // A statement with CTEs of its own keeps them, after the sides.
+        let q = query("WITH t AS (UPDATE a SET x = $1 RETURNING 1) SELECT COUNT(*) FROM t")
+            .bind(1)
+            .after(vec![query("DELETE FROM b WHERE k = $1").bind("k")]);
+        assert_eq!(
+            q.sql,
+            "WITH side_0 AS (DELETE FROM b WHERE k = $2), t AS (UPDATE a SET x = $1 RETURNING 1) SELECT COUNT(*) FROM t"
+        );
+        let q = query("SELECT 1").after(Vec::new());
+        assert_eq!(q.sql, "SELECT 1");
     }
 
     #[tokio::test]

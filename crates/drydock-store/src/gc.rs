@@ -38,7 +38,7 @@ impl Store {
         )
         .bind(cutoff)
         .bind(batch)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?
         .rows_affected();
         let commands = query(
@@ -49,13 +49,13 @@ impl Store {
         )
         .bind(cutoff)
         .bind(batch)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?
         .rows_affected();
         let tasks = query(FINISHED_TASKS_SQL)
             .bind(task_cutoff)
             .bind(batch)
-            .execute(tx.conn())
+            .execute(tx.conn().await?)
             .await?
             .rows_affected();
         tx.commit().await?;

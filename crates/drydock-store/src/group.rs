@@ -446,7 +446,7 @@ mod tests {
             // The second transaction gets the writer; an error in it makes
             // SQLite roll everything back, the first's work included.
             let mut second = second.await.unwrap();
-            if let crate::db::Db::Sqlite(c) = second.conn() {
+            if let crate::db::Db::Sqlite(c) = second.raw() {
                 c.execute_batch("ROLLBACK").unwrap();
             }
             drop(second);

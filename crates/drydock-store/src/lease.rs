@@ -215,14 +215,22 @@ impl Tx {
     pub async fn insert_lease(&mut self, new: &NewLease) -> Result<Lease> {
         let sql = format!("{INSERT_SQL} RETURNING {COLUMNS}");
         let row = bind_new(query(sql), new, now_ms())?
-            .fetch_one(self.conn())
+            .fetch_one(self.conn().await?)
             .await?;
         from_row(&row)
     }
 
     pub async fn lease(&mut self, id: LeaseId) -> Result<Lease> {
         self.write_unsaved_lease().await?;
-        crate::row::by_id(self.conn(), COLUMNS, "leases", "lease", id.0, from_row).await
+        crate::row::by_id(
+            self.conn().await?,
+            COLUMNS,
+            "leases",
+            "lease",
+            id.0,
+            from_row,
+        )
+        .await
     }
 
     /// Write every mutable field of `lease`, fenced: only if the row is
@@ -286,7 +294,7 @@ impl Tx {
              WHERE id = $12 AND version = $13 AND {} RETURNING {COLUMNS}",
             fence_condition(14, 10)
         );
-        let saved = query(sql)
+        let q = query(sql)
             .bind(lease.status.as_str())
             .bind(lease.resource_id.map(|r| r.0))
             .bind(attributes)
@@ -300,9 +308,8 @@ impl Tx {
             .bind(now_ms())
             .bind(lease.id.0)
             .bind(lease.version)
-            .bind(&lock.name)
-            .fetch_optional(self.conn())
-            .await?;
+            .bind(&lock.name);
+        let saved = self.with_side_writes(q).fetch_optional(self.raw()).await?;
         let Some(saved) = saved else {
             return Err(StoreError::Stale {
                 object: lease.object().key(),
@@ -436,7 +443,10 @@ impl Tx {
         let sql = format!(
             "SELECT {COLUMNS} FROM leases WHERE resource_id = $1 AND status IN ('pending', 'acquired', 'active') ORDER BY id"
         );
-        let rows = query(sql).bind(resource.0).fetch_all(self.conn()).await?;
+        let rows = query(sql)
+            .bind(resource.0)
+            .fetch_all(self.conn().await?)
+            .await?;
         rows.iter().map(from_row).collect()
     }
 }
@@ -467,7 +477,7 @@ impl Tx {
     pub async fn last_lease_activity(&mut self, resource: ResourceId) -> Result<Option<i64>> {
         query_scalar(LAST_LEASE_ACTIVITY_SQL)
             .bind(resource.0)
-            .fetch_one(self.conn())
+            .fetch_one(self.conn().await?)
             .await
     }
 }

@@ -147,6 +147,7 @@ impl Store {
             pending_logs: Vec::new(),
             deferred_fires: Vec::new(),
             unsaved_lease: None,
+            side_writes: Vec::new(),
         };
         match self.inner.dialect {
             // One writer connection: join (or open) its group (`group`).
@@ -155,7 +156,7 @@ impl Store {
                 tx.group = Some(group::begin(self, conn).await?);
             }
             Dialect::Postgres => {
-                db::query("BEGIN").execute(tx.conn()).await?;
+                db::query("BEGIN").execute(tx.raw()).await?;
             }
         }
         Ok(tx)
@@ -225,6 +226,10 @@ pub struct Tx {
     /// A lease write put off to the commit ([`Tx::save_lease_at_commit`]),
     /// unless a later write of the same lease supersedes it.
     unsaved_lease: Option<(lease::Lease, object_lock::ObjectLock)>,
+    /// PostgreSQL: writes whose results nobody reads, sent with the next
+    /// statement that takes them ([`Tx::with_side_writes`]) or before any
+    /// other ([`Tx::conn`]).
+    side_writes: Vec<db::Query>,
 }
 
 impl Tx {
@@ -233,6 +238,7 @@ impl Tx {
         use std::sync::atomic::Ordering::SeqCst;
         self.write_unsaved_lease().await?;
         self.write_logs().await?;
+        self.conn().await?; // what is left of the side writes
         let store = self.store.clone();
         store.inner.commits_begun.fetch_add(1, SeqCst);
         // PostgreSQL: the connection stays in the Tx until COMMIT has
@@ -250,7 +256,7 @@ impl Tx {
             }
             None => {
                 let notices = std::mem::take(&mut self.notices);
-                db::commit(self.conn(), &notices).await
+                db::commit(self.raw(), &notices).await
             }
         };
         store.inner.commits_done.fetch_add(1, SeqCst);
@@ -278,7 +284,7 @@ impl Tx {
             // Dropping the member undoes its work (and only its).
             return Ok(());
         }
-        db::query("ROLLBACK").execute(self.conn()).await?;
+        db::query("ROLLBACK").execute(self.raw()).await?;
         drop(self.conn.take());
         Ok(())
     }
@@ -287,12 +293,46 @@ impl Tx {
         &self.store
     }
 
-    pub(crate) fn conn(&mut self) -> &mut db::Db {
+    /// The connection, for a statement of this transaction: its pending
+    /// side writes are sent first, so the statement sees them.
+    pub(crate) async fn conn(&mut self) -> Result<&mut db::Db> {
+        if !self.side_writes.is_empty() {
+            let q = self.with_side_writes(db::query("SELECT 1"));
+            q.execute(self.raw()).await?;
+        }
+        Ok(self.raw())
+    }
+
+    /// The connection, as it is (side writes not sent).
+    pub(crate) fn raw(&mut self) -> &mut db::Db {
         &mut self
             .conn
             .as_mut()
             .expect("a transaction is open until it ends")
             .raw
+    }
+
+    /// A write whose result nobody reads and that no statement of this
+    /// transaction before the next one needs to see (a delete of rows
+    /// nothing reads again here, a flag set): on PostgreSQL it rides with
+    /// the next statement ([`Tx::with_side_writes`], [`Tx::conn`]) instead
+    /// of costing a round trip; on SQLite (statements in process) it runs
+    /// now.
+    pub(crate) async fn side_write(&mut self, q: db::Query) -> Result<()> {
+        match self.dialect() {
+            Dialect::Sqlite => {
+                q.execute(self.raw()).await?;
+            }
+            Dialect::Postgres => self.side_writes.push(q),
+        }
+        Ok(())
+    }
+
+    /// `q` with this transaction's pending side writes run in it first
+    /// (PostgreSQL; see [`db::Query::after`]): for statements independent
+    /// of them, executed on [`Tx::raw`].
+    pub(crate) fn with_side_writes(&mut self, q: db::Query) -> db::Query {
+        q.after(std::mem::take(&mut self.side_writes))
     }
 
     pub(crate) fn dialect(&self) -> Dialect {

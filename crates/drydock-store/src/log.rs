@@ -1,7 +1,7 @@
 //! Typed log events linked to a lease, resource and/or blueprint (spec §12),
 //! queryable by object and time.
 
-use crate::db::{Row, query_scalar};
+use crate::db::{Row, query};
 use crate::row::{get, json, to_json};
 use crate::{Result, Store, StoreError, Tx, now_ms};
 use drydock_model::{BlueprintId, LeaseId, LogId, ResourceId};
@@ -103,43 +103,50 @@ impl Tx {
         Ok(())
     }
 
-    /// Write the events recorded so far (see [`Tx::log`]); returns their
-    /// ids.
+    /// Write the events recorded so far (see [`Tx::log`]), with the
+    /// transaction's pending side writes; returns their ids.
     pub(crate) async fn write_logs(&mut self) -> Result<Vec<i64>> {
         if self.pending_logs.is_empty() {
             return Ok(Vec::new());
         }
         let logs = std::mem::take(&mut self.pending_logs);
-        let mut sql = String::from(
-            "INSERT INTO logs (epoch, blueprint_id, resource_id, lease_id, type, data) VALUES ",
-        );
-        for i in 0..logs.len() {
-            let n = i * 6;
-            let sep = if i == 0 { "" } else { ", " };
-            let _ = write!(
-                sql,
-                "{sep}(${}, ${}, ${}, ${}, ${}, ${})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5,
-                n + 6
-            );
-        }
-        sql.push_str(" RETURNING id");
-        let mut q = query_scalar::<i64>(sql);
-        for l in logs {
-            q = q
-                .bind(l.epoch)
-                .bind(l.blueprint)
-                .bind(l.resource)
-                .bind(l.lease)
-                .bind(l.kind)
-                .bind(l.data);
-        }
-        q.fetch_all(self.conn()).await
+        let q = self.with_side_writes(logs_insert(logs));
+        let rows = q.fetch_all(self.raw()).await?;
+        rows.iter().map(|r| get(r, "id")).collect()
     }
+}
+
+/// One `INSERT` of `logs` (at least one), in order, returning their ids.
+fn logs_insert(logs: Vec<PendingLog>) -> crate::db::Query {
+    let mut sql = String::from(
+        "INSERT INTO logs (epoch, blueprint_id, resource_id, lease_id, type, data) VALUES ",
+    );
+    for i in 0..logs.len() {
+        let n = i * 6;
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(
+            sql,
+            "{sep}(${}, ${}, ${}, ${}, ${}, ${})",
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5,
+            n + 6
+        );
+    }
+    sql.push_str(" RETURNING id");
+    let mut q = query(sql);
+    for l in logs {
+        q = q
+            .bind(l.epoch)
+            .bind(l.blueprint)
+            .bind(l.resource)
+            .bind(l.lease)
+            .bind(l.kind)
+            .bind(l.data);
+    }
+    q
 }
 
 /// An event waiting for its transaction's commit, checked.

@@ -121,7 +121,14 @@ impl Tx {
         ttl: Duration,
     ) -> Result<Option<ObjectLock>> {
         let now = now_ms();
-        try_lock_on(self.conn(), name, owner, now, now.saturating_add(ms(ttl))).await
+        try_lock_on(
+            self.conn().await?,
+            name,
+            owner,
+            now,
+            now.saturating_add(ms(ttl)),
+        )
+        .await
     }
 
     /// [`Store::renew_lock`] inside this transaction.
@@ -134,7 +141,7 @@ impl Tx {
         .bind(&lock.name)
         .bind(lock.token)
         .bind(&lock.owner)
-        .execute(self.conn())
+        .execute(self.conn().await?)
         .await?
         .rows_affected();
         if n == 0 {
@@ -154,7 +161,7 @@ impl Tx {
         )
         .bind(&lock.name)
         .bind(lock.token)
-        .execute(self.conn())
+        .execute(self.conn().await?)
         .await?
         .rows_affected();
         Ok(n > 0)
@@ -165,7 +172,7 @@ impl Tx {
     pub async fn check_fence(&mut self, lock: &ObjectLock) -> Result<()> {
         let current: Option<i64> = query_scalar("SELECT token FROM object_locks WHERE name = $1")
             .bind(&lock.name)
-            .fetch_optional(self.conn())
+            .fetch_optional(self.conn().await?)
             .await?;
         if current == Some(lock.token) {
             Ok(())

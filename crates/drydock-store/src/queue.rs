@@ -241,7 +241,7 @@ impl Tx {
     /// priority of the two) and its id returned.
     pub async fn schedule(&mut self, task: NewTask) -> Result<TaskId> {
         let q = task.bind_to(query(concat!(schedule_sql!(), " RETURNING id")), now_ms());
-        let id: i64 = get(&q.fetch_one(self.conn()).await?, "id")?;
+        let id: i64 = get(&q.fetch_one(self.conn().await?).await?, "id")?;
         self.notify_workers().await?;
         Ok(TaskId(id))
     }
@@ -257,7 +257,7 @@ impl Tx {
             )
             .bind(now)
             .bind(id.0)
-            .execute(self.conn())
+            .execute(self.conn().await?)
             .await?
             .rows_affected();
         }
@@ -389,7 +389,7 @@ impl Store {
         .bind(now_ms().saturating_add(ms(ttl)))
         .bind(task.id.0)
         .bind(task.token)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?
         .rows_affected();
         let lock_held = match &task.lock {
@@ -483,7 +483,7 @@ impl Store {
                     query_as("SELECT attempts, max_attempts FROM tasks WHERE id = $1 AND claim_token = $2 AND state = 'claimed'")
                         .bind(task.id.0)
                         .bind(task.token)
-                        .fetch_optional(tx.conn())
+                        .fetch_optional(tx.conn().await?)
                         .await?;
                 let Some((attempts, max_attempts)) = row else {
                     tx.rollback().await?;
@@ -495,7 +495,7 @@ impl Store {
                         query_scalar("SELECT id FROM tasks WHERE object_key = $1 AND state = 'queued' AND id <> $2")
                             .bind(key)
                             .bind(task.id.0)
-                            .fetch_optional(tx.conn())
+                            .fetch_optional(tx.conn().await?)
                             .await?
                     }
                     None => None,
@@ -529,7 +529,7 @@ impl Store {
                         .bind(attempts)
                         .bind(failure.as_deref())
                         .bind(other)
-                        .execute(tx.conn())
+                        .execute(tx.conn().await?)
                         .await?;
                     let note = format!("coalesced into task {other}");
                     set_state(
@@ -577,7 +577,7 @@ impl Store {
         }
         // Only a worker (claiming) waits for the next due time.
         let due = match claim_next {
-            Some(_) => next_due_in(tx.conn()).await?,
+            Some(_) => next_due_in(tx.conn().await?).await?,
             None => None,
         };
         tx.commit().await?;
@@ -1139,7 +1139,7 @@ fn claim_sql(dialect: Dialect) -> String {
 /// in `tx`.
 async fn claim_in(tx: &mut Tx, owner: &str, ttl: Duration) -> Result<Claimed> {
     let dialect = tx.dialect();
-    claim_on(tx.conn(), dialect, owner, ttl).await
+    claim_on(tx.conn().await?, dialect, owner, ttl).await
 }
 
 /// [`claim_in`] on a connection: in its transaction, or (PostgreSQL, whose
@@ -1259,15 +1259,16 @@ async fn set_state(
                    WHERE name = $8 AND token = $9 AND EXISTS (SELECT 1 FROM t)) \
                  SELECT COUNT(*) AS n FROM t"
             );
-            let row = q(sql.into())
-                .bind(&lock.name)
-                .bind(lock.token)
-                .fetch_one(tx.conn())
-                .await?;
+            // The transaction's side writes ride with it.
+            let q = q(sql.into()).bind(&lock.name).bind(lock.token);
+            let row = tx.with_side_writes(q).fetch_one(tx.raw()).await?;
             Ok(row.get::<i64>("n")? as u64)
         }
         _ => {
-            let n = q(UPDATE.into()).execute(tx.conn()).await?.rows_affected();
+            let n = q(UPDATE.into())
+                .execute(tx.conn().await?)
+                .await?
+                .rows_affected();
             if let Some(lock) = lock
                 && n > 0
             {

@@ -95,14 +95,14 @@ impl Tx {
         .bind(new.until)
         .bind(attributes)
         .bind(now)
-        .fetch_one(self.conn())
+        .fetch_one(self.conn().await?)
         .await?;
         self.resource(ResourceId(id)).await
     }
 
     pub async fn resource(&mut self, id: ResourceId) -> Result<Resource> {
         crate::row::by_id(
-            self.conn(),
+            self.conn().await?,
             COLUMNS,
             "resources",
             "resource",
@@ -137,7 +137,7 @@ impl Tx {
             .bind(resource.id.0)
             .bind(resource.version)
             .bind(&lock.name)
-            .execute(self.conn())
+            .execute(self.conn().await?)
             .await?
             .rows_affected();
         if n == 0 {
@@ -223,7 +223,10 @@ impl Tx {
             crate::Dialect::Postgres => lock,
         };
         let sql = format!("SELECT {COLUMNS} FROM resources WHERE id = $1{lock}");
-        let row = query(sql).bind(id.0).fetch_optional(self.conn()).await?;
+        let row = query(sql)
+            .bind(id.0)
+            .fetch_optional(self.conn().await?)
+            .await?;
         from_row(&row.ok_or(StoreError::NotFound {
             what: "resource",
             id: id.to_string(),

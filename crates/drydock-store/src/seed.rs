@@ -31,7 +31,7 @@ impl Store {
         .bind(blueprint.0)
         .bind(resource_type)
         .bind(now)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
         query(
             "INSERT INTO leases (resource_type, status, resource_id, authorizing, owner, acquired_at, activated_at, created_at, modified_at) \
@@ -41,11 +41,11 @@ impl Store {
         .bind(resource_type)
         .bind(now)
         .bind(blueprint.0)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
         let first: i64 = query_scalar("SELECT MIN(id) FROM resources WHERE blueprint_id = $1")
             .bind(blueprint.0)
-            .fetch_one(tx.conn())
+            .fetch_one(tx.conn().await?)
             .await?;
         tx.commit().await?;
         let mut written = 0;
@@ -62,7 +62,7 @@ impl Store {
             .bind(first)
             .bind(resources.max(1))
             .bind(now - 86_400_000)
-            .execute(tx.conn())
+            .execute(tx.conn().await?)
             .await?;
             tx.commit().await?;
             written += n;

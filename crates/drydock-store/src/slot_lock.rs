@@ -37,7 +37,7 @@ impl Tx {
                 .bind(key)
                 .bind(owner)
                 .bind(now)
-                .execute(self.conn())
+                .execute(self.conn().await?)
                 .await?
                 .rows_affected();
             if n == 1 {
@@ -51,7 +51,7 @@ impl Tx {
             let holder: Option<String> =
                 query_scalar("SELECT owner FROM slot_locks WHERE lock_key = $1")
                     .bind(key)
-                    .fetch_optional(self.conn())
+                    .fetch_optional(self.conn().await?)
                     .await?;
             match holder {
                 Some(h) if h == owner => {}
@@ -72,17 +72,24 @@ impl Tx {
             query("DELETE FROM slot_locks WHERE lock_key = $1 AND owner = $2")
                 .bind(key)
                 .bind(owner)
-                .execute(self.conn())
+                .execute(self.conn().await?)
                 .await?;
         }
         Err(StoreError::SlotLocked(SlotConflict { held }))
     }
 
     /// Release every slot lock of `owner`. Returns how many were released.
+    /// Release every slot lock `owner` holds, without counting them: a
+    /// side write, riding with the transaction's next statement.
+    pub async fn free_slot_locks(&mut self, owner: &str) -> Result<()> {
+        self.side_write(query("DELETE FROM slot_locks WHERE owner = $1").bind(owner))
+            .await
+    }
+
     pub async fn release_slot_locks(&mut self, owner: &str) -> Result<u64> {
         Ok(query("DELETE FROM slot_locks WHERE owner = $1")
             .bind(owner)
-            .execute(self.conn())
+            .execute(self.conn().await?)
             .await?
             .rows_affected())
     }

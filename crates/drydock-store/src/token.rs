@@ -61,7 +61,7 @@ impl Store {
         .bind(secret_hash)
         .bind(by)
         .bind(now_ms())
-        .fetch_one(tx.conn())
+        .fetch_one(tx.conn().await?)
         .await
         .map_err(|e| {
             if e.is_unique_violation() {
@@ -114,7 +114,7 @@ impl Store {
         let n = query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
             .bind(now_ms())
             .bind(id)
-            .execute(tx.conn())
+            .execute(tx.conn().await?)
             .await?
             .rows_affected();
         tx.commit().await?;

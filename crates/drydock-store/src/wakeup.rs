@@ -40,7 +40,7 @@ impl Tx {
         for event in events {
             q = q.bind(event);
         }
-        q.execute(self.conn()).await?;
+        q.execute(self.conn().await?).await?;
         for event in events {
             query(
                 "INSERT INTO wakeups (event, waiter, priority, run_at) VALUES ($1, $2, $3, $4) \
@@ -50,19 +50,17 @@ impl Tx {
             .bind(&key)
             .bind(priority)
             .bind(run_at)
-            .execute(self.conn())
+            .execute(self.conn().await?)
             .await?;
         }
         Ok(())
     }
 
-    /// Drop every registration of `waiter` (it no longer waits).
+    /// Drop every registration of `waiter` (it no longer waits). A side
+    /// write: it rides with the transaction's next statement.
     pub async fn stop_waiting(&mut self, waiter: ObjectRef) -> Result<()> {
-        query("DELETE FROM wakeups WHERE waiter = $1")
-            .bind(waiter.key())
-            .execute(self.conn())
-            .await?;
-        Ok(())
+        self.side_write(query("DELETE FROM wakeups WHERE waiter = $1").bind(waiter.key()))
+            .await
     }
 
     /// Wake everybody waiting for `event`, as part of this transaction's
@@ -121,7 +119,7 @@ impl Tx {
         let slots: Vec<(String, i64)> =
             query_as("DELETE FROM handoffs WHERE waiter = $1 RETURNING event, resource_id")
                 .bind(&key)
-                .fetch_all(self.conn())
+                .fetch_all(self.conn().await?)
                 .await?;
         for (event, resource) in slots {
             if holding == Some(ResourceId(resource)) {
@@ -162,7 +160,7 @@ impl Tx {
         let mut waiters: Vec<(String, i64, i64)> =
             query_as("DELETE FROM wakeups WHERE event = $1 RETURNING waiter, priority, run_at")
                 .bind(event)
-                .fetch_all(self.conn())
+                .fetch_all(self.conn().await?)
                 .await?;
         if waiters.is_empty() {
             return Ok(0);
@@ -204,7 +202,7 @@ impl Tx {
             .bind(p)
             .bind(r)
             .bind(&w)
-            .fetch_optional(self.conn())
+            .fetch_optional(self.conn().await?)
             .await?;
             let Some((waiter, priority, run_at)) = pick else {
                 return Ok(false);
@@ -212,7 +210,7 @@ impl Tx {
             let taken = query("DELETE FROM wakeups WHERE event = $1 AND waiter = $2")
                 .bind(event)
                 .bind(&waiter)
-                .execute(self.conn())
+                .execute(self.conn().await?)
                 .await?
                 .rows_affected();
             if taken == 0 {
@@ -222,7 +220,7 @@ impl Tx {
                 .bind(&waiter)
                 .bind(event)
                 .bind(resource.0)
-                .execute(self.conn())
+                .execute(self.conn().await?)
                 .await?;
             self.schedule_waiter(&waiter, priority, run_at).await?;
             return Ok(true);

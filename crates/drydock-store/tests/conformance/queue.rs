@@ -35,6 +35,7 @@ backend_tests!(
     a_lease_pass_reads_its_lease_commands_hand_offs_and_the_blueprints_version_at_once,
     a_lease_request_stores_the_lease_its_event_and_its_update_task_at_once,
     a_lease_write_put_off_to_the_commit_is_written_once_or_superseded,
+    side_writes_are_seen_by_the_next_statement_and_kept_or_undone_with_their_transaction,
     a_worker_returns_at_the_due_time_of_a_task_it_requeued,
     a_dropped_transaction_is_rolled_back_and_frees_the_writer,
     transactions_cancelled_at_any_point_leave_the_writer_clean,
@@ -931,6 +932,96 @@ async fn a_lease_write_put_off_to_the_commit_is_written_once_or_superseded(
     ));
     tx.commit().await?;
     s.unlock(lock).await?;
+    Ok(())
+}
+
+async fn side_writes_are_seen_by_the_next_statement_and_kept_or_undone_with_their_transaction(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    use drydock_model::CommandKind;
+    use serde_json::json;
+    let s = &db.store;
+    let lease = s.insert_lease(&host_lease()).await?;
+    let obj = lease.object();
+    let lock = s.try_lock(&obj.key(), "w", TTL).await?.context("lock")?;
+    let key = vec!["slot.a".to_owned()];
+    let events = vec!["capacity(host)".to_owned()];
+    // A lease that holds a slot, waits for an event and has a command.
+    let setup = async || -> anyhow::Result<drydock_model::CommandId> {
+        let mut tx = s.begin().await?;
+        tx.acquire_slot_locks(&obj.key(), &key).await?;
+        tx.wait_on(obj, 0, 1, &events).await?;
+        tx.commit().await?;
+        Ok(
+            s.enqueue_command("user:a", obj, CommandKind::Release, json!({}))
+                .await?,
+        )
+    };
+    let holders = async || -> anyhow::Result<usize> { Ok(s.slot_lock_holders(&key).await?.len()) };
+    let state = async || -> anyhow::Result<(usize, usize, usize)> {
+        Ok((
+            holders().await?,
+            s.waits_of(obj).await?.len(),
+            s.pending_commands(obj).await?.len(),
+        ))
+    };
+
+    // Undone with a rollback (after riding with a statement) and with a drop.
+    let command = setup().await?;
+    let mut tx = s.begin().await?;
+    tx.free_slot_locks(&obj.key()).await?;
+    tx.stop_waiting(obj).await?;
+    tx.mark_consumed(command).await?;
+    let mut l = s.lease(lease.id).await?;
+    l.failure = Some("rolled back".into());
+    tx.save_lease(&l, &lock).await?;
+    tx.rollback().await?;
+    ensure!(
+        state().await? == (1, 1, 1),
+        "rolled back: {:?}",
+        state().await?
+    );
+    let mut tx = s.begin().await?;
+    tx.free_slot_locks(&obj.key()).await?;
+    tx.stop_waiting(obj).await?;
+    drop(tx);
+    ensure!(state().await? == (1, 1, 1), "dropped: {:?}", state().await?);
+
+    // Seen by the transaction's next statement: the slot, freed, can be
+    // taken by another owner in the same transaction.
+    let mut tx = s.begin().await?;
+    tx.free_slot_locks(&obj.key()).await?;
+    tx.acquire_slot_locks("lease:999", &key).await?;
+    tx.release_slot_locks("lease:999").await?;
+    tx.commit().await?;
+    ensure!(holders().await? == 0);
+
+    // Kept with a commit, whether they rode with a lease write or went
+    // alone at the commit.
+    let mut tx = s.begin().await?;
+    tx.acquire_slot_locks(&obj.key(), &key).await?;
+    tx.commit().await?;
+    let mut tx = s.begin().await?;
+    tx.free_slot_locks(&obj.key()).await?;
+    tx.stop_waiting(obj).await?;
+    tx.mark_consumed(command).await?;
+    let mut l = s.lease(lease.id).await?;
+    l.failure = Some("with the sides".into());
+    tx.save_lease(&l, &lock).await?;
+    tx.commit().await?;
+    ensure!(
+        state().await? == (0, 0, 0),
+        "committed: {:?}",
+        state().await?
+    );
+    ensure!(s.lease(lease.id).await?.failure.as_deref() == Some("with the sides"));
+    let command = setup().await?;
+    let mut tx = s.begin().await?;
+    tx.free_slot_locks(&obj.key()).await?;
+    tx.stop_waiting(obj).await?;
+    tx.mark_consumed(command).await?;
+    tx.commit().await?;
+    ensure!(state().await? == (0, 0, 0), "alone: {:?}", state().await?);
     Ok(())
 }
 
