@@ -131,7 +131,7 @@ impl Engine {
         let mut lease = read.lease;
         if lease.status.is_commandable() {
             lease = self
-                .lease_commands(lease, read.commands, lock, tail)
+                .lease_commands(lease, read.resource, read.commands, lock, tail)
                 .await?;
         }
         // A few steps per pass: pending -> acquired -> active, or
@@ -169,6 +169,7 @@ impl Engine {
     async fn lease_commands(
         &self,
         lease: Lease,
+        resource: Option<Resource>,
         commands: Vec<Command>,
         lock: &ObjectLock,
         tail: &mut Tail,
@@ -179,13 +180,17 @@ impl Engine {
             return Ok(lease);
         }
         // A release is torn down next in this pass: what the teardown needs
-        // is read now, not while the transaction holds the writer.
+        // (the resource, read with the lease, and its blueprint) is at hand
+        // before the transaction begins, not read while it holds the writer.
         let mut teardown_is_local = lease.resource_id.is_none();
         if let Some(rid) = lease.resource_id
             && lease.status.is_live()
             && (expired || commands.iter().any(|c| c.command == CommandKind::Release))
         {
-            let resource = self.store.resource(rid).await?;
+            let resource = match resource.filter(|r| r.id == rid) {
+                Some(r) => r,
+                None => self.store.resource(rid).await?,
+            };
             let bp = self
                 .blueprint_as_of(resource.blueprint_id, tail.blueprints_version)
                 .await?;

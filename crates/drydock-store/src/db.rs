@@ -51,6 +51,21 @@ pub(crate) struct Row {
 }
 
 impl Row {
+    /// The columns named `{prefix}{name}`, as `name`: the part of a joined
+    /// row that another table gave.
+    pub(crate) fn part(&self, prefix: &str) -> Row {
+        let (names, cells) = self
+            .names
+            .iter()
+            .zip(&self.cells)
+            .filter_map(|(n, c)| Some((n.strip_prefix(prefix)?.to_owned(), c.clone())))
+            .unzip::<_, _, Vec<String>, Vec<Cell>>();
+        Row {
+            names: names.into(),
+            cells,
+        }
+    }
+
     /// The value of column `col`, converted; an error names the column.
     pub(crate) fn get<T: FromCell>(&self, col: &str) -> Result<T> {
         let i = self

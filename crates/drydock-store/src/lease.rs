@@ -67,18 +67,25 @@ impl Lease {
     }
 }
 
-/// The lease, its unconsumed commands (one row each, or one row without
-/// any), whether slots were handed to it, and the blueprints' version.
+/// The lease, the resource it is on, its unconsumed commands (one row
+/// each, or one row without any), whether slots were handed to it, and the
+/// blueprints' version. The resource's columns are named `r_…`.
 static PASS_READ_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let lease_columns: Vec<String> = COLUMNS.split(", ").map(|c| format!("l.{c}")).collect();
+    let resource_columns: Vec<String> = crate::resource::COLUMNS
+        .split(", ")
+        .map(|c| format!("r.{c} AS r_{c}"))
+        .collect();
     format!(
-        "SELECT {}, {}, \
+        "SELECT {}, {}, {}, \
            EXISTS (SELECT 1 FROM handoffs WHERE waiter = $2) AS handed_over, \
            (SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM blueprints) AS blueprints_version \
-         FROM leases l LEFT JOIN commands c \
+         FROM leases l LEFT JOIN resources r ON r.id = l.resource_id \
+         LEFT JOIN commands c \
            ON c.target_kind = 'lease' AND c.target_id = l.id AND c.consumed = 0 \
          WHERE l.id = $1 ORDER BY c.id",
         lease_columns.join(", "),
+        resource_columns.join(", "),
         crate::command::JOINED_COLUMNS,
     )
 });
@@ -138,6 +145,8 @@ static REQUEST_ALONE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new
 #[derive(Clone, Debug)]
 pub struct LeaseForPass {
     pub lease: Lease,
+    /// The resource it is on, if any, read with it.
+    pub resource: Option<crate::resource::Resource>,
     /// Its unconsumed commands, oldest first.
     pub commands: Vec<Command>,
     /// Whether capacity was handed to it and not yet settled.
@@ -408,6 +417,10 @@ impl Store {
         Ok(LeaseForPass {
             lease: from_row(first)?,
             commands,
+            resource: match get::<Option<i64>>(first, "r_id")? {
+                Some(_) => Some(crate::resource::from_row(&first.part("r_"))?),
+                None => None,
+            },
             handed_over: get(first, "handed_over")?,
             blueprints_version: get(first, "blueprints_version")?,
         })

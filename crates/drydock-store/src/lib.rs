@@ -330,9 +330,15 @@ impl Tx {
 
     /// `q` with this transaction's pending side writes run in it first
     /// (PostgreSQL; see [`db::Query::after`]): for statements independent
-    /// of them, executed on [`Tx::raw`].
+    /// of them, executed on [`Tx::raw`]. The events recorded so far
+    /// ([`Tx::log`]) go with them, in order (those recorded later are
+    /// written later).
     pub(crate) fn with_side_writes(&mut self, q: db::Query) -> db::Query {
-        q.after(std::mem::take(&mut self.side_writes))
+        let mut sides = std::mem::take(&mut self.side_writes);
+        if self.dialect() == Dialect::Postgres && !self.pending_logs.is_empty() {
+            sides.push(log::logs_insert(std::mem::take(&mut self.pending_logs)));
+        }
+        q.after(sides)
     }
 
     pub(crate) fn dialect(&self) -> Dialect {

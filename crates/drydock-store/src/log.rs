@@ -117,7 +117,7 @@ impl Tx {
 }
 
 /// One `INSERT` of `logs` (at least one), in order, returning their ids.
-fn logs_insert(logs: Vec<PendingLog>) -> crate::db::Query {
+pub(crate) fn logs_insert(logs: Vec<PendingLog>) -> crate::db::Query {
     let mut sql = String::from(
         "INSERT INTO logs (epoch, blueprint_id, resource_id, lease_id, type, data) VALUES ",
     );

@@ -60,9 +60,9 @@ pub struct ResourceFilter {
     pub limit: Option<i64>,
 }
 
-const COLUMNS: &str = "id, blueprint_id, type, status, until_at, attributes, failure, version, last_used_at, created_at, modified_at";
+pub(crate) const COLUMNS: &str = "id, blueprint_id, type, status, until_at, attributes, failure, version, last_used_at, created_at, modified_at";
 
-fn from_row(row: &Row) -> Result<Resource> {
+pub(crate) fn from_row(row: &Row) -> Result<Resource> {
     Ok(Resource {
         id: ResourceId(get(row, "id")?),
         blueprint_id: BlueprintId(get(row, "blueprint_id")?),

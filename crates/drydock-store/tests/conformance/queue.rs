@@ -32,7 +32,7 @@ backend_tests!(
     a_lease_reader_wakes_for_another_processes_write,
     a_process_hears_tasks_and_lease_changes_whichever_it_needed_first,
     a_lease_reader_is_given_what_this_process_wrote_but_reads_another_processes_write,
-    a_lease_pass_reads_its_lease_commands_hand_offs_and_the_blueprints_version_at_once,
+    a_lease_pass_reads_its_lease_resource_commands_hand_offs_and_blueprints_version_at_once,
     a_lease_request_stores_the_lease_its_event_and_its_update_task_at_once,
     a_lease_write_put_off_to_the_commit_is_written_once_or_superseded,
     side_writes_are_seen_by_the_next_statement_and_kept_or_undone_with_their_transaction,
@@ -766,7 +766,7 @@ fn host_lease() -> drydock_store::lease::NewLease {
     }
 }
 
-async fn a_lease_pass_reads_its_lease_commands_hand_offs_and_the_blueprints_version_at_once(
+async fn a_lease_pass_reads_its_lease_resource_commands_hand_offs_and_blueprints_version_at_once(
     db: &TestDb,
 ) -> anyhow::Result<()> {
     use drydock_model::{CommandKind, ResourceId};
@@ -858,6 +858,38 @@ async fn a_lease_pass_reads_its_lease_commands_hand_offs_and_the_blueprints_vers
         seen.windows(2).take(4).all(|w| w[0] < w[1]) && seen[4] == seen[5],
         "blueprints' versions {seen:?}"
     );
+
+    // The resource the lease is on comes with it (none before).
+    ensure!(s.lease_for_pass(lease.id).await?.resource.is_none());
+    let mut tx = s.begin().await?;
+    let r = tx
+        .insert_resource(&drydock_store::resource::NewResource {
+            blueprint_id: bp.id,
+            resource_type: "host".into(),
+            status: drydock_model::ResourceStatus::Active,
+            attributes: json!({"dir": "/tmp/x"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            until: None,
+        })
+        .await?;
+    tx.commit().await?;
+    let lock = s.try_lock(&obj.key(), "w", TTL).await?.context("lock")?;
+    let mut on = s.lease(lease.id).await?;
+    on.resource_id = Some(r.id);
+    on.status = drydock_model::LeaseStatus::Acquired;
+    let mut tx = s.begin().await?;
+    tx.save_lease(&on, &lock).await?;
+    tx.commit().await?;
+    s.unlock(lock).await?;
+    let read = s.lease_for_pass(lease.id).await?;
+    ensure!(
+        read.resource == Some(s.resource(r.id).await?),
+        "{:?}",
+        read.resource
+    );
+    ensure!(read.lease.resource_id == Some(r.id) && read.commands.len() == 2);
 
     match s.lease_for_pass(LeaseId(other.id.0 + 100)).await {
         Err(StoreError::NotFound { what: "lease", .. }) => Ok(()),

@@ -652,5 +652,26 @@ async fn a_transactions_events_are_written_in_order_when_it_commits_and_never_wh
         "{}",
         written[2].data
     );
+
+    // Events written early, with a statement that carries the transaction's
+    // side writes (PostgreSQL), still go back with a rollback and keep
+    // their order with the ones written at the commit.
+    let waiter = drydock_model::ObjectRef::lease(LeaseId(43));
+    let events = ["capacity(host)".to_owned()];
+    for commit in [false, true] {
+        let mut tx = s.begin().await?;
+        tx.log(NewLog::new("first").lease(LeaseId(43))).await?;
+        tx.stop_waiting(waiter).await?;
+        tx.wait_on(waiter, 0, 0, &events).await?;
+        tx.log(NewLog::new("second").lease(LeaseId(43))).await?;
+        if commit {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        let kinds: Vec<String> = s.logs(&of(43)).await?.into_iter().map(|e| e.kind).collect();
+        let want: &[&str] = if commit { &["first", "second"] } else { &[] };
+        ensure!(kinds == want, "committed {commit}: {kinds:?}");
+    }
     Ok(())
 }
