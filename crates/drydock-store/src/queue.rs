@@ -343,26 +343,16 @@ impl Store {
     /// claim expired (that run counts as a failed attempt). A task whose
     /// object already has a task running under a live claim waits.
     pub async fn claim(&self, owner: &str, ttl: Duration) -> Result<Option<ClaimedTask>> {
-        Ok(self.claim_or_due(owner, ttl).await?.ok())
-    }
-
-    /// [`Store::claim`], or else when the next task is due (read with the
-    /// claim: a worker that found nothing waits without another look).
-    async fn claim_or_due(
-        &self,
-        owner: &str,
-        ttl: Duration,
-    ) -> Result<std::result::Result<ClaimedTask, Option<i64>>> {
         loop {
             match self.claim_once(owner, ttl).await? {
-                Claimed::Nothing { due } => return Ok(Err(due)),
+                Claimed::Nothing => return Ok(None),
                 // Given up on (its workers kept dying): look again.
                 Claimed::Exhausted => {}
                 Claimed::Task { task, more } => {
                     if more {
                         self.more_tasks_maybe();
                     }
-                    return Ok(Ok(task));
+                    return Ok(Some(task));
                 }
             }
         }
@@ -382,7 +372,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let claimed = claim_in(&mut tx, owner, ttl).await?;
         match claimed {
-            Claimed::Nothing { .. } => tx.rollback().await?,
+            Claimed::Nothing => tx.rollback().await?,
             _ => tx.commit().await?,
         }
         Ok(claimed)
@@ -573,24 +563,23 @@ impl Store {
         if matches!(completion, Completion::Requeue { .. }) {
             tx.notify_workers().await?;
         }
-        // Only a worker (claiming) waits for the next due time.
-        let mut due = None;
-        if let Some((owner, ttl)) = claim_next {
-            match claim_in(&mut tx, owner, ttl).await? {
-                Claimed::Task { task, more } => {
-                    tx.commit().await?;
-                    if more {
-                        self.more_tasks_maybe();
-                    }
-                    return Ok(AfterTask {
-                        due: None,
-                        next: Some(task),
-                    });
-                }
-                Claimed::Nothing { due: next } => due = next,
-                Claimed::Exhausted => due = Some(now_ms()),
+        if let Some((owner, ttl)) = claim_next
+            && let Claimed::Task { task, more } = claim_in(&mut tx, owner, ttl).await?
+        {
+            tx.commit().await?;
+            if more {
+                self.more_tasks_maybe();
             }
+            return Ok(AfterTask {
+                due: None,
+                next: Some(task),
+            });
         }
+        // Only a worker (claiming) waits for the next due time.
+        let due = match claim_next {
+            Some(_) => next_due_in(tx.conn().await?).await?,
+            None => None,
+        };
         tx.commit().await?;
         Ok(AfterTask { due, next: None })
     }
@@ -1096,12 +1085,14 @@ pub(crate) struct AfterTask {
 
 /// What [`claim_in`] found.
 enum Claimed {
-    /// Nothing runnable; the next task is due then (if any is waiting).
-    Nothing { due: Option<i64> },
+    Nothing,
     /// A task whose workers kept dying, marked failed instead of run.
     Exhausted,
     /// A claimed task, and whether another is runnable now.
-    Task { task: ClaimedTask, more: bool },
+    Task {
+        task: ClaimedTask,
+        more: bool,
+    },
 }
 
 /// The claim: the most urgent runnable task (`$1` owner, `$2` claim expiry,
@@ -1138,12 +1129,7 @@ fn claim_sql(dialect: Dialect) -> String {
              l AS (INSERT INTO object_locks (name, owner, token, expires_at, acquired_at) \
                SELECT object_key, $1, 1, $2, $3 FROM c \
                WHERE object_key IS NOT NULL AND attempts < max_attempts {TAKE_LOCK}) \
-             SELECT c.*, (SELECT token FROM l) AS lock_token, \
-               CASE WHEN c.id IS NULL THEN (SELECT MIN(run_at) FROM tasks WHERE state = 'queued') END \
-                 AS next_queued, \
-               CASE WHEN c.id IS NULL THEN \
-                 (SELECT MIN(claim_expires_at) FROM tasks WHERE state = 'claimed') END AS next_expiry \
-             FROM (SELECT 1) AS one LEFT JOIN c ON TRUE"
+             SELECT c.*, (SELECT token FROM l) AS lock_token FROM c"
         ),
         Dialect::Sqlite => claim,
     }
@@ -1167,18 +1153,8 @@ async fn claim_on(db: &mut Db, dialect: Dialect, owner: &str, ttl: Duration) -> 
         .bind(now)
         .fetch_optional(&mut *db)
         .await?;
-    // PostgreSQL answers one row always: the claimed task, or when the next
-    // is due (read in the same statement).
-    let row = match row {
-        Some(row) if get::<Option<i64>>(&row, "id")?.is_some() => row,
-        Some(row) => {
-            let due = earliest(get(&row, "next_queued")?, get(&row, "next_expiry")?);
-            return Ok(Claimed::Nothing { due });
-        }
-        None => {
-            let due = next_due_in(db).await?;
-            return Ok(Claimed::Nothing { due });
-        }
+    let Some(row) = row else {
+        return Ok(Claimed::Nothing);
     };
     let mut task = ClaimedTask {
         id: TaskId(get(&row, "id")?),
@@ -1243,16 +1219,11 @@ const NEXT_DUE_SQL: &str = "SELECT (SELECT MIN(run_at) FROM tasks WHERE state = 
 
 /// When the next task becomes runnable (see [`Store::next_due`]).
 async fn next_due_in(db: &mut Db) -> Result<Option<i64>> {
-    let (queued, expiry): (Option<i64>, Option<i64>) = query_as(NEXT_DUE_SQL).fetch_one(db).await?;
-    Ok(earliest(queued, expiry))
-}
-
-/// The earlier of the next queued task's time and the next claim expiry.
-fn earliest(queued: Option<i64>, expiry: Option<i64>) -> Option<i64> {
-    match (queued, expiry) {
+    let (a, b): (Option<i64>, Option<i64>) = query_as(NEXT_DUE_SQL).fetch_one(db).await?;
+    Ok(match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    }
+    })
 }
 
 async fn set_state(
@@ -1479,14 +1450,14 @@ pub async fn run_worker<H: Handler>(
                     }
                     continue;
                 }
-                match store.claim_or_due(&cfg.owner, cfg.claim_ttl).await {
+                match store.claim(&cfg.owner, cfg.claim_ttl).await {
                     // Dropping the signal passes on any wake-up it caught
                     // while this worker was claiming (`claim` woke another
                     // worker if it saw more).
-                    Ok(Ok(task)) => task,
-                    Ok(Err(due)) => {
+                    Ok(Some(task)) => task,
+                    Ok(None) => {
                         tokio::select! {
-                            _ = Store::wait_until_due(signal, due, cfg.poll) => {}
+                            _ = store.wait_for_tasks(signal, cfg.poll) => {}
                             _ = stop.changed() => {}
                         }
                         continue;
