@@ -275,7 +275,7 @@ impl Tx {
         if self
             .unsaved_lease
             .as_ref()
-            .is_some_and(|(l, _)| l.id != lease.id)
+            .is_some_and(|(l, _)| l.id != lease.id || l.version != lease.version)
         {
             self.write_unsaved_lease().await?;
         }
@@ -391,9 +391,10 @@ impl Store {
         .await
     }
 
-    /// What a lease's update pass starts from, in one read: the lease, its
-    /// unconsumed commands (oldest first), and whether capacity was handed
-    /// to it ([`Tx::settle_handoffs`]). Read outside any transaction: only
+    /// What a lease's update pass starts from, in one read: the lease, the
+    /// resource it is on, its unconsumed commands (oldest first), whether
+    /// capacity was handed to it ([`Tx::settle_handoffs`]) and the
+    /// blueprints' version. Read outside any transaction: only
     /// the lease's update worker (the caller, under its lock) writes the
     /// lease and consumes its commands, and a command sent or a slot handed
     /// over after this read wakes the lease for another pass.

@@ -999,14 +999,24 @@ async fn side_writes_are_seen_by_the_next_statement_and_kept_or_undone_with_thei
     };
 
     // Undone with a rollback (after riding with a statement) and with a drop.
+    // The three side writes, then (with a note) a lease write carrying them.
+    let writes = async |tx: &mut drydock_store::Tx,
+                        command: drydock_model::CommandId,
+                        note: Option<&str>|
+           -> anyhow::Result<()> {
+        tx.free_slot_locks(&obj.key()).await?;
+        tx.stop_waiting(obj).await?;
+        tx.mark_consumed(command).await?;
+        if let Some(note) = note {
+            let mut l = s.lease(lease.id).await?;
+            l.failure = Some(note.into());
+            tx.save_lease(&l, &lock).await?;
+        }
+        Ok(())
+    };
     let command = setup().await?;
     let mut tx = s.begin().await?;
-    tx.free_slot_locks(&obj.key()).await?;
-    tx.stop_waiting(obj).await?;
-    tx.mark_consumed(command).await?;
-    let mut l = s.lease(lease.id).await?;
-    l.failure = Some("rolled back".into());
-    tx.save_lease(&l, &lock).await?;
+    writes(&mut tx, command, Some("rolled back")).await?;
     tx.rollback().await?;
     ensure!(
         state().await? == (1, 1, 1),
@@ -1034,12 +1044,7 @@ async fn side_writes_are_seen_by_the_next_statement_and_kept_or_undone_with_thei
     tx.acquire_slot_locks(&obj.key(), &key).await?;
     tx.commit().await?;
     let mut tx = s.begin().await?;
-    tx.free_slot_locks(&obj.key()).await?;
-    tx.stop_waiting(obj).await?;
-    tx.mark_consumed(command).await?;
-    let mut l = s.lease(lease.id).await?;
-    l.failure = Some("with the sides".into());
-    tx.save_lease(&l, &lock).await?;
+    writes(&mut tx, command, Some("with the sides")).await?;
     tx.commit().await?;
     ensure!(
         state().await? == (0, 0, 0),
@@ -1049,9 +1054,7 @@ async fn side_writes_are_seen_by_the_next_statement_and_kept_or_undone_with_thei
     ensure!(s.lease(lease.id).await?.failure.as_deref() == Some("with the sides"));
     let command = setup().await?;
     let mut tx = s.begin().await?;
-    tx.free_slot_locks(&obj.key()).await?;
-    tx.stop_waiting(obj).await?;
-    tx.mark_consumed(command).await?;
+    writes(&mut tx, command, None).await?;
     tx.commit().await?;
     ensure!(state().await? == (0, 0, 0), "alone: {:?}", state().await?);
     Ok(())
