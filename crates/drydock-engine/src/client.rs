@@ -6,7 +6,10 @@ use crate::blueprint::{
     FieldError, FieldKind, FieldSpec, Registry, blueprint_list, validate_fields,
 };
 use crate::events::{self, log};
-use drydock_model::{BlueprintId, CommandId, CommandKind, LeaseId, ResourceId, ResourceStatus};
+use drydock_model::{
+    BlueprintId, CommandId, CommandKind, LeaseId, LeaseStatus, ObjectRef, ResourceId,
+    ResourceStatus,
+};
 use drydock_store::blueprint::Blueprint;
 use drydock_store::lease::{Lease, NewLease};
 use drydock_store::log::NewLog;
@@ -390,17 +393,25 @@ pub async fn release_lease(
     id: LeaseId,
     author: &str,
 ) -> Result<CommandId, ClientError> {
-    let lease = store.lease(id).await?;
-    if !lease.status.is_releasable() {
-        return Err(ClientError::NotReleasable {
-            what: "lease",
-            id: id.0,
-            status: lease.status.to_string(),
-        });
-    }
-    Ok(store
-        .enqueue_command(author, lease.object(), CommandKind::Release, json!({}))
-        .await?)
+    let releasable: Vec<&'static str> = LeaseStatus::ALL
+        .iter()
+        .filter(|s| s.is_releasable())
+        .map(|s| s.as_str())
+        .collect();
+    let sent = store
+        .enqueue_command_if(
+            author,
+            ObjectRef::lease(id),
+            CommandKind::Release,
+            json!({}),
+            &releasable,
+        )
+        .await?;
+    sent.map_err(|status| ClientError::NotReleasable {
+        what: "lease",
+        id: id.0,
+        status,
+    })
 }
 
 /// Ask a resource's worker to release it (and so its leases).
@@ -409,17 +420,25 @@ pub async fn release_resource(
     id: ResourceId,
     author: &str,
 ) -> Result<CommandId, ClientError> {
-    let r = store.resource(id).await?;
-    if !r.status.is_releasable() {
-        return Err(ClientError::NotReleasable {
-            what: "resource",
-            id: id.0,
-            status: r.status.to_string(),
-        });
-    }
-    Ok(store
-        .enqueue_command(author, r.object(), CommandKind::Release, json!({}))
-        .await?)
+    let releasable: Vec<&'static str> = ResourceStatus::ALL
+        .iter()
+        .filter(|s| s.is_releasable())
+        .map(|s| s.as_str())
+        .collect();
+    let sent = store
+        .enqueue_command_if(
+            author,
+            ObjectRef::resource(id),
+            CommandKind::Release,
+            json!({}),
+            &releasable,
+        )
+        .await?;
+    sent.map_err(|status| ClientError::NotReleasable {
+        what: "resource",
+        id: id.0,
+        status,
+    })
 }
 
 /// Ask a lease's worker to move its expiry to `until` (epoch ms).

@@ -126,6 +126,35 @@ const ENQUEUE_ALONE_SQL: &str = concat!(
      SELECT c.id FROM c, n"
 );
 
+/// PostgreSQL: [`ENQUEUE_ALONE_SQL`] only while the target (`$10` in
+/// `table`) has one of the statuses of `status_in`; answers the target's
+/// status and, if sent, the command's id.
+fn enqueue_if_sql(table: &str, status_in: &str) -> String {
+    format!(
+        "WITH o AS (SELECT status FROM {table} WHERE id = $10), \
+         ok AS (SELECT 1 FROM o WHERE {status_in}), \
+         t AS ({} SELECT $1, $2, 'queued', $3, $4, 0, $5, 0, $6, $7 FROM ok {}), \
+         c AS (INSERT INTO commands (author, target_kind, target_id, command, payload, consumed, created_at, modified_at) \
+           SELECT $8, $9, $10, $11, $12, 0, $7, $7 FROM ok RETURNING id), \
+         n AS (SELECT pg_notify($13, $14) FROM ok) \
+         SELECT o.status, (SELECT id FROM c) AS id, (SELECT COUNT(*) FROM n) AS notified FROM o",
+        crate::queue::task_insert_sql!(),
+        crate::queue::task_fold_sql!(),
+    )
+}
+
+/// The table holding `target`'s status.
+fn status_table(target: ObjectRef) -> Result<&'static str> {
+    match target.kind {
+        ObjectKind::Lease => Ok("leases"),
+        ObjectKind::Resource => Ok("resources"),
+        ObjectKind::Blueprint => Err(StoreError::invalid(
+            "command target",
+            "a blueprint has no status to check",
+        )),
+    }
+}
+
 impl Tx {
     /// Insert a command for `target` and wake its update task, in this
     /// transaction.
@@ -213,6 +242,64 @@ impl Store {
         let id = tx.enqueue_command(author, target, command, payload).await?;
         tx.commit().await?;
         Ok(id)
+    }
+
+    /// Enqueue a command (as [`Store::enqueue_command`]) only while
+    /// `target`'s status is one of `statuses`, checked with the write (on
+    /// PostgreSQL in the same statement): `Err(status)` when it is not,
+    /// and nothing is stored. A target that does not exist is
+    /// [`StoreError::NotFound`].
+    pub async fn enqueue_command_if(
+        &self,
+        author: &str,
+        target: ObjectRef,
+        command: CommandKind,
+        payload: Value,
+        statuses: &[&'static str],
+    ) -> Result<std::result::Result<CommandId, String>> {
+        check_target(command, target)?;
+        let table = status_table(target)?;
+        let status_in = crate::row::status_in(statuses.iter().copied());
+        let missing = || StoreError::NotFound {
+            what: if target.kind == ObjectKind::Lease {
+                "lease"
+            } else {
+                "resource"
+            },
+            id: target.id.to_string(),
+        };
+        if self.dialect() == crate::Dialect::Postgres {
+            let now = now_ms();
+            let q = command_task(target, now)
+                .bind_to(query(enqueue_if_sql(table, &status_in)), now)
+                .bind(author)
+                .bind(target.kind.as_str())
+                .bind(target.id)
+                .bind(command.as_str())
+                .bind(to_json(&payload))
+                .bind(crate::queue::NOTIFY_CHANNEL)
+                .bind(self.notice_payload());
+            let rows = self.write_alone(q).await?;
+            let row = rows.first().ok_or_else(missing)?;
+            return Ok(match get::<Option<i64>>(row, "id")? {
+                Some(id) => Ok(CommandId(id)),
+                None => Err(get(row, "status")?),
+            });
+        }
+        let mut tx = self.begin().await?;
+        let status: Option<String> =
+            query_scalar(format!("SELECT status FROM {table} WHERE id = $1"))
+                .bind(target.id)
+                .fetch_optional(tx.conn().await?)
+                .await?;
+        let status = status.ok_or_else(missing)?;
+        if !statuses.contains(&status.as_str()) {
+            tx.rollback().await?;
+            return Ok(Err(status));
+        }
+        let id = tx.enqueue_command(author, target, command, payload).await?;
+        tx.commit().await?;
+        Ok(Ok(id))
     }
 
     /// Unconsumed commands of `target`, oldest first.

@@ -66,14 +66,33 @@ pub struct NewTask {
 /// (`concat!`).
 macro_rules! schedule_sql {
     () => {
-        "INSERT INTO tasks (kind, object_key, state, priority, run_at, attempts, max_attempts, claim_token, payload, created_at) \
-         VALUES ($1, $2, 'queued', $3, $4, 0, $5, 0, $6, $7) \
-         ON CONFLICT (object_key) WHERE state = 'queued' DO UPDATE SET \
+        concat!(
+            crate::queue::task_insert_sql!(),
+            " VALUES ($1, $2, 'queued', $3, $4, 0, $5, 0, $6, $7) ",
+            crate::queue::task_fold_sql!()
+        )
+    };
+}
+pub(crate) use schedule_sql;
+
+/// The head of [`schedule_sql!`]: the columns its values go to.
+macro_rules! task_insert_sql {
+    () => {
+        "INSERT INTO tasks (kind, object_key, state, priority, run_at, attempts, max_attempts, claim_token, payload, created_at)"
+    };
+}
+pub(crate) use task_insert_sql;
+
+/// The tail of [`schedule_sql!`]: a task for an object already queued is
+/// folded into that one.
+macro_rules! task_fold_sql {
+    () => {
+        "ON CONFLICT (object_key) WHERE state = 'queued' DO UPDATE SET \
            run_at = CASE WHEN excluded.run_at < tasks.run_at THEN excluded.run_at ELSE tasks.run_at END, \
            priority = CASE WHEN excluded.priority > tasks.priority THEN excluded.priority ELSE tasks.priority END"
     };
 }
-pub(crate) use schedule_sql;
+pub(crate) use task_fold_sql;
 
 impl NewTask {
     /// Bind this task as `$1..$7` of [`schedule_sql!`], created `now`.

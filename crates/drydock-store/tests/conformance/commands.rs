@@ -12,6 +12,7 @@ backend_tests!(
     enqueue_inserts_the_command_and_wakes_the_target_in_one_transaction,
     commands_are_consumed_in_order_exactly_once,
     commands_that_do_not_fit_the_target_are_refused,
+    a_command_sent_only_in_some_statuses_is_checked_with_its_write,
 );
 
 async fn enqueue_inserts_the_command_and_wakes_the_target_in_one_transaction(
@@ -115,5 +116,88 @@ async fn commands_that_do_not_fit_the_target_are_refused(db: &TestDb) -> anyhow:
         s.tasks_for("lease:1").await?.is_empty(),
         "nothing scheduled for a refused command"
     );
+    Ok(())
+}
+
+async fn a_command_sent_only_in_some_statuses_is_checked_with_its_write(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    use drydock_store::lease::NewLease;
+    let s = &db.store;
+    let lease = s
+        .insert_lease(&NewLease {
+            resource_type: "host".into(),
+            authorizing: "cli".into(),
+            ..Default::default()
+        })
+        .await?;
+    let obj = lease.object();
+    // PostgreSQL: other processes' workers hear of it.
+    let mut listener = match db.backend {
+        drydock_testkit::Backend::Postgres => {
+            let mut l = sqlx::postgres::PgListener::connect(&db.url).await?;
+            l.listen(drydock_store::queue::NOTIFY_CHANNEL).await?;
+            Some(l)
+        }
+        drydock_testkit::Backend::Sqlite => None,
+    };
+    // Allowed: the command and its target's task, as an enqueue.
+    let sent = s
+        .enqueue_command_if(
+            "user:a",
+            obj,
+            CommandKind::Release,
+            json!({}),
+            &["pending", "active"],
+        )
+        .await?;
+    let Ok(id) = sent else {
+        anyhow::bail!("refused: {sent:?}");
+    };
+    let pending = s.pending_commands(obj).await?;
+    ensure!(pending.len() == 1 && pending[0].id == id && pending[0].author == "user:a");
+    let tasks = s.tasks_for(&obj.key()).await?;
+    ensure!(tasks.len() == 1 && tasks[0].state == TaskState::Queued);
+    ensure!(tasks[0].priority == drydock_store::command::COMMAND_PRIORITY);
+    if let Some(l) = listener.as_mut() {
+        tokio::time::timeout(Duration::from_secs(5), l.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("no notification of the command"))??;
+    }
+
+    // Refused: the status is told, nothing more is stored.
+    let refused = s
+        .enqueue_command_if("user:b", obj, CommandKind::Release, json!({}), &["active"])
+        .await?;
+    ensure!(refused == Err("pending".to_owned()), "{refused:?}");
+    ensure!(s.pending_commands(obj).await?.len() == 1);
+    ensure!(s.tasks_for(&obj.key()).await?.len() == 1);
+
+    // A target that does not exist; a blueprint, which has no status.
+    ensure!(matches!(
+        s.enqueue_command_if(
+            "user:c",
+            ObjectRef::lease(LeaseId(lease.id.0 + 100)),
+            CommandKind::Release,
+            json!({}),
+            &["pending"],
+        )
+        .await,
+        Err(StoreError::NotFound { what: "lease", .. })
+    ));
+    ensure!(matches!(
+        s.enqueue_command_if(
+            "user:c",
+            ObjectRef::resource(ResourceId(77)),
+            CommandKind::Release,
+            json!({}),
+            &["active"],
+        )
+        .await,
+        Err(StoreError::NotFound {
+            what: "resource",
+            ..
+        })
+    ));
     Ok(())
 }
