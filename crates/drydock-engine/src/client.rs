@@ -393,25 +393,14 @@ pub async fn release_lease(
     id: LeaseId,
     author: &str,
 ) -> Result<CommandId, ClientError> {
-    let releasable: Vec<&'static str> = LeaseStatus::ALL
-        .iter()
-        .filter(|s| s.is_releasable())
-        .map(|s| s.as_str())
-        .collect();
-    let sent = store
-        .enqueue_command_if(
-            author,
-            ObjectRef::lease(id),
-            CommandKind::Release,
-            json!({}),
-            &releasable,
-        )
-        .await?;
-    sent.map_err(|status| ClientError::NotReleasable {
-        what: "lease",
-        id: id.0,
-        status,
-    })
+    let releasable = LeaseStatus::ALL.iter().filter(|s| s.is_releasable());
+    send_release(
+        store,
+        ObjectRef::lease(id),
+        releasable.map(|s| s.as_str()).collect(),
+        author,
+    )
+    .await
 }
 
 /// Ask a resource's worker to release it (and so its leases).
@@ -420,23 +409,30 @@ pub async fn release_resource(
     id: ResourceId,
     author: &str,
 ) -> Result<CommandId, ClientError> {
-    let releasable: Vec<&'static str> = ResourceStatus::ALL
-        .iter()
-        .filter(|s| s.is_releasable())
-        .map(|s| s.as_str())
-        .collect();
+    let releasable = ResourceStatus::ALL.iter().filter(|s| s.is_releasable());
+    send_release(
+        store,
+        ObjectRef::resource(id),
+        releasable.map(|s| s.as_str()).collect(),
+        author,
+    )
+    .await
+}
+
+/// Send `release` to `target` if its status is one of `releasable`
+/// (checked with the write).
+async fn send_release(
+    store: &Store,
+    target: ObjectRef,
+    releasable: Vec<&'static str>,
+    author: &str,
+) -> Result<CommandId, ClientError> {
     let sent = store
-        .enqueue_command_if(
-            author,
-            ObjectRef::resource(id),
-            CommandKind::Release,
-            json!({}),
-            &releasable,
-        )
+        .enqueue_command_if(author, target, CommandKind::Release, json!({}), &releasable)
         .await?;
     sent.map_err(|status| ClientError::NotReleasable {
-        what: "resource",
-        id: id.0,
+        what: target.kind.as_str(),
+        id: target.id,
         status,
     })
 }

@@ -211,6 +211,29 @@ impl Tx {
 }
 
 impl Store {
+    /// PostgreSQL: bind a command sent now, its target's task and the
+    /// notification as `$1..$14` of [`ENQUEUE_ALONE_SQL`] (or a statement
+    /// numbered alike).
+    fn bind_command(
+        &self,
+        q: crate::db::Query,
+        author: &str,
+        target: ObjectRef,
+        command: CommandKind,
+        payload: &Value,
+    ) -> crate::db::Query {
+        let now = now_ms();
+        command_task(target, now)
+            .bind_to(q, now)
+            .bind(author)
+            .bind(target.kind.as_str())
+            .bind(target.id)
+            .bind(command.as_str())
+            .bind(to_json(payload))
+            .bind(crate::queue::NOTIFY_CHANNEL)
+            .bind(self.notice_payload())
+    }
+
     /// Enqueue a command in its own transaction (on PostgreSQL one
     /// statement: [`Store::write_alone`]).
     pub async fn enqueue_command(
@@ -222,16 +245,7 @@ impl Store {
     ) -> Result<CommandId> {
         if self.dialect() == crate::Dialect::Postgres {
             check_target(command, target)?;
-            let now = now_ms();
-            let q = command_task(target, now)
-                .bind_to(query(ENQUEUE_ALONE_SQL), now)
-                .bind(author)
-                .bind(target.kind.as_str())
-                .bind(target.id)
-                .bind(command.as_str())
-                .bind(to_json(&payload))
-                .bind(crate::queue::NOTIFY_CHANNEL)
-                .bind(self.notice_payload());
+            let q = self.bind_command(query(ENQUEUE_ALONE_SQL), author, target, command, &payload);
             let rows = self.write_alone(q).await?;
             let row = rows
                 .first()
@@ -261,24 +275,12 @@ impl Store {
         let table = status_table(target)?;
         let status_in = crate::row::status_in(statuses.iter().copied());
         let missing = || StoreError::NotFound {
-            what: if target.kind == ObjectKind::Lease {
-                "lease"
-            } else {
-                "resource"
-            },
+            what: target.kind.as_str(),
             id: target.id.to_string(),
         };
         if self.dialect() == crate::Dialect::Postgres {
-            let now = now_ms();
-            let q = command_task(target, now)
-                .bind_to(query(enqueue_if_sql(table, &status_in)), now)
-                .bind(author)
-                .bind(target.kind.as_str())
-                .bind(target.id)
-                .bind(command.as_str())
-                .bind(to_json(&payload))
-                .bind(crate::queue::NOTIFY_CHANNEL)
-                .bind(self.notice_payload());
+            let sql = query(enqueue_if_sql(table, &status_in));
+            let q = self.bind_command(sql, author, target, command, &payload);
             let rows = self.write_alone(q).await?;
             let row = rows.first().ok_or_else(missing)?;
             return Ok(match get::<Option<i64>>(row, "id")? {
