@@ -73,7 +73,7 @@ impl Engine {
     /// of the blueprints' `version` (`None`: read now).
     async fn candidates(&self, lease: &Lease, version: Option<i64>) -> PassResult<Vec<Candidate>> {
         let mut candidates: Vec<Candidate> = Vec::new();
-        for bp in self.blueprints_as_of(version).await?.iter().cloned() {
+        for bp in self.blueprints_as_of(version).await?.iter() {
             if bp.disabled
                 || !(lease.blueprint_ids.is_empty() || lease.blueprint_ids.contains(&bp.id))
             {
@@ -82,7 +82,7 @@ impl Engine {
             if let Some(imp) = self.blueprints.get(&bp.kind)
                 && imp.resource_type() == lease.resource_type
             {
-                candidates.push((bp, imp.clone()));
+                candidates.push((bp.clone(), imp.clone()));
             }
         }
         Ok(candidates)
@@ -691,7 +691,7 @@ impl Engine {
         if acquisition.activate_now {
             crate::metrics::lease_activated(lease);
         } else {
-            tail.lease_on(fresh, bp.clone());
+            tail.lease_on(fresh, Some(bp.clone()));
         }
         Ok(Acquire::Acquired)
     }

@@ -76,13 +76,21 @@ impl Engine {
         let object = ObjectRef::lease(id);
         let done = self
             .locked(object, held, async |lock| {
-                let read = self.store.lease_for_pass(id).await?;
+                let LeaseForPass {
+                    lease,
+                    resource,
+                    commands,
+                    handed_over,
+                    blueprints_version,
+                } = self.store.lease_for_pass(id).await?;
                 let mut tail = Tail {
-                    blueprints_version: Some(read.blueprints_version),
+                    blueprints_version: Some(blueprints_version),
                     ..Tail::default()
                 };
-                let handed_over = read.handed_over;
-                let steps = self.lease_steps(read, lock, &mut tail).await;
+                if let Some(resource) = resource {
+                    tail.lease_on(resource, None);
+                }
+                let steps = self.lease_steps(lease, commands, lock, &mut tail).await;
                 if steps.is_err()
                     && let Err(c) = tail.commit().await
                 {
@@ -124,15 +132,13 @@ impl Engine {
     /// the lease as the steps left it (the last write may be in `tail`).
     async fn lease_steps(
         &self,
-        read: LeaseForPass,
+        mut lease: Lease,
+        commands: Vec<Command>,
         lock: &ObjectLock,
         tail: &mut Tail,
     ) -> PassResult<(Next, Lease)> {
-        let mut lease = read.lease;
         if lease.status.is_commandable() {
-            lease = self
-                .lease_commands(lease, read.resource, read.commands, lock, tail)
-                .await?;
+            lease = self.lease_commands(lease, commands, lock, tail).await?;
         }
         // A few steps per pass: pending -> acquired -> active, or
         // released -> destroyed, without another trip through the queue.
@@ -169,7 +175,6 @@ impl Engine {
     async fn lease_commands(
         &self,
         lease: Lease,
-        resource: Option<Resource>,
         commands: Vec<Command>,
         lock: &ObjectLock,
         tail: &mut Tail,
@@ -187,16 +192,13 @@ impl Engine {
             && lease.status.is_live()
             && (expired || commands.iter().any(|c| c.command == CommandKind::Release))
         {
-            let resource = match resource.filter(|r| r.id == rid) {
-                Some(r) => r,
-                None => self.store.resource(rid).await?,
-            };
+            let (resource, known) = self.resource_of_lease(tail, rid).await?;
             let bp = self
-                .blueprint_as_of(resource.blueprint_id, tail.blueprints_version)
+                .blueprint_of(&resource, known, tail.blueprints_version)
                 .await?;
             if let Ok((bp, imp)) = self.implementation(bp) {
                 teardown_is_local = imp.lease_hooks_are_local(&bp);
-                tail.lease_on(resource, bp);
+                tail.lease_on(resource, Some(bp));
             }
         }
         let mut tx = self.store.begin().await?;
@@ -327,10 +329,7 @@ impl Engine {
                 "acquired lease has no resource".into(),
             ));
         };
-        let (resource, blueprint) = match tail.take_lease_on(rid) {
-            Some((r, bp)) => (r, Some(bp)),
-            None => (self.store.resource(rid).await?, None),
-        };
+        let (resource, blueprint) = self.resource_of_lease(tail, rid).await?;
         match resource.status {
             drydock_model::ResourceStatus::Pending => {
                 let events = vec![events::resource(rid)];
@@ -350,10 +349,10 @@ impl Engine {
                 )))
             }
             drydock_model::ResourceStatus::Active => {
-                let (bp, imp) = match blueprint {
-                    Some(bp) => self.implementation(bp)?,
-                    None => self.implementation_of(&resource).await?,
-                };
+                let bp = self
+                    .blueprint_of(&resource, blueprint, tail.blueprints_version)
+                    .await?;
+                let (bp, imp) = self.implementation(bp)?;
                 if !imp.lease_hooks_are_local(&bp) {
                     tail.commit().await?;
                 }
@@ -420,14 +419,10 @@ impl Engine {
     ) -> PassResult<()> {
         let mut freed = None;
         if let Some(rid) = lease.resource_id {
-            let (resource, bp) = match tail.take_lease_on(rid) {
-                Some(on) => on,
-                None => {
-                    let resource = self.store.resource(rid).await?;
-                    let bp = self.store.blueprint(resource.blueprint_id).await?;
-                    (resource, bp)
-                }
-            };
+            let (resource, known) = self.resource_of_lease(tail, rid).await?;
+            let bp = self
+                .blueprint_of(&resource, known, tail.blueprints_version)
+                .await?;
             let (bp, imp) = self.implementation(bp)?;
             if !imp.lease_hooks_are_local(&bp) {
                 tail.commit().await?;

@@ -130,13 +130,13 @@ pub(crate) type PassResult<T> = Result<T, PassError>;
 /// connection is this one), remote work, the end of a pass outside the
 /// queue — commits it first with [`Tail::commit`].
 ///
-/// It also carries the resource and blueprint a lease was just acquired on
-/// (read in the acquiring transaction), so the activation that follows in
-/// the same pass does not read them again.
+/// It also carries the resource a lease is on as the pass last read it
+/// (with the lease, or in the acquiring transaction, with its blueprint),
+/// so the step that follows does not read it again; a step takes it once.
 #[derive(Default)]
 pub(crate) struct Tail {
     tx: Option<Tx>,
-    lease_on: Option<(Resource, Blueprint)>,
+    lease_on: Option<(Resource, Option<Blueprint>)>,
     /// The blueprints' version the pass read with its lease.
     pub(crate) blueprints_version: Option<i64>,
 }
@@ -166,15 +166,10 @@ impl Tail {
         self.tx
     }
 
-    /// Remember the resource a lease is on and its blueprint, as this pass
-    /// read them (the acquiring transaction, or before a release).
-    pub(crate) fn lease_on(&mut self, resource: Resource, blueprint: Blueprint) {
+    /// Remember the resource a lease is on (and its blueprint, if read), as
+    /// this pass read them.
+    pub(crate) fn lease_on(&mut self, resource: Resource, blueprint: Option<Blueprint>) {
         self.lease_on = Some((resource, blueprint));
-    }
-
-    /// What this pass read the lease to be on, if it was `resource`.
-    pub(crate) fn take_lease_on(&mut self, resource: ResourceId) -> Option<(Resource, Blueprint)> {
-        self.lease_on.take().filter(|(r, _)| r.id == resource)
     }
 }
 
@@ -213,6 +208,34 @@ impl Engine {
             *cache() = Some((v, list.clone()));
         }
         Ok(list)
+    }
+
+    /// The resource `rid` a lease is on, as this pass last read it (taken
+    /// from `tail`), or else read now; and its blueprint if the pass read
+    /// it too.
+    pub(crate) async fn resource_of_lease(
+        &self,
+        tail: &mut Tail,
+        rid: ResourceId,
+    ) -> Result<(Resource, Option<Blueprint>), StoreError> {
+        match tail.lease_on.take().filter(|(r, _)| r.id == rid) {
+            Some(on) => Ok(on),
+            None => Ok((self.store.resource(rid).await?, None)),
+        }
+    }
+
+    /// The blueprint of `resource`: `known` if the pass has it, or else as
+    /// of the blueprints' `version` the pass read.
+    pub(crate) async fn blueprint_of(
+        &self,
+        resource: &Resource,
+        known: Option<Blueprint>,
+        version: Option<i64>,
+    ) -> Result<Blueprint, StoreError> {
+        match known {
+            Some(bp) => Ok(bp),
+            None => self.blueprint_as_of(resource.blueprint_id, version).await,
+        }
     }
 
     /// Blueprint `id`, as of `version` (see [`Engine::blueprints_as_of`]).
