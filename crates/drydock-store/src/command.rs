@@ -7,7 +7,7 @@
 //! consume of the same command reports `false` and does nothing.
 
 use crate::db::{Db, Row, query, query_scalar};
-use crate::queue::NewTask;
+use crate::queue::{NewTask, TASK_FOLD_SQL, TASK_INSERT_SQL};
 use crate::row::{get, json, to_json};
 use crate::{Result, Store, StoreError, Tx, now_ms};
 use drydock_model::{CommandId, CommandKind, ObjectKind, ObjectRef};
@@ -116,30 +116,33 @@ fn command_task(target: ObjectRef, now: i64) -> NewTask {
 }
 
 /// PostgreSQL: a command and its target's update task in one statement
-/// (the task `$1..$7`, the command `$8..$12`, the notification `$13, $14`).
-const ENQUEUE_ALONE_SQL: &str = concat!(
-    "WITH t AS (",
-    crate::queue::schedule_sql!(),
-    "), c AS (INSERT INTO commands (author, target_kind, target_id, command, payload, consumed, created_at, modified_at) \
-       VALUES ($8, $9, $10, $11, $12, 0, $7, $7) RETURNING id), \
-     n AS (SELECT pg_notify($13, $14)) \
-     SELECT c.id FROM c, n"
-);
-
-/// PostgreSQL: [`ENQUEUE_ALONE_SQL`] only while the target (`$10` in
-/// `table`) has one of the statuses of `status_in`; answers the target's
-/// status and, if sent, the command's id.
-fn enqueue_if_sql(table: &str, status_in: &str) -> String {
+/// (the task `$1..$7`, the command `$8..$12`, the notification `$13,
+/// $14`), answering the command's id. With `only_if` (the target's table
+/// and a condition on its status), only while the target (`$10`) meets it;
+/// it then also answers the target's status (and no id when refused).
+fn enqueue_alone_sql(only_if: Option<(&str, &str)>) -> String {
+    let (guard, from_ok, answer) = match only_if {
+        Some((table, status_in)) => (
+            format!(
+                "o AS (SELECT status FROM {table} WHERE id = $10), \
+                 ok AS (SELECT 1 FROM o WHERE {status_in}), "
+            ),
+            " FROM ok",
+            "SELECT o.status, (SELECT id FROM c) AS id, (SELECT COUNT(*) FROM n) AS notified FROM o",
+        ),
+        None => (
+            String::new(),
+            "",
+            "SELECT c.id, (SELECT COUNT(*) FROM n) AS notified FROM c",
+        ),
+    };
     format!(
-        "WITH o AS (SELECT status FROM {table} WHERE id = $10), \
-         ok AS (SELECT 1 FROM o WHERE {status_in}), \
-         t AS ({} SELECT $1, $2, 'queued', $3, $4, 0, $5, 0, $6, $7 FROM ok {}), \
+        "WITH {guard}\
+         t AS ({TASK_INSERT_SQL} SELECT $1, $2, 'queued', $3, $4, 0, $5, 0, $6, $7{from_ok} {TASK_FOLD_SQL}), \
          c AS (INSERT INTO commands (author, target_kind, target_id, command, payload, consumed, created_at, modified_at) \
-           SELECT $8, $9, $10, $11, $12, 0, $7, $7 FROM ok RETURNING id), \
-         n AS (SELECT pg_notify($13, $14) FROM ok) \
-         SELECT o.status, (SELECT id FROM c) AS id, (SELECT COUNT(*) FROM n) AS notified FROM o",
-        crate::queue::task_insert_sql!(),
-        crate::queue::task_fold_sql!(),
+           SELECT $8, $9, $10, $11, $12, 0, $7, $7{from_ok} RETURNING id), \
+         n AS (SELECT pg_notify($13, $14){from_ok}) \
+         {answer}"
     )
 }
 
@@ -212,8 +215,7 @@ impl Tx {
 
 impl Store {
     /// PostgreSQL: bind a command sent now, its target's task and the
-    /// notification as `$1..$14` of [`ENQUEUE_ALONE_SQL`] (or a statement
-    /// numbered alike).
+    /// notification as `$1..$14` of [`enqueue_alone_sql`].
     fn bind_command(
         &self,
         q: crate::db::Query,
@@ -245,7 +247,8 @@ impl Store {
     ) -> Result<CommandId> {
         if self.dialect() == crate::Dialect::Postgres {
             check_target(command, target)?;
-            let q = self.bind_command(query(ENQUEUE_ALONE_SQL), author, target, command, &payload);
+            let sql = query(enqueue_alone_sql(None));
+            let q = self.bind_command(sql, author, target, command, &payload);
             let rows = self.write_alone(q).await?;
             let row = rows
                 .first()
@@ -279,7 +282,7 @@ impl Store {
             id: target.id.to_string(),
         };
         if self.dialect() == crate::Dialect::Postgres {
-            let sql = query(enqueue_if_sql(table, &status_in));
+            let sql = query(enqueue_alone_sql(Some((table, &status_in))));
             let q = self.bind_command(sql, author, target, command, &payload);
             let rows = self.write_alone(q).await?;
             let row = rows.first().ok_or_else(missing)?;

@@ -5,9 +5,9 @@
 
 use crate::command::Command;
 use crate::db::{Row, query, query_as, query_scalar};
-use crate::log::{NewLog, PendingLog};
+use crate::log::{LOGS_INSERT_SQL, NewLog, PendingLog};
 use crate::object_lock::{ObjectLock, fence_condition};
-use crate::queue::NewTask;
+use crate::queue::{NewTask, TASK_INSERT_SQL};
 use crate::row::{get, json, opt_json, parsed, to_json};
 use crate::{Result, Store, StoreError, Tx, now_ms};
 use drydock_model::{BlueprintId, LeaseId, LeaseStatus, ObjectKind, ObjectRef, ResourceId};
@@ -131,11 +131,9 @@ fn bind_new(q: crate::db::Query, new: &NewLease, now: i64) -> Result<crate::db::
 static REQUEST_ALONE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH l AS ({INSERT_SQL} RETURNING {COLUMNS}), \
-         t AS (INSERT INTO tasks (kind, object_key, state, priority, run_at, attempts, max_attempts, \
-                 claim_token, payload, created_at) \
+         t AS ({TASK_INSERT_SQL} \
                SELECT $9, $10::text || l.id, 'queued', l.priority, l.created_at, 0, $11, 0, $12, $8 FROM l), \
-         g AS (INSERT INTO logs (epoch, blueprint_id, resource_id, lease_id, type, data) \
-               SELECT $13, $14, $15, l.id, $16, $17 FROM l), \
+         g AS ({LOGS_INSERT_SQL} SELECT $13, $14, $15, l.id, $16, $17 FROM l), \
          n AS (SELECT pg_notify($18, $19)) \
          SELECT l.* FROM l, n"
     )

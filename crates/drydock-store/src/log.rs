@@ -116,11 +116,13 @@ impl Tx {
     }
 }
 
+/// The head of an `INSERT` of events: the columns their values go to.
+pub(crate) const LOGS_INSERT_SQL: &str =
+    "INSERT INTO logs (epoch, blueprint_id, resource_id, lease_id, type, data)";
+
 /// One `INSERT` of `logs` (at least one), in order, returning their ids.
 pub(crate) fn logs_insert(logs: Vec<PendingLog>) -> crate::db::Query {
-    let mut sql = String::from(
-        "INSERT INTO logs (epoch, blueprint_id, resource_id, lease_id, type, data) VALUES ",
-    );
+    let mut sql = format!("{LOGS_INSERT_SQL} VALUES ");
     for i in 0..logs.len() {
         let n = i * 6;
         let sep = if i == 0 { "" } else { ", " };

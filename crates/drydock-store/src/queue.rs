@@ -60,42 +60,27 @@ pub struct NewTask {
     pub max_attempts: i64,
 }
 
-/// Insert a queued task, or fold it into its object's queued task (the
-/// earlier `run_at` and the higher priority of the two): `$1..$7` bound by
-/// [`NewTask::bind_to`]. A macro, so that statements can build on it
-/// (`concat!`).
-macro_rules! schedule_sql {
-    () => {
-        concat!(
-            crate::queue::task_insert_sql!(),
-            " VALUES ($1, $2, 'queued', $3, $4, 0, $5, 0, $6, $7) ",
-            crate::queue::task_fold_sql!()
-        )
-    };
-}
-pub(crate) use schedule_sql;
+/// The head of [`SCHEDULE_SQL`]: the columns a task's values go to.
+pub(crate) const TASK_INSERT_SQL: &str = "INSERT INTO tasks (kind, object_key, state, priority, run_at, \
+     attempts, max_attempts, claim_token, payload, created_at)";
 
-/// The head of [`schedule_sql!`]: the columns its values go to.
-macro_rules! task_insert_sql {
-    () => {
-        "INSERT INTO tasks (kind, object_key, state, priority, run_at, attempts, max_attempts, claim_token, payload, created_at)"
-    };
-}
-pub(crate) use task_insert_sql;
+/// The tail of [`SCHEDULE_SQL`]: a task for an object already queued is
+/// folded into that one (the earlier `run_at` and the higher priority of
+/// the two).
+pub(crate) const TASK_FOLD_SQL: &str = "ON CONFLICT (object_key) WHERE state = 'queued' DO UPDATE SET \
+     run_at = CASE WHEN excluded.run_at < tasks.run_at THEN excluded.run_at ELSE tasks.run_at END, \
+     priority = CASE WHEN excluded.priority > tasks.priority THEN excluded.priority ELSE tasks.priority END";
 
-/// The tail of [`schedule_sql!`]: a task for an object already queued is
-/// folded into that one.
-macro_rules! task_fold_sql {
-    () => {
-        "ON CONFLICT (object_key) WHERE state = 'queued' DO UPDATE SET \
-           run_at = CASE WHEN excluded.run_at < tasks.run_at THEN excluded.run_at ELSE tasks.run_at END, \
-           priority = CASE WHEN excluded.priority > tasks.priority THEN excluded.priority ELSE tasks.priority END"
-    };
-}
-pub(crate) use task_fold_sql;
+/// Insert a queued task, or fold it into its object's queued task, and
+/// answer its id: `$1..$7` bound by [`NewTask::bind_to`].
+static SCHEDULE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{TASK_INSERT_SQL} VALUES ($1, $2, 'queued', $3, $4, 0, $5, 0, $6, $7) {TASK_FOLD_SQL} RETURNING id"
+    )
+});
 
 impl NewTask {
-    /// Bind this task as `$1..$7` of [`schedule_sql!`], created `now`.
+    /// Bind this task as `$1..$7` of [`SCHEDULE_SQL`], created `now`.
     pub(crate) fn bind_to(&self, q: crate::db::Query, now: i64) -> crate::db::Query {
         q.bind(&self.kind)
             .bind(&self.object_key)
@@ -259,7 +244,7 @@ impl Tx {
     /// queued task, that one is kept (with the earlier `run_at` and higher
     /// priority of the two) and its id returned.
     pub async fn schedule(&mut self, task: NewTask) -> Result<TaskId> {
-        let q = task.bind_to(query(concat!(schedule_sql!(), " RETURNING id")), now_ms());
+        let q = task.bind_to(query(SCHEDULE_SQL.as_str()), now_ms());
         let id: i64 = get(&q.fetch_one(self.conn().await?).await?, "id")?;
         self.notify_workers().await?;
         Ok(TaskId(id))
