@@ -23,7 +23,6 @@ mod resource_worker;
 use blueprint::{BlueprintError, Registry};
 use drydock_model::{LeaseId, ObjectKind, ObjectRef, ResourceId};
 use drydock_store::blueprint::Blueprint;
-use drydock_store::command::Command;
 use drydock_store::object_lock::ObjectLock;
 use drydock_store::queue::{ClaimedTask, DEFAULT_MAX_ATTEMPTS, Handled, Handler, Outcome};
 use drydock_store::resource::Resource;
@@ -373,22 +372,6 @@ impl Engine {
                 reason: m,
             }),
         }
-    }
-
-    /// The object's unconsumed commands, read in the write transaction that
-    /// will consume them; `None` when there are none and nothing `expired`.
-    /// No command is the common case, so it looks without the writer first
-    /// (a command sent after that look wakes the object for another pass).
-    pub(crate) async fn commands_to_consume(
-        &self,
-        object: ObjectRef,
-        expired: bool,
-    ) -> PassResult<Option<Vec<Command>>> {
-        // Read outside the transaction: only this object's update worker
-        // (the caller, under its lock) consumes them, and one sent after
-        // this read has its own task and is consumed by the next pass.
-        let commands = self.store.pending_commands(object).await?;
-        Ok((!commands.is_empty() || expired).then_some(commands))
     }
 
     /// Run `work` under `held` (a lock the caller holds and renews, such as

@@ -116,9 +116,13 @@ impl Engine {
     ) -> PassResult<Resource> {
         let now = now_ms();
         let expired = resource.until.is_some_and(|u| u <= now);
-        let Some(commands) = self.commands_to_consume(resource.object(), expired).await? else {
+        // Read outside the transaction: only this resource's update worker
+        // (the caller, under its lock) consumes them, and one sent after
+        // this read has its own task and is consumed by the next pass.
+        let commands = self.store.pending_commands(resource.object()).await?;
+        if commands.is_empty() && !expired {
             return Ok(resource);
-        };
+        }
         let mut tx = self.store.begin().await?;
         let r = tx.resource_for_update(resource.id).await?;
         let mut release_by: Option<String> = None;

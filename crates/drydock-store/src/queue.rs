@@ -740,7 +740,7 @@ impl Store {
                                 };
                                 let Some(inner) = weak.upgrade() else { return };
                                 let Some(got) = got else {
-                                    if inner.listen_for.load(Ordering::SeqCst) & !channels != 0 {
+                                    if wants_more(&inner, channels) {
                                         // Listen again, for more: what was
                                         // sent meanwhile is looked for.
                                         break;
@@ -784,7 +784,7 @@ impl Store {
                         }
                         let Some(inner) = weak.upgrade() else { return };
                         reconnected = true;
-                        if inner.listen_for.load(Ordering::SeqCst) & !channels != 0 {
+                        if wants_more(&inner, channels) {
                             continue;
                         }
                         drop(inner);
@@ -799,6 +799,12 @@ impl Store {
             self.inner.listen_more.notify_one();
         }
     }
+}
+
+/// Whether this process now needs channels beyond `channels`, the ones
+/// its listener listens to.
+fn wants_more(inner: &crate::Inner, channels: u8) -> bool {
+    inner.listen_for.load(Ordering::SeqCst) & !channels != 0
 }
 
 /// How often the SQLite watch looks at `PRAGMA data_version` while the

@@ -122,15 +122,8 @@ async fn commands_that_do_not_fit_the_target_are_refused(db: &TestDb) -> anyhow:
 async fn a_command_sent_only_in_some_statuses_is_checked_with_its_write(
     db: &TestDb,
 ) -> anyhow::Result<()> {
-    use drydock_store::lease::NewLease;
     let s = &db.store;
-    let lease = s
-        .insert_lease(&NewLease {
-            resource_type: "host".into(),
-            authorizing: "cli".into(),
-            ..Default::default()
-        })
-        .await?;
+    let lease = s.insert_lease(&crate::host_lease()).await?;
     let obj = lease.object();
     // PostgreSQL: other processes' workers hear of it.
     let mut listener = match db.backend {

@@ -2,7 +2,6 @@
 
 use anyhow::ensure;
 use drydock_store::StoreError;
-use drydock_store::lease::NewLease;
 use drydock_testkit::{TestDb, wait_until};
 use std::time::Duration;
 
@@ -58,13 +57,7 @@ async fn contention_is_not_an_error_and_expiry_allows_takeover_with_a_larger_tok
 
 async fn a_taken_over_holder_cannot_write(db: &TestDb) -> anyhow::Result<()> {
     let s = &db.store;
-    let lease = s
-        .insert_lease(&NewLease {
-            resource_type: "host".into(),
-            authorizing: "cli".into(),
-            ..Default::default()
-        })
-        .await?;
+    let lease = s.insert_lease(&crate::host_lease()).await?;
     let name = lease.object().key();
     let stale = s
         .try_lock(&name, "slow", Duration::from_millis(50))

@@ -15,3 +15,12 @@ mod records;
 mod schema;
 mod slots;
 mod stress;
+
+/// A pending lease on a host, to write and wait for.
+fn host_lease() -> drydock_store::lease::NewLease {
+    drydock_store::lease::NewLease {
+        resource_type: "host".into(),
+        authorizing: "cli".into(),
+        ..Default::default()
+    }
+}

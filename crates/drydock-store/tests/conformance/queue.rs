@@ -408,7 +408,7 @@ async fn a_lease_request_stores_the_lease_its_event_and_its_update_task_at_once(
     let s = &db.store;
     let new = NewLease {
         priority: 7,
-        ..host_lease()
+        ..crate::host_lease()
     };
     let queued = || NewLog::new("lease.queued").data(json!({ "type": "host" }));
     let lease = s.request_lease(&new, queued()).await?;
@@ -469,7 +469,7 @@ async fn a_lease_request_stores_the_lease_its_event_and_its_update_task_at_once(
     let before = count().await?;
     let bad = NewLease {
         resource_type: String::new(),
-        ..host_lease()
+        ..crate::host_lease()
     };
     ensure!(matches!(
         s.request_lease(&bad, queued()).await,
@@ -598,8 +598,8 @@ async fn a_commit_wakes_one_idle_worker_not_all(db: &TestDb) -> anyhow::Result<(
 async fn a_lease_reader_wakes_for_its_own_lease_only(db: &TestDb) -> anyhow::Result<()> {
     let s = &db.store;
     let (a, b) = (
-        s.insert_lease(&host_lease()).await?,
-        s.insert_lease(&host_lease()).await?,
+        s.insert_lease(&crate::host_lease()).await?,
+        s.insert_lease(&crate::host_lease()).await?,
     );
     let mut signal = s.lease_signal(a.id).await;
     let (tx_woken, mut woken) = tokio::sync::oneshot::channel();
@@ -688,7 +688,7 @@ async fn a_lease_reader_wakes_for_another_processes_write(db: &TestDb) -> anyhow
 /// How long a reader of a lease in `s` waits for `writer` (another
 /// process) to write it.
 async fn reader_woken_by_another_process(s: &Store, writer: &Store) -> anyhow::Result<Duration> {
-    let lease = s.insert_lease(&host_lease()).await?;
+    let lease = s.insert_lease(&crate::host_lease()).await?;
     let mut signal = s.lease_signal(lease.id).await;
     let woken = std::sync::atomic::AtomicBool::new(false);
     let started = Instant::now();
@@ -756,24 +756,14 @@ async fn transactions_cancelled_at_any_point_leave_the_writer_clean(
     Ok(())
 }
 
-/// Write a note into lease `id` under its lock, as its worker would.
-/// A pending lease on a host, to write and wait for.
-fn host_lease() -> drydock_store::lease::NewLease {
-    drydock_store::lease::NewLease {
-        resource_type: "host".into(),
-        authorizing: "cli".into(),
-        ..Default::default()
-    }
-}
-
 async fn a_lease_pass_reads_its_lease_resource_commands_hand_offs_and_blueprints_version_at_once(
     db: &TestDb,
 ) -> anyhow::Result<()> {
     use drydock_model::{CommandKind, ResourceId};
     use serde_json::json;
     let s = &db.store;
-    let lease = s.insert_lease(&host_lease()).await?;
-    let other = s.insert_lease(&host_lease()).await?;
+    let lease = s.insert_lease(&crate::host_lease()).await?;
+    let other = s.insert_lease(&crate::host_lease()).await?;
     let (obj, other_obj) = (ObjectRef::lease(lease.id), ObjectRef::lease(other.id));
 
     let read = s.lease_for_pass(lease.id).await?;
@@ -901,7 +891,7 @@ async fn a_lease_write_put_off_to_the_commit_is_written_once_or_superseded(
     db: &TestDb,
 ) -> anyhow::Result<()> {
     let s = &db.store;
-    let lease = s.insert_lease(&host_lease()).await?;
+    let lease = s.insert_lease(&crate::host_lease()).await?;
     let lock = s
         .try_lock(&lease.object().key(), "w", TTL)
         .await?
@@ -973,7 +963,7 @@ async fn side_writes_are_seen_by_the_next_statement_and_kept_or_undone_with_thei
     use drydock_model::CommandKind;
     use serde_json::json;
     let s = &db.store;
-    let lease = s.insert_lease(&host_lease()).await?;
+    let lease = s.insert_lease(&crate::host_lease()).await?;
     let obj = lease.object();
     let lock = s.try_lock(&obj.key(), "w", TTL).await?.context("lock")?;
     let key = vec!["slot.a".to_owned()];
@@ -1060,6 +1050,7 @@ async fn side_writes_are_seen_by_the_next_statement_and_kept_or_undone_with_thei
     Ok(())
 }
 
+/// Write a note into lease `id` under its lock, as its worker would.
 async fn write_lease(s: &Store, id: LeaseId, note: &str) -> anyhow::Result<()> {
     let lock = s
         .try_lock(&ObjectRef::lease(id).key(), "w", TTL)
@@ -1252,7 +1243,7 @@ async fn a_lease_reader_is_given_what_this_process_wrote_but_reads_another_proce
 ) -> anyhow::Result<()> {
     let s = &db.store;
     let other = db.connect_again().await;
-    let lease = s.insert_lease(&host_lease()).await?;
+    let lease = s.insert_lease(&crate::host_lease()).await?;
     let mut signal = s.lease_signal(lease.id).await;
     ensure!(signal.written().is_none(), "nothing written yet");
     write_lease(s, lease.id, "here").await?;

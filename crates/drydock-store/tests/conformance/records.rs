@@ -468,11 +468,7 @@ async fn each_resource_counts_the_leases_that_hold_or_wait_for_it(
             })
             .collect())
     };
-    let new = NewLease {
-        resource_type: "host".into(),
-        authorizing: "cli".into(),
-        ..Default::default()
-    };
+    let new = crate::host_lease();
     let (a, b) = (s.insert_lease(&new).await?, s.insert_lease(&new).await?);
     let step = async |id, status, resource: Option<drydock_model::ResourceId>| {
         let lock = s
@@ -533,11 +529,7 @@ async fn postgres_leases_on_one_resource_share_its_row_and_its_release_waits_for
             .create_blueprint("admin", "bp", "host.local", Map::new())
             .await?;
         let r = resource(s, bp.id, ResourceStatus::Active, json!({})).await?;
-        let new = NewLease {
-            resource_type: "host".into(),
-            authorizing: "cli".into(),
-            ..Default::default()
-        };
+        let new = crate::host_lease();
         let (a, b) = (s.insert_lease(&new).await?, s.insert_lease(&new).await?);
         let acquire = async |lease: &drydock_store::lease::Lease| {
             let lock = s
