@@ -637,8 +637,9 @@ impl Store {
             .await
     }
 
-    /// When the next task becomes runnable: the earliest queued `run_at` or
-    /// claim expiry. `None` when nothing is waiting.
+    /// When the next task becomes runnable: the earliest queued `run_at`
+    /// (of a task not waiting for its object's live claim to end) or claim
+    /// expiry. `None` when nothing is waiting.
     pub async fn next_due(&self) -> Result<Option<i64>> {
         next_due_in(&mut self.reader().await?.raw).await
     }
@@ -839,22 +840,34 @@ impl Store {
         self.inner
             .listener
             .get_or_init(|| async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                let path = crate::connect::sqlite_path(&url);
+                let Ok(mut conn) = crate::pool::open_sqlite(path).map(Db::Sqlite) else {
+                    tracing::warn!(
+                        "cannot watch the database for other processes' work; polling instead"
+                    );
+                    return;
+                };
+                // The first reading is taken before whoever asked looks for
+                // work or reads a lease: a commit after that look is seen.
+                let mut done_before_last = weak
+                    .upgrade()
+                    .map_or(0, |inner| inner.commits_done.load(SeqCst));
+                let mut last: Option<i64> = query_scalar("PRAGMA data_version")
+                    .fetch_one(&mut conn)
+                    .await
+                    .ok();
+                // Lease id -> version at the last look, for the leases
+                // someone here waits for: those waited for already are read
+                // before their readers read them.
+                let mut seen = std::collections::HashMap::new();
+                if let Some(inner) = weak.upgrade() {
+                    let waited = Store { inner }.waited_versions(&mut conn, &mut seen).await;
+                    seen.extend(waited.unwrap_or_default());
+                }
                 tokio::spawn(async move {
-                    let path = crate::connect::sqlite_path(&url);
-                    let Ok(mut conn) = crate::pool::open_sqlite(path).map(Db::Sqlite) else {
-                        tracing::warn!(
-                            "cannot watch the database for other processes' work; polling instead"
-                        );
-                        return;
-                    };
-                    let mut last: Option<i64> = None;
-                    // Lease id -> version at the last look, for the leases
-                    // someone here waits for.
-                    let mut seen = std::collections::HashMap::new();
-                    let mut done_before_last = 0;
                     let mut changed_at = tokio::time::Instant::now();
                     loop {
-                        use std::sync::atomic::Ordering::SeqCst;
                         let busy = changed_at.elapsed() < SQLITE_WATCH_BUSY_FOR
                             || weak
                                 .upgrade()
@@ -893,6 +906,27 @@ impl Store {
             .await;
     }
 
+    /// The versions of the leases somebody here waits for; `seen` keeps
+    /// only those leases.
+    async fn waited_versions(
+        &self,
+        conn: &mut Db,
+        seen: &mut std::collections::HashMap<i64, i64>,
+    ) -> Result<Vec<(i64, i64)>> {
+        let waited: Vec<i64> = self.lease_waiters().keys().copied().collect();
+        seen.retain(|id, _| waited.contains(id));
+        if waited.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Integers formatted, never text from input.
+        let ids: Vec<String> = waited.iter().map(i64::to_string).collect();
+        let sql = format!(
+            "SELECT id, version FROM leases WHERE id IN ({})",
+            ids.join(", ")
+        );
+        query_as(sql).fetch_all(conn).await
+    }
+
     /// See [`Store::ensure_sqlite_watcher`].
     async fn look_after_change(
         &self,
@@ -903,18 +937,7 @@ impl Store {
         if foreign || runnable_now(&mut *conn).await? {
             self.more_tasks_maybe();
         }
-        let waited: Vec<i64> = self.lease_waiters().keys().copied().collect();
-        seen.retain(|id, _| waited.contains(id));
-        if waited.is_empty() {
-            return Ok(());
-        }
-        // Integers formatted, never text from input.
-        let ids: Vec<String> = waited.iter().map(i64::to_string).collect();
-        let sql = format!(
-            "SELECT id, version FROM leases WHERE id IN ({})",
-            ids.join(", ")
-        );
-        let versions: Vec<(i64, i64)> = query_as(sql).fetch_all(&mut *conn).await?;
+        let versions = self.waited_versions(conn, seen).await?;
         // A lease seen for the first time wakes its readers too: they may
         // have read it before the change this look found.
         // A version this process wrote itself woke its readers already.
@@ -949,15 +972,18 @@ impl Store {
     /// it, when no other process's change has been heard of since: a reader
     /// woken by this process's write need not read the lease back.
     pub async fn lease_signal(&self, id: LeaseId) -> LeaseSignal<'_> {
-        self.ensure_listener(LISTEN_CHANGES).await;
-        let (notify, written) = {
-            let mut waiters = self.lease_waiters();
+        let register = |waiters: &mut std::collections::HashMap<i64, LeaseWaiters>| {
             let entry = waiters.entry(id.0).or_insert_with(|| LeaseWaiters {
                 notify: Arc::new(tokio::sync::Notify::new()),
                 written: None,
             });
             (entry.notify.clone(), entry.written.clone())
         };
+        // Known before the listener starts (a SQLite watcher starting now
+        // reads the versions of the leases waited for first).
+        register(&mut self.lease_waiters());
+        self.ensure_listener(LISTEN_CHANGES).await;
+        let (notify, written) = register(&mut self.lease_waiters());
         let mut lease = Box::pin(notify.notified_owned());
         lease.as_mut().enable();
         let mut any = Box::pin(self.inner.changed.notified());
@@ -1253,12 +1279,19 @@ async fn runnable_now(db: &mut Db) -> Result<bool> {
     Ok(due.is_some())
 }
 
-const NEXT_DUE_SQL: &str = "SELECT (SELECT MIN(run_at) FROM tasks WHERE state = 'queued'), \
+/// A queued task whose object has a task under a live claim (at `$1`) is
+/// not due before that claim ends — the second part — and the completion
+/// that ends it tells the workers ([`set_state`]): counting it due would
+/// set idle workers claiming in a loop, finding nothing, until then.
+const NEXT_DUE_SQL: &str = "SELECT (SELECT MIN(t.run_at) FROM tasks t WHERE t.state = 'queued' \
+       AND (t.object_key IS NULL OR t.object_key NOT IN (SELECT o.object_key FROM tasks o \
+            WHERE o.state = 'claimed' AND o.claim_expires_at >= $1 AND o.object_key IS NOT NULL))), \
      (SELECT MIN(claim_expires_at) FROM tasks WHERE state = 'claimed')";
 
 /// When the next task becomes runnable (see [`Store::next_due`]).
 async fn next_due_in(db: &mut Db) -> Result<Option<i64>> {
-    let (a, b): (Option<i64>, Option<i64>) = query_as(NEXT_DUE_SQL).fetch_one(db).await?;
+    let (a, b): (Option<i64>, Option<i64>) =
+        query_as(NEXT_DUE_SQL).bind(now_ms()).fetch_one(db).await?;
     Ok(match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -1289,20 +1322,37 @@ async fn set_state(
             .bind(task.token)
     };
     let (lock, dialect) = (task.lock.as_ref(), tx.dialect());
-    match lock {
-        // One statement: the object's lock is let go with its task.
-        Some(lock) if dialect == Dialect::Postgres => {
+    match (&task.object_key, dialect) {
+        // One statement: the object's lock is let go with its task, and
+        // whether another task of the object waits for it is read.
+        (Some(key), Dialect::Postgres) => {
+            let unlock = match lock {
+                Some(_) => {
+                    ", u AS (UPDATE object_locks SET owner = NULL, expires_at = 0 \
+                       WHERE name = $8 AND token = $9 AND EXISTS (SELECT 1 FROM t))"
+                }
+                None => "",
+            };
             let sql = format!(
-                "WITH t AS ({UPDATE} RETURNING 1), \
-                 u AS (UPDATE object_locks SET owner = NULL, expires_at = 0 \
-                   WHERE name = $8 AND token = $9 AND EXISTS (SELECT 1 FROM t)) \
-                 SELECT COUNT(*) AS n FROM t"
+                "WITH t AS ({UPDATE} RETURNING 1){unlock} \
+                 SELECT COUNT(*) AS n, \
+                   EXISTS (SELECT 1 FROM tasks WHERE object_key = $8 AND state = 'queued') AS waiting \
+                 FROM t"
             );
+            let mut q = q(sql.into()).bind(key.as_str());
+            if let Some(lock) = lock {
+                q = q.bind(lock.token);
+            }
             // The transaction's side writes ride with it.
-            let q = q(sql.into()).bind(&lock.name).bind(lock.token);
             let row = tx.with_side_writes(q).fetch_one(tx.raw()).await?;
+            if row.get::<bool>("waiting")? {
+                // It waited for this task's claim to end, so idle workers
+                // did not count it as due ([`Store::next_due`]): tell them.
+                tx.notify_workers().await?;
+            }
             Ok(row.get::<i64>("n")? as u64)
         }
+        // SQLite: other processes' workers look at every commit they see.
         _ => {
             let n = q(UPDATE.into())
                 .execute(tx.conn().await?)

@@ -41,6 +41,7 @@ backend_tests!(
     a_dropped_transaction_is_rolled_back_and_frees_the_writer,
     transactions_cancelled_at_any_point_leave_the_writer_clean,
     a_busy_worker_claims_its_next_task_with_the_last_ones_completion,
+    a_task_behind_a_live_claim_is_not_due_until_the_claim_ends_and_then_runs_at_once,
     a_handlers_last_write_commits_with_its_completion_and_only_with_it,
 );
 
@@ -1177,6 +1178,73 @@ async fn a_busy_worker_claims_its_next_task_with_the_last_ones_completion(
     ensure!(ran == expected, "ran {ran:?}");
     let commits = s.commits() - before;
     ensure!(commits == 4, "{commits} commits for three tasks");
+    Ok(())
+}
+
+async fn a_task_behind_a_live_claim_is_not_due_until_the_claim_ends_and_then_runs_at_once(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    // Another process claimed A; B, of the same object, waits behind it.
+    // Idle workers must not count B due (they would claim in a loop,
+    // finding nothing, until A ends), and A's completion must tell them.
+    let other = db.connect_again().await;
+    let object = "test:blocked";
+    other
+        .schedule(NewTask::new("test.a").object(object))
+        .await?;
+    let a = other.claim("other", TTL).await?.context("A")?;
+    let b = other
+        .schedule(NewTask::new("test.b").object(object))
+        .await?;
+    ensure!(a.kind == "test.a" && b != a.id);
+    let s = db.store.clone();
+    let due = s.next_due().await?.context("something is due")?;
+    ensure!(
+        due > now_ms() + 10_000,
+        "B counted due {} ms from now behind A's live claim",
+        due - now_ms()
+    );
+
+    // A worker here (poll 20 s) runs a task of its own, then idles behind A.
+    let handler = std::sync::Arc::new(Recorder::default());
+    let mut cfg = WorkerConfig::new("w");
+    cfg.poll = Duration::from_secs(20);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(drydock_store::queue::run_worker(
+        s.clone(),
+        handler.clone(),
+        cfg,
+        rx,
+    ));
+    let c = s.schedule(NewTask::new("test.c")).await?;
+    wait_until(
+        Duration::from_secs(5),
+        "the worker's own task",
+        async || s.task(c).await.is_ok_and(|t| t.state == TaskState::Done),
+    )
+    .await?;
+    ensure!(
+        handler.0.lock().unwrap().len() == 1,
+        "B ran behind A's claim"
+    );
+
+    // A ends in the other process: B runs at once (not at the poll).
+    other.complete(&a, Completion::Done).await?;
+    let ran = wait_until(Duration::from_secs(5), "B, once A ended", async || {
+        s.task(b).await.is_ok_and(|t| t.state == TaskState::Done)
+    })
+    .await;
+    stop.send(true).ok();
+    tokio::time::timeout(Duration::from_secs(10), worker).await??;
+    ran?;
+    let keys: Vec<String> = handler
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.0.clone())
+        .collect();
+    ensure!(keys == ["", object], "ran {keys:?}");
     Ok(())
 }
 
