@@ -67,16 +67,12 @@ pub(crate) fn lease_log(lease: &Lease, kind: &str) -> NewLog {
 
 impl Engine {
     /// One pass over a lease. Under `held` (a claimed task's lock) its
-    /// last write may come back open, to commit with the task's completion,
-    /// and the pass starts from `read` (read under that lock, with the
-    /// claim) when it is given.
+    /// last write may come back open, to commit with the task's completion.
     pub(crate) async fn lease_pass(
         &self,
         id: LeaseId,
         held: Option<&ObjectLock>,
-        read: Option<LeaseForPass>,
     ) -> PassResult<(Next, Option<Tx>)> {
-        let mut read = read.filter(|r| held.is_some() && r.lease.id == id);
         let object = ObjectRef::lease(id);
         let done = self
             .locked(object, held, async |lock| {
@@ -86,10 +82,7 @@ impl Engine {
                     commands,
                     handed_over,
                     blueprints_version,
-                } = match read.take() {
-                    Some(read) => read,
-                    None => self.store.lease_for_pass(id).await?,
-                };
+                } = self.store.lease_for_pass(id).await?;
                 let mut tail = Tail {
                     blueprints_version: Some(blueprints_version),
                     ..Tail::default()

@@ -259,22 +259,15 @@ impl Engine {
     /// `update-lease` / `update-resource`). Returns what the queue would do.
     pub async fn update_now(&self, object: ObjectRef) -> Outcome {
         // Without a claimed lock a pass commits everything itself.
-        self.pass(object, 0, None, None).await.outcome
+        self.pass(object, 0, None).await.outcome
     }
 
     /// One update pass, under `held` (the lock taken with the task's claim)
     /// or else a lock of its own. Under `held`, its last write may be left
-    /// open to commit with the task's completion, and a lease's pass may
-    /// start from `read`, read with the claim.
-    async fn pass(
-        &self,
-        object: ObjectRef,
-        attempts: i64,
-        held: Option<&ObjectLock>,
-        read: Option<drydock_store::lease::LeaseForPass>,
-    ) -> Handled {
+    /// open to commit with the task's completion.
+    async fn pass(&self, object: ObjectRef, attempts: i64, held: Option<&ObjectLock>) -> Handled {
         let (result, tail) = match object.kind {
-            ObjectKind::Lease => match self.lease_pass(LeaseId(object.id), held, read).await {
+            ObjectKind::Lease => match self.lease_pass(LeaseId(object.id), held).await {
                 Ok((next, tail)) => (Ok(next), tail),
                 Err(e) => (Err(e), None),
             },
@@ -430,11 +423,7 @@ impl Handler for Engine {
         match task.kind.as_str() {
             "lease.update" | "resource.update" => {
                 match task.object_key.as_deref().and_then(ObjectRef::parse) {
-                    Some(object) => {
-                        let read = task.lease_read.as_deref().cloned();
-                        self.pass(object, task.attempts, task.lock.as_ref(), read)
-                            .await
-                    }
+                    Some(object) => self.pass(object, task.attempts, task.lock.as_ref()).await,
                     None => Outcome::Fail(format!(
                         "update task without a valid object: {:?}",
                         task.object_key

@@ -50,22 +50,13 @@ fn from_row(row: &Row) -> Result<Command> {
 }
 
 /// The command columns of a read that joins a target's unconsumed commands
-/// to its own row (`c` is `commands`), each named `{prefix}command_…`.
-pub(crate) fn joined_columns(prefix: &str) -> String {
-    [
-        ("id", "id"),
-        ("author", "author"),
-        ("command", "kind"),
-        ("payload", "payload"),
-        ("created_at", "created_at"),
-        ("modified_at", "modified_at"),
-    ]
-    .map(|(column, name)| format!("c.{column} AS {prefix}command_{name}"))
-    .join(", ")
-}
+/// to its own row (`c` is `commands`), each named `command_…`.
+pub(crate) const JOINED_COLUMNS: &str = "c.id AS command_id, c.author AS command_author, \
+     c.command AS command_kind, c.payload AS command_payload, \
+     c.created_at AS command_created_at, c.modified_at AS command_modified_at";
 
 /// The unconsumed command of `target` in a row read with
-/// [`joined_columns`], if the row has one (a `LEFT JOIN` without a match
+/// [`JOINED_COLUMNS`], if the row has one (a `LEFT JOIN` without a match
 /// has none).
 pub(crate) fn joined(row: &Row, target: ObjectRef) -> Result<Option<Command>> {
     let Some(id) = get::<Option<i64>>(row, "command_id")? else {

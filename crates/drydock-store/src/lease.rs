@@ -67,62 +67,28 @@ impl Lease {
     }
 }
 
-/// The pass read ([`Store::lease_for_pass`]) of the lease `lease` (an SQL
-/// expression) whose object key is `key`: the lease, the resource it is
-/// on, its unconsumed commands (one row each, or one row without any),
-/// whether slots were handed to it, and the blueprints' version. Every
-/// column is named `{prefix}…`: the lease's as they are, the resource's
-/// `{prefix}r_…`, the commands' `{prefix}command_…`. Rows come in no
-/// particular order (see [`pass_from_rows`]).
-pub(crate) fn pass_read_sql(prefix: &str, lease: &str, key: &str) -> String {
-    let lease_columns: Vec<String> = COLUMNS
-        .split(", ")
-        .map(|c| format!("l.{c} AS {prefix}{c}"))
-        .collect();
+/// The lease, the resource it is on, its unconsumed commands (one row
+/// each, or one row without any), whether slots were handed to it, and the
+/// blueprints' version. The resource's columns are named `r_…`.
+static PASS_READ_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let lease_columns: Vec<String> = COLUMNS.split(", ").map(|c| format!("l.{c}")).collect();
     let resource_columns: Vec<String> = crate::resource::COLUMNS
         .split(", ")
-        .map(|c| format!("r.{c} AS {prefix}r_{c}"))
+        .map(|c| format!("r.{c} AS r_{c}"))
         .collect();
     format!(
         "SELECT {}, {}, {}, \
-           EXISTS (SELECT 1 FROM handoffs WHERE waiter = {key}) AS {prefix}handed_over, \
-           (SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM blueprints) AS {prefix}blueprints_version \
+           EXISTS (SELECT 1 FROM handoffs WHERE waiter = $2) AS handed_over, \
+           (SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM blueprints) AS blueprints_version \
          FROM leases l LEFT JOIN resources r ON r.id = l.resource_id \
          LEFT JOIN commands c \
            ON c.target_kind = 'lease' AND c.target_id = l.id AND c.consumed = 0 \
-         WHERE l.id = {lease}",
+         WHERE l.id = $1 ORDER BY c.id",
         lease_columns.join(", "),
         resource_columns.join(", "),
-        crate::command::joined_columns(prefix),
+        crate::command::JOINED_COLUMNS,
     )
-}
-
-static PASS_READ_SQL: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| pass_read_sql("", "$1", "$2"));
-
-/// The pass read of lease `id` from its rows ([`pass_read_sql`] with the
-/// prefix taken off); `None` without rows (no such lease).
-pub(crate) fn pass_from_rows(rows: &[Row], id: LeaseId) -> Result<Option<LeaseForPass>> {
-    let Some(first) = rows.first() else {
-        return Ok(None);
-    };
-    let object = ObjectRef::lease(id);
-    let mut commands = Vec::new();
-    for row in rows {
-        commands.extend(crate::command::joined(row, object)?);
-    }
-    commands.sort_by_key(|c| c.id.0);
-    Ok(Some(LeaseForPass {
-        lease: from_row(first)?,
-        commands,
-        resource: match get::<Option<i64>>(first, "r_id")? {
-            Some(_) => Some(crate::resource::from_row(&first.part("r_"))?),
-            None => None,
-        },
-        handed_over: get(first, "handed_over")?,
-        blueprints_version: get(first, "blueprints_version")?,
-    }))
-}
+});
 
 /// Insert a pending lease: `$1..$8` bound by [`bind_new`].
 const INSERT_SQL: &str = "INSERT INTO leases (resource_type, status, blueprint_ids, authorizing, owner, \
@@ -431,14 +397,31 @@ impl Store {
     /// lease and consumes its commands, and a command sent or a slot handed
     /// over after this read wakes the lease for another pass.
     pub async fn lease_for_pass(&self, id: LeaseId) -> Result<LeaseForPass> {
+        let object = ObjectRef::lease(id);
         let rows = query(PASS_READ_SQL.as_str())
             .bind(id.0)
-            .bind(ObjectRef::lease(id).key())
+            .bind(object.key())
             .fetch_all(&mut self.reader().await?.raw)
             .await?;
-        pass_from_rows(&rows, id)?.ok_or(StoreError::NotFound {
-            what: "lease",
-            id: id.0.to_string(),
+        let Some(first) = rows.first() else {
+            return Err(StoreError::NotFound {
+                what: "lease",
+                id: id.0.to_string(),
+            });
+        };
+        let mut commands = Vec::new();
+        for row in &rows {
+            commands.extend(crate::command::joined(row, object)?);
+        }
+        Ok(LeaseForPass {
+            lease: from_row(first)?,
+            commands,
+            resource: match get::<Option<i64>>(first, "r_id")? {
+                Some(_) => Some(crate::resource::from_row(&first.part("r_"))?),
+                None => None,
+            },
+            handed_over: get(first, "handed_over")?,
+            blueprints_version: get(first, "blueprints_version")?,
         })
     }
 

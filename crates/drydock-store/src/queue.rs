@@ -24,7 +24,7 @@ use crate::lease::Lease;
 use crate::object_lock::{ObjectLock, TAKE_LOCK};
 use crate::row::{get, json, to_json};
 use crate::{Dialect, Result, Store, StoreError, Tx, ms, now_ms};
-use drydock_model::{LeaseId, ObjectKind, ObjectRef, TaskId};
+use drydock_model::{LeaseId, ObjectRef, TaskId};
 use serde_json::Value;
 use std::future::Future;
 use std::pin::Pin;
@@ -199,11 +199,6 @@ pub struct ClaimedTask {
     /// released when the task completes, in the same transactions. `None`
     /// when another holder had it (or the task has no object).
     pub lock: Option<ObjectLock>,
-    /// PostgreSQL: for a lease's update task whose lock came with the
-    /// claim, what its pass starts from ([`Store::lease_for_pass`]), read
-    /// in the claiming statement — under the lock, as the pass would read
-    /// it, one round trip fewer.
-    pub lease_read: Option<Box<crate::lease::LeaseForPass>>,
 }
 
 /// How a claimed task ends, as the store records it.
@@ -361,7 +356,7 @@ impl Store {
                     if more {
                         self.more_tasks_maybe();
                     }
-                    return Ok(Some(*task));
+                    return Ok(Some(task));
                 }
             }
         }
@@ -581,7 +576,7 @@ impl Store {
             }
             return Ok(AfterTask {
                 due: None,
-                next: Some(*task),
+                next: Some(task),
             });
         }
         // Only a worker (claiming) waits for the next due time.
@@ -1131,7 +1126,7 @@ enum Claimed {
     Exhausted,
     /// A claimed task, and whether another is runnable now.
     Task {
-        task: Box<ClaimedTask>,
+        task: ClaimedTask,
         more: bool,
     },
 }
@@ -1165,26 +1160,13 @@ fn claim_sql(dialect: Dialect) -> String {
         // round trip, and no transaction of its own around it): for a task
         // with an object that its workers have not given up on, if the lock
         // is free or its holder's expired — the lock expires with the claim.
-        // A lease's update task comes with what its pass starts from, read
-        // in the same statement (`p_…` columns) when the lock was taken.
-        Dialect::Postgres => {
-            let kind = ObjectRef::lease(LeaseId(0)).update_task_kind();
-            let prefix = format!("{}:", ObjectKind::Lease.as_str());
-            let lease = format!(
-                "(SELECT CASE WHEN kind = '{kind}' AND object_key LIKE '{prefix}%' \
-                   THEN CAST(substr(object_key, {}) AS BIGINT) END FROM got)",
-                prefix.len() + 1
-            );
-            let pass = crate::lease::pass_read_sql("p_", &lease, "(SELECT object_key FROM got)");
-            format!(
-                "WITH got AS ({claim}), \
-                 locked AS (INSERT INTO object_locks (name, owner, token, expires_at, acquired_at) \
-                   SELECT object_key, $1, 1, $2, $3 FROM got \
-                   WHERE object_key IS NOT NULL AND attempts < max_attempts {TAKE_LOCK}), \
-                 p AS ({pass} AND EXISTS (SELECT 1 FROM locked)) \
-                 SELECT got.*, (SELECT token FROM locked) AS lock_token, p.* FROM got LEFT JOIN p ON true"
-            )
-        }
+        Dialect::Postgres => format!(
+            "WITH c AS ({claim}), \
+             l AS (INSERT INTO object_locks (name, owner, token, expires_at, acquired_at) \
+               SELECT object_key, $1, 1, $2, $3 FROM c \
+               WHERE object_key IS NOT NULL AND attempts < max_attempts {TAKE_LOCK}) \
+             SELECT c.*, (SELECT token FROM l) AS lock_token FROM c"
+        ),
         Dialect::Sqlite => claim,
     }
 }
@@ -1201,27 +1183,26 @@ async fn claim_in(tx: &mut Tx, owner: &str, ttl: Duration) -> Result<Claimed> {
 async fn claim_on(db: &mut Db, dialect: Dialect, owner: &str, ttl: Duration) -> Result<Claimed> {
     let now = now_ms();
     let expires_at = now.saturating_add(ms(ttl));
-    let rows = query(claim_sql(dialect))
+    let row = query(claim_sql(dialect))
         .bind(owner)
         .bind(expires_at)
         .bind(now)
-        .fetch_all(&mut *db)
+        .fetch_optional(&mut *db)
         .await?;
-    let Some(row) = rows.first() else {
+    let Some(row) = row else {
         return Ok(Claimed::Nothing);
     };
     let mut task = ClaimedTask {
-        id: TaskId(get(row, "id")?),
-        kind: get(row, "kind")?,
-        object_key: get(row, "object_key")?,
-        payload: json(row, "payload")?,
-        attempts: get(row, "attempts")?,
-        token: get(row, "claim_token")?,
+        id: TaskId(get(&row, "id")?),
+        kind: get(&row, "kind")?,
+        object_key: get(&row, "object_key")?,
+        payload: json(&row, "payload")?,
+        attempts: get(&row, "attempts")?,
+        token: get(&row, "claim_token")?,
         owner: owner.to_owned(),
         lock: None,
-        lease_read: None,
     };
-    let max_attempts: i64 = get(row, "max_attempts")?;
+    let max_attempts: i64 = get(&row, "max_attempts")?;
     if task.attempts >= max_attempts {
         // Its workers kept dying: stop here instead of crashing forever.
         query(
@@ -1241,7 +1222,7 @@ async fn claim_on(db: &mut Db, dialect: Dialect, owner: &str, ttl: Duration) -> 
     task.lock = match (dialect, &task.object_key) {
         (_, None) => None,
         (Dialect::Postgres, Some(key)) => {
-            get::<Option<i64>>(row, "lock_token")?.map(|token| ObjectLock {
+            get::<Option<i64>>(&row, "lock_token")?.map(|token| ObjectLock {
                 name: key.clone(),
                 owner: owner.to_owned(),
                 token,
@@ -1252,21 +1233,11 @@ async fn claim_on(db: &mut Db, dialect: Dialect, owner: &str, ttl: Duration) -> 
             crate::object_lock::try_lock_on(db, key, owner, now, expires_at).await?
         }
     };
-    if dialect == Dialect::Postgres
-        && task.lock.is_some()
-        && let Some(id) = get::<Option<i64>>(row, "p_id")?
-    {
-        let parts: Vec<Row> = rows.iter().map(|r| r.part("p_")).collect();
-        task.lease_read = crate::lease::pass_from_rows(&parts, LeaseId(id))?.map(Box::new);
-    }
     // Another runnable task (whatever its object's state; read with the
     // claim): one more idle worker looks (and so on while each finds one),
     // instead of every commit waking every worker.
-    let more = get::<bool>(row, "more")?;
-    Ok(Claimed::Task {
-        task: Box::new(task),
-        more,
-    })
+    let more = get::<bool>(&row, "more")?;
+    Ok(Claimed::Task { task, more })
 }
 
 /// Whether a queued task is due now (whatever its object's state).

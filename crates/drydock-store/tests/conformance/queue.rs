@@ -33,7 +33,6 @@ backend_tests!(
     a_process_hears_tasks_and_lease_changes_whichever_it_needed_first,
     a_lease_reader_is_given_what_this_process_wrote_but_reads_another_processes_write,
     a_lease_pass_reads_its_lease_resource_commands_hand_offs_and_blueprints_version_at_once,
-    a_claimed_lease_update_comes_with_its_pass_read_when_the_lock_came_with_it,
     a_lease_request_stores_the_lease_its_event_and_its_update_task_at_once,
     a_lease_write_put_off_to_the_commit_is_written_once_or_superseded,
     side_writes_are_seen_by_the_next_statement_and_kept_or_undone_with_their_transaction,
@@ -887,65 +886,6 @@ async fn a_lease_pass_reads_its_lease_resource_commands_hand_offs_and_blueprints
         Err(StoreError::NotFound { what: "lease", .. }) => Ok(()),
         other => anyhow::bail!("a missing lease: {other:?}"),
     }
-}
-
-async fn a_claimed_lease_update_comes_with_its_pass_read_when_the_lock_came_with_it(
-    db: &TestDb,
-) -> anyhow::Result<()> {
-    use drydock_model::CommandKind;
-    use serde_json::json;
-    let s = &db.store;
-    let postgres = s.dialect() == drydock_store::Dialect::Postgres;
-    let lease = s.insert_lease(&crate::host_lease()).await?;
-    let obj = ObjectRef::lease(lease.id);
-    // Two commands (the lease's update task comes with the first; the
-    // second folds into it).
-    s.enqueue_command("user:a", obj, CommandKind::Renew, json!({"until": 5}))
-        .await?;
-    s.enqueue_command("user:b", obj, CommandKind::Release, json!({}))
-        .await?;
-    let task = s
-        .claim("w", TTL)
-        .await?
-        .context("the lease's update task")?;
-    ensure!(task.object_key == Some(obj.key()) && task.lock.is_some());
-    let expected = s.lease_for_pass(lease.id).await?;
-    match (&task.lease_read, postgres) {
-        // PostgreSQL: read in the claiming statement, as the pass reads it.
-        (Some(read), true) => {
-            ensure!(read.lease == expected.lease, "{:?}", read.lease);
-            ensure!(read.commands == expected.commands && read.commands.len() == 2);
-            ensure!(read.commands[0].author == "user:a", "oldest first");
-            ensure!(read.resource == expected.resource);
-            ensure!(read.handed_over == expected.handed_over);
-            ensure!(read.blueprints_version == expected.blueprints_version);
-        }
-        // SQLite: the pass reads it itself (in process, a read costs no
-        // round trip).
-        (None, false) => {}
-        (read, _) => anyhow::bail!("postgres: {postgres}, read with the claim: {read:?}"),
-    }
-    s.complete(&task, Completion::Done).await?;
-
-    // Without the lock (another holder has it), no read comes with the
-    // claim: the pass may not start from it.
-    let other = s
-        .try_lock(&obj.key(), "someone else", TTL)
-        .await?
-        .context("the free lock")?;
-    s.schedule(NewTask::update(obj)).await?;
-    let task = s.claim("w", TTL).await?.context("the update task again")?;
-    ensure!(task.lock.is_none() && task.lease_read.is_none(), "{task:?}");
-    s.complete(&task, Completion::Done).await?;
-    s.unlock(other).await?;
-
-    // Nor with a task that is not a lease's update.
-    s.schedule(NewTask::new("test.other").object(obj.key()))
-        .await?;
-    let task = s.claim("w", TTL).await?.context("the other task")?;
-    ensure!(task.lock.is_some() && task.lease_read.is_none(), "{task:?}");
-    s.complete(&task, Completion::Done).await?;
-    Ok(())
 }
 
 async fn a_lease_write_put_off_to_the_commit_is_written_once_or_superseded(
