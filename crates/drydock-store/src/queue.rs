@@ -1134,10 +1134,9 @@ enum Claimed {
 /// The claim: the most urgent runnable task (`$1` owner, `$2` claim expiry,
 /// `$3` now).
 fn claim_sql(dialect: Dialect) -> String {
-    // PostgreSQL: a claim clears the task's `rerun` mark (migration 0011).
-    let (skip_locked, rerun) = match dialect {
-        Dialect::Sqlite => ("", ""),
-        Dialect::Postgres => ("FOR UPDATE SKIP LOCKED", "rerun = false, "),
+    let skip_locked = match dialect {
+        Dialect::Sqlite => "",
+        Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
     };
     // An object's task is not claimed while another of its tasks holds a
     // live claim. The live claims are read once, through the small
@@ -1145,7 +1144,7 @@ fn claim_sql(dialect: Dialect) -> String {
     // them, so it never excludes itself).
     let claim = format!(
         "UPDATE tasks SET state = 'claimed', claim_owner = $1, claim_expires_at = $2, \
-           {rerun}claim_token = claim_token + 1, \
+           claim_token = claim_token + 1, \
            attempts = attempts + CASE WHEN state = 'claimed' THEN 1 ELSE 0 END \
          WHERE id = (SELECT t.id FROM tasks t \
            WHERE ((t.state = 'queued' AND t.run_at <= $3) OR (t.state = 'claimed' AND t.claim_expires_at < $3)) \
@@ -1294,10 +1293,10 @@ async fn set_state(
             .bind(task.token)
     };
     let (lock, dialect) = (task.lock.as_ref(), tx.dialect());
-    match dialect {
+    match (&task.object_key, dialect) {
         // One statement: the object's lock is let go with its task, and
-        // whether a task of the object was queued meanwhile is read.
-        Dialect::Postgres => {
+        // whether another task of the object waits for it is read.
+        (Some(key), Dialect::Postgres) => {
             let unlock = match lock {
                 Some(_) => {
                     ", u AS (UPDATE object_locks SET owner = NULL, expires_at = 0 \
@@ -1306,25 +1305,26 @@ async fn set_state(
                 None => "",
             };
             let sql = format!(
-                "WITH t AS ({UPDATE} RETURNING rerun){unlock} \
-                 SELECT COUNT(*) AS n, COALESCE(bool_or(rerun), false) AS rerun FROM t"
+                "WITH t AS ({UPDATE} RETURNING 1){unlock} \
+                 SELECT COUNT(*) AS n, \
+                   EXISTS (SELECT 1 FROM tasks WHERE object_key = $8 AND state = 'queued') AS waiting \
+                 FROM t"
             );
-            let mut q = q(sql.into());
+            let mut q = q(sql.into()).bind(key.as_str());
             if let Some(lock) = lock {
-                q = q.bind(&lock.name).bind(lock.token);
+                q = q.bind(lock.token);
             }
             // The transaction's side writes ride with it.
             let row = tx.with_side_writes(q).fetch_one(tx.raw()).await?;
-            if row.get::<bool>("rerun")? {
-                // A task of the object was queued while this one ran: idle
-                // workers did not count it due while the claim lived
-                // ([`Store::next_due`]), so tell them (migration 0011).
+            if row.get::<bool>("waiting")? {
+                // It waited for this task's claim to end, so idle workers
+                // did not count it as due ([`Store::next_due`]): tell them.
                 tx.notify_workers().await?;
             }
             Ok(row.get::<i64>("n")? as u64)
         }
         // SQLite: other processes' workers look at every commit they see.
-        Dialect::Sqlite => {
+        _ => {
             let n = q(UPDATE.into())
                 .execute(tx.conn().await?)
                 .await?

@@ -41,7 +41,6 @@ backend_tests!(
     transactions_cancelled_at_any_point_leave_the_writer_clean,
     a_busy_worker_claims_its_next_task_with_the_last_ones_completion,
     a_task_behind_a_live_claim_is_not_due_until_the_claim_ends_and_then_runs_at_once,
-    a_task_queued_while_its_objects_claim_completes_is_not_left_waiting,
     a_handlers_last_write_commits_with_its_completion_and_only_with_it,
 );
 
@@ -1171,74 +1170,6 @@ async fn a_task_behind_a_live_claim_is_not_due_until_the_claim_ends_and_then_run
 
     // A ends in the other process: B runs at once (not at the poll).
     other.complete(&a, Completion::Done).await?;
-    let ran = wait_until(Duration::from_secs(5), "B, once A ended", async || {
-        s.task(b).await.is_ok_and(|t| t.state == TaskState::Done)
-    })
-    .await;
-    stop.send(true).ok();
-    tokio::time::timeout(Duration::from_secs(10), worker).await??;
-    ran?;
-    let keys: Vec<String> = handler
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|r| r.0.clone())
-        .collect();
-    ensure!(keys == ["", object], "ran {keys:?}");
-    Ok(())
-}
-
-async fn a_task_queued_while_its_objects_claim_completes_is_not_left_waiting(
-    db: &TestDb,
-) -> anyhow::Result<()> {
-    // The race: B is queued (in a transaction still open) for the object
-    // whose task A is completing. On PostgreSQL A's completion waits for
-    // B's transaction (B marked A's row) and, once it commits, must still
-    // tell the idle workers — its own snapshot predates B.
-    let other = db.connect_again().await;
-    let queuer = db.connect_again().await;
-    let object = "test:racing";
-    other
-        .schedule(NewTask::new("test.a").object(object))
-        .await?;
-    let a = other.claim("other", TTL).await?.context("A")?;
-
-    // A worker here (poll 20 s) runs a task of its own, then idles.
-    let s = db.store.clone();
-    let handler = std::sync::Arc::new(Recorder::default());
-    let mut cfg = WorkerConfig::new("w");
-    cfg.poll = Duration::from_secs(20);
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(drydock_store::queue::run_worker(
-        s.clone(),
-        handler.clone(),
-        cfg,
-        rx,
-    ));
-    let c = s.schedule(NewTask::new("test.c")).await?;
-    wait_until(
-        Duration::from_secs(5),
-        "the worker's own task",
-        async || s.task(c).await.is_ok_and(|t| t.state == TaskState::Done),
-    )
-    .await?;
-
-    let mut queueing = queuer.begin().await?;
-    let b = queueing
-        .schedule(NewTask::new("test.b").object(object))
-        .await?;
-    let completing = tokio::spawn(async move { other.complete(&a, Completion::Done).await });
-    if db.backend == drydock_testkit::Backend::Postgres {
-        wait_until(
-            Duration::from_secs(5),
-            "A's completion to wait for B",
-            async || db.sessions_waiting_for_locks().await > 0,
-        )
-        .await?;
-    }
-    queueing.commit().await?;
-    tokio::time::timeout(Duration::from_secs(10), completing).await???;
     let ran = wait_until(Duration::from_secs(5), "B, once A ended", async || {
         s.task(b).await.is_ok_and(|t| t.state == TaskState::Done)
     })
