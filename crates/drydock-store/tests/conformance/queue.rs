@@ -41,6 +41,7 @@ backend_tests!(
     transactions_cancelled_at_any_point_leave_the_writer_clean,
     a_busy_worker_claims_its_next_task_with_the_last_ones_completion,
     a_task_behind_a_live_claim_is_not_due_until_the_claim_ends_and_then_runs_at_once,
+    a_hand_over_passes_over_a_registration_being_dropped_without_waiting,
     a_handlers_last_write_commits_with_its_completion_and_only_with_it,
 );
 
@@ -1185,6 +1186,58 @@ async fn a_task_behind_a_live_claim_is_not_due_until_the_claim_ends_and_then_run
         .map(|r| r.0.clone())
         .collect();
     ensure!(keys == ["", object], "ran {keys:?}");
+    Ok(())
+}
+
+async fn a_hand_over_passes_over_a_registration_being_dropped_without_waiting(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    // Two leases wait for a slot; the first in line is ending its wait
+    // (its pass drops its registration, in a transaction still open). A
+    // slot handed over meanwhile goes to the second at once: waiting for
+    // the first's transaction is how two firings taking rows in different
+    // orders deadlocked on PostgreSQL. (SQLite has one writer: there the
+    // first's transaction ends before the hand-over begins.)
+    use drydock_model::ResourceId;
+    let s = &db.store;
+    let (first, second) = (
+        s.insert_lease(&crate::host_lease()).await?,
+        s.insert_lease(&crate::host_lease()).await?,
+    );
+    let event = "capacity(host)".to_owned();
+    let mut tx = s.begin().await?;
+    tx.wait_on(first.object(), 0, 1, std::slice::from_ref(&event))
+        .await?;
+    tx.wait_on(second.object(), 0, 2, std::slice::from_ref(&event))
+        .await?;
+    tx.commit().await?;
+
+    let mut dropping = s.begin().await?;
+    dropping.wait_on(first.object(), 0, 1, &[]).await?;
+    let still_open = match db.backend {
+        drydock_testkit::Backend::Postgres => Some(dropping),
+        drydock_testkit::Backend::Sqlite => {
+            dropping.commit().await?;
+            None
+        }
+    };
+    let mut handing = s.begin().await?;
+    handing.hand_over(&event, ResourceId(9)).await?;
+    tokio::time::timeout(Duration::from_secs(3), handing.commit())
+        .await
+        .context("the hand-over waited for the registration being dropped")??;
+    if let Some(dropping) = still_open {
+        dropping.commit().await?;
+    }
+    ensure!(
+        s.lease_for_pass(second.id).await?.handed_over,
+        "the second in line got nothing"
+    );
+    ensure!(!s.lease_for_pass(first.id).await?.handed_over);
+    ensure!(
+        s.waits_of(second.object()).await?.is_empty(),
+        "its registration was taken"
+    );
     Ok(())
 }
 
