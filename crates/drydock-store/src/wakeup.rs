@@ -156,21 +156,14 @@ impl Tx {
     async fn wake_all(&mut self, event: &str) -> Result<usize> {
         // One statement takes exactly the registrations it deletes: a
         // registration committed concurrently is either taken (and woken)
-        // here or left for the next firing, never deleted unseen. On
-        // PostgreSQL it skips the rows another transaction is deleting
-        // (another firing, which wakes that waiter, or the waiter's own
-        // pass, which no longer waits) instead of waiting for them: firings
-        // that took rows in different orders deadlocked (see `hand_now`).
-        let sql = match self.dialect() {
-            crate::Dialect::Sqlite => {
-                "DELETE FROM wakeups WHERE event = $1 RETURNING waiter, priority, run_at"
-            }
-            crate::Dialect::Postgres => {
-                "DELETE FROM wakeups WHERE (event, waiter) IN \
-                   (SELECT event, waiter FROM wakeups WHERE event = $1 FOR UPDATE SKIP LOCKED) \
-                 RETURNING waiter, priority, run_at"
-            }
-        };
+        // here or left for the next firing, never deleted unseen. It skips
+        // the rows another transaction is deleting (see `hand_now`).
+        let sql = format!(
+            "DELETE FROM wakeups WHERE (event, waiter) IN \
+               (SELECT event, waiter FROM wakeups WHERE event = $1{}) \
+             RETURNING waiter, priority, run_at",
+            self.skip_locked()
+        );
         let mut waiters: Vec<(String, i64, i64)> = query_as(sql)
             .bind(event)
             .fetch_all(self.conn().await?)
@@ -204,84 +197,47 @@ impl Tx {
         let (p, r, w) = after.map_or((i64::MAX, i64::MIN, String::new()), |a| {
             (a.priority, a.run_at, a.waiter.clone())
         });
-        if self.dialect() == crate::Dialect::Postgres {
-            // Pick and take in one statement that never waits: a waiter
-            // whose registration another transaction is deleting (another
-            // firing hands it a slot, or its own pass no longer waits) is
-            // passed over for the next. Picking, then deleting (and
-            // waiting for a row another firing held) deadlocked firings
-            // that took rows in different orders: each cost PostgreSQL's
-            // 1 s deadlock timeout and lost a slot.
-            let pick: Option<(String, i64, i64)> = query_as(
-                "DELETE FROM wakeups WHERE (event, waiter) = \
-                   (SELECT event, waiter FROM wakeups WHERE event = $1 \
-                      AND (priority < $2 OR (priority = $2 AND (run_at > $3 OR (run_at = $3 AND waiter > $4)))) \
-                    ORDER BY priority DESC, run_at, waiter LIMIT 1 FOR UPDATE SKIP LOCKED) \
-                 RETURNING waiter, priority, run_at",
-            )
-            .bind(event)
-            .bind(p)
-            .bind(r)
-            .bind(&w)
-            .fetch_optional(self.conn().await?)
-            .await?;
-            let Some((waiter, priority, run_at)) = pick else {
-                return Ok(false);
-            };
-            self.record_handoff(&waiter, event, resource, priority, run_at)
-                .await?;
-            return Ok(true);
-        }
-        // SQLite (one writer): a firing never meets another's rows.
-        for _ in 0..16 {
-            let pick: Option<(String, i64, i64)> = query_as(
-                "SELECT waiter, priority, run_at FROM wakeups WHERE event = $1 \
-                   AND (priority < $2 OR (priority = $2 AND (run_at > $3 OR (run_at = $3 AND waiter > $4)))) \
-                 ORDER BY priority DESC, run_at, waiter LIMIT 1",
-            )
-            .bind(event)
-            .bind(p)
-            .bind(r)
-            .bind(&w)
-            .fetch_optional(self.conn().await?)
-            .await?;
-            let Some((waiter, priority, run_at)) = pick else {
-                return Ok(false);
-            };
-            let taken = query("DELETE FROM wakeups WHERE event = $1 AND waiter = $2")
-                .bind(event)
-                .bind(&waiter)
-                .execute(self.conn().await?)
-                .await?
-                .rows_affected();
-            if taken == 0 {
-                continue;
-            }
-            self.record_handoff(&waiter, event, resource, priority, run_at)
-                .await?;
-            return Ok(true);
-        }
-        // Contended that long: wake everybody rather than lose the slot.
-        Ok(self.wake_all(event).await? > 0)
-    }
-
-    /// Record the slot on `resource` handed to `waiter` (its registration
-    /// for `event` taken) and wake it.
-    async fn record_handoff(
-        &mut self,
-        waiter: &str,
-        event: &str,
-        resource: ResourceId,
-        priority: i64,
-        run_at: i64,
-    ) -> Result<()> {
+        // Picked and taken in one statement that never waits: a waiter
+        // whose registration another transaction is deleting (another
+        // firing hands it a slot, or its own pass no longer waits) is
+        // passed over for the next (PostgreSQL; SQLite has one writer).
+        // Picking, then deleting — waiting for a row another firing held —
+        // deadlocked firings that took rows in different orders: each cost
+        // PostgreSQL's 1 s deadlock timeout and lost a slot.
+        let pick: Option<(String, i64, i64)> = query_as(format!(
+            "DELETE FROM wakeups WHERE (event, waiter) = \
+               (SELECT event, waiter FROM wakeups WHERE event = $1 \
+                  AND (priority < $2 OR (priority = $2 AND (run_at > $3 OR (run_at = $3 AND waiter > $4)))) \
+                ORDER BY priority DESC, run_at, waiter LIMIT 1{}) \
+             RETURNING waiter, priority, run_at",
+            self.skip_locked()
+        ))
+        .bind(event)
+        .bind(p)
+        .bind(r)
+        .bind(&w)
+        .fetch_optional(self.conn().await?)
+        .await?;
+        let Some((waiter, priority, run_at)) = pick else {
+            return Ok(false);
+        };
         query("INSERT INTO handoffs (waiter, event, resource_id) VALUES ($1, $2, $3)")
-            .bind(waiter)
+            .bind(&waiter)
             .bind(event)
             .bind(resource.0)
             .execute(self.conn().await?)
             .await?;
-        self.schedule_waiter(waiter, priority, run_at).await
+        self.schedule_waiter(&waiter, priority, run_at).await?;
+        Ok(true)
+    }
+
+    /// PostgreSQL: skip rows another transaction holds (a firing never
+    /// waits for another); SQLite has one writer.
+    fn skip_locked(&self) -> &'static str {
+        match self.dialect() {
+            crate::Dialect::Sqlite => "",
+            crate::Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
     }
 }
 
