@@ -90,6 +90,11 @@ static PASS_READ_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
     )
 });
 
+/// Lease `id`, read on `db` (a transaction's connection or a reader).
+async fn by_id(db: &mut crate::db::Db, id: LeaseId) -> Result<Lease> {
+    crate::row::by_id(db, COLUMNS, "leases", "lease", id.0, from_row).await
+}
+
 /// Insert a pending lease: `$1..$8` bound by [`bind_new`].
 const INSERT_SQL: &str = "INSERT INTO leases (resource_type, status, blueprint_ids, authorizing, owner, \
        attributes, internal, priority, until_at, version, fence, created_at, modified_at) \
@@ -229,15 +234,7 @@ impl Tx {
 
     pub async fn lease(&mut self, id: LeaseId) -> Result<Lease> {
         self.write_unsaved_lease().await?;
-        crate::row::by_id(
-            self.conn().await?,
-            COLUMNS,
-            "leases",
-            "lease",
-            id.0,
-            from_row,
-        )
-        .await
+        by_id(self.conn().await?, id).await
     }
 
     /// Write every mutable field of `lease`, fenced: only if the row is
@@ -378,15 +375,7 @@ impl Store {
     }
 
     pub async fn lease(&self, id: LeaseId) -> Result<Lease> {
-        crate::row::by_id(
-            &mut self.reader().await?.raw,
-            COLUMNS,
-            "leases",
-            "lease",
-            id.0,
-            from_row,
-        )
-        .await
+        by_id(&mut self.reader().await?.raw, id).await
     }
 
     /// What a lease's update pass starts from, in one read: the lease, the

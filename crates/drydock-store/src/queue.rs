@@ -1139,17 +1139,15 @@ fn claim_sql(dialect: Dialect) -> String {
         Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
     };
     // An object's task is not claimed while another of its tasks holds a
-    // live claim. The live claims are read once, through the small
-    // `tasks_claimed` index (a task whose own claim expired is not among
-    // them, so it never excludes itself).
+    // live claim.
+    let free = not_behind_a_live_claim("$3");
     let claim = format!(
         "UPDATE tasks SET state = 'claimed', claim_owner = $1, claim_expires_at = $2, \
            claim_token = claim_token + 1, \
            attempts = attempts + CASE WHEN state = 'claimed' THEN 1 ELSE 0 END \
          WHERE id = (SELECT t.id FROM tasks t \
            WHERE ((t.state = 'queued' AND t.run_at <= $3) OR (t.state = 'claimed' AND t.claim_expires_at < $3)) \
-             AND (t.object_key IS NULL OR t.object_key NOT IN (SELECT o.object_key FROM tasks o \
-                  WHERE o.state = 'claimed' AND o.claim_expires_at >= $3 AND o.object_key IS NOT NULL)) \
+             AND {free} \
            ORDER BY t.priority DESC, t.run_at, t.id LIMIT 1 {skip_locked}) \
          RETURNING id, kind, object_key, payload, attempts, max_attempts, claim_token, \
            EXISTS (SELECT 1 FROM tasks m WHERE m.state = 'queued' AND m.run_at <= $3 \
@@ -1250,19 +1248,35 @@ async fn runnable_now(db: &mut Db) -> Result<bool> {
     Ok(due.is_some())
 }
 
+/// `tasks t` is not waiting for another task of its object to end: none
+/// holds a claim live at `now` (an SQL parameter). The live claims are
+/// read once, through the small `tasks_claimed` index (a task whose own
+/// claim expired is not among them, so it never excludes itself).
+fn not_behind_a_live_claim(now: &str) -> String {
+    format!(
+        "(t.object_key IS NULL OR t.object_key NOT IN (SELECT o.object_key FROM tasks o \
+           WHERE o.state = 'claimed' AND o.claim_expires_at >= {now} AND o.object_key IS NOT NULL))"
+    )
+}
+
 /// A queued task whose object has a task under a live claim (at `$1`) is
 /// not due before that claim ends — the second part — and the completion
 /// that ends it tells the workers ([`set_state`]): counting it due would
 /// set idle workers claiming in a loop, finding nothing, until then.
-const NEXT_DUE_SQL: &str = "SELECT (SELECT MIN(t.run_at) FROM tasks t WHERE t.state = 'queued' \
-       AND (t.object_key IS NULL OR t.object_key NOT IN (SELECT o.object_key FROM tasks o \
-            WHERE o.state = 'claimed' AND o.claim_expires_at >= $1 AND o.object_key IS NOT NULL))), \
-     (SELECT MIN(claim_expires_at) FROM tasks WHERE state = 'claimed')";
+static NEXT_DUE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT (SELECT MIN(t.run_at) FROM tasks t WHERE t.state = 'queued' AND {}), \
+           (SELECT MIN(claim_expires_at) FROM tasks WHERE state = 'claimed')",
+        not_behind_a_live_claim("$1")
+    )
+});
 
 /// When the next task becomes runnable (see [`Store::next_due`]).
 async fn next_due_in(db: &mut Db) -> Result<Option<i64>> {
-    let (a, b): (Option<i64>, Option<i64>) =
-        query_as(NEXT_DUE_SQL).bind(now_ms()).fetch_one(db).await?;
+    let (a, b): (Option<i64>, Option<i64>) = query_as(NEXT_DUE_SQL.as_str())
+        .bind(now_ms())
+        .fetch_one(db)
+        .await?;
     Ok(match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -1561,7 +1575,7 @@ mod plans {
         let mut conn = store.reader().await.unwrap();
         for (what, sql) in [
             ("claim", claim_sql(Dialect::Sqlite)),
-            ("next due", NEXT_DUE_SQL.to_owned()),
+            ("next due", NEXT_DUE_SQL.clone()),
             ("gc", crate::gc::FINISHED_TASKS_SQL.to_owned()),
         ] {
             let mut q = query(format!("EXPLAIN QUERY PLAN {sql}"));
