@@ -130,6 +130,7 @@ impl Store {
                 listen_for: std::sync::atomic::AtomicU8::new(0),
                 listen_more: Arc::default(),
                 groups: Default::default(),
+                writer_file: Default::default(),
             }),
         })
     }

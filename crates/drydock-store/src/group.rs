@@ -78,6 +78,9 @@ struct Open {
     began: Instant,
     /// Whether the watchdog has been started for it.
     watched: bool,
+    /// The writer file's lock (see `writer_file`), let go with the group
+    /// (after its end).
+    writer: Option<crate::writer_file::Held>,
 }
 
 impl Groups {
@@ -127,13 +130,22 @@ pub(crate) async fn begin(store: &Store, conn: &mut pool::Conn) -> Result<Arc<Gr
                 // A transaction without a group (cannot happen): start clean.
                 c.execute_batch("ROLLBACK")?;
             }
-            db::begin_immediate(c, pool::SQLITE_BUSY_TIMEOUT).await?;
+            let path = crate::connect::sqlite_path(&store.inner.url);
+            let started = Instant::now();
+            let writer = store
+                .inner
+                .writer_file
+                .take(path, pool::SQLITE_BUSY_TIMEOUT)
+                .await;
+            let patience = pool::SQLITE_BUSY_TIMEOUT.saturating_sub(started.elapsed());
+            db::begin_immediate(c, patience).await?;
             let group = Arc::new(Group::default());
             *groups.open() = Some(Open {
                 group: group.clone(),
                 members: 0,
                 began: Instant::now(),
                 watched: false,
+                writer,
             });
             group
         }
@@ -233,10 +245,14 @@ fn end_group(store: &Store, conn: &mut pool::Conn, commit: bool) {
     let outcome = if commit {
         tracing::debug!(target: "drydock_store::sql", "COMMIT ({} transactions)", open.members);
         store.inner.commits_written.fetch_add(1, Ordering::Relaxed);
-        c.execute_batch("COMMIT").map_err(|e| {
+        let committed = c.execute_batch("COMMIT").map_err(|e| {
             let _ = c.execute_batch("ROLLBACK");
             e.to_string()
-        })
+        });
+        if let (Ok(()), Some(writer)) = (&committed, &open.writer) {
+            writer.committed(&store.inner.instance);
+        }
+        committed
     } else {
         c.execute_batch("ROLLBACK").map_err(|e| e.to_string())
     };

@@ -35,6 +35,7 @@ pub mod slot_lock;
 pub mod stats;
 pub mod token;
 mod wakeup;
+mod writer_file;
 
 pub use connect::{DEFAULT_DATABASE_URL, Dialect, redact_url};
 pub use error::{SlotConflict, StoreError};
@@ -103,6 +104,9 @@ struct Inner {
     listen_more: Arc<tokio::sync::Notify>,
     /// SQLite: the open commit group on the writer connection.
     groups: group::Groups,
+    /// SQLite: the file through which processes take turns writing and
+    /// hear each other's commits.
+    writer_file: writer_file::WriterFile,
 }
 
 impl std::fmt::Debug for Store {

@@ -808,11 +808,13 @@ fn wants_more(inner: &crate::Inner, channels: u8) -> bool {
     inner.listen_for.load(Ordering::SeqCst) & !channels != 0
 }
 
-/// How often the SQLite watch looks at `PRAGMA data_version` while the
-/// database is busy (a change seen within [`SQLITE_WATCH_BUSY_FOR`]) or a
-/// lease is waited for here: a lease made active by a daemon in another
-/// process is seen within a few ms. The look is a local call of about a
-/// microsecond (on this thread, see `db`); the timer wake-up costs more.
+/// How often the SQLite watch looks at `PRAGMA data_version`, besides the
+/// looks at once when another process's commit is heard (`writer_file`),
+/// while the database is busy (a change seen within
+/// [`SQLITE_WATCH_BUSY_FOR`]) or a lease is waited for here: where commits
+/// cannot be heard, a lease made active by a daemon in another process is
+/// seen within a few ms. The look is a local call of about a microsecond
+/// (on this thread, see `db`); the timer wake-up costs more.
 const SQLITE_WATCH_BUSY: Duration = Duration::from_millis(4);
 /// How often it looks otherwise, so an idle daemon stays idle.
 const SQLITE_WATCH_IDLE: Duration = Duration::from_millis(20);
@@ -821,9 +823,11 @@ const SQLITE_WATCH_BUSY_FOR: Duration = Duration::from_secs(1);
 impl Store {
     /// On SQLite, notice commits by other processes (a CLI queueing a lease
     /// for a daemon, a daemon activating a lease a client waits for) by
-    /// watching `PRAGMA data_version` on a connection of its own (every
-    /// [`SQLITE_WATCH_BUSY`] while busy, [`SQLITE_WATCH_IDLE`] otherwise):
-    /// it changes when another connection commits. This process's commits
+    /// watching `PRAGMA data_version` on a connection of its own: it
+    /// changes when another connection commits. It looks when another
+    /// Drydock process's commit is heard (on Linux, see `writer_file`),
+    /// and otherwise every [`SQLITE_WATCH_BUSY`] while busy,
+    /// [`SQLITE_WATCH_IDLE`] otherwise. This process's commits
     /// change it too (they woke their workers and readers already),
     /// so a change is looked into rather than broadcast. One worker looks
     /// if no commit of this process can explain the change (counted in
@@ -843,6 +847,11 @@ impl Store {
                     );
                     return;
                 };
+                // Heard from before the first reading on.
+                let mut heard = weak.upgrade().and_then(|inner| {
+                    let commits = inner.writer_file.hear(path)?;
+                    Some((commits, inner.instance.clone()))
+                });
                 // The first reading is taken before whoever asked looks for
                 // work or reads a lease: a commit after that look is seen.
                 let mut done_before_last = weak
@@ -862,18 +871,33 @@ impl Store {
                 }
                 tokio::spawn(async move {
                     let mut changed_at = tokio::time::Instant::now();
+                    let mut looked_at = tokio::time::Instant::now();
                     loop {
                         let busy = changed_at.elapsed() < SQLITE_WATCH_BUSY_FOR
                             || weak
                                 .upgrade()
                                 .is_some_and(|inner| !Store { inner }.lease_waiters().is_empty());
-                        tokio::time::sleep(if busy {
-                            SQLITE_WATCH_BUSY
-                        } else {
-                            SQLITE_WATCH_IDLE
-                        })
-                        .await;
+                        let timed = tokio::time::sleep_until(
+                            looked_at
+                                + if busy {
+                                    SQLITE_WATCH_BUSY
+                                } else {
+                                    SQLITE_WATCH_IDLE
+                                },
+                        );
+                        // Another process's commit, heard as it happened.
+                        let another = match heard.as_mut() {
+                            Some((commits, own)) => tokio::select! {
+                                () = commits.another(own) => true,
+                                () = timed => false,
+                            },
+                            None => {
+                                timed.await;
+                                false
+                            }
+                        };
                         let Some(inner) = weak.upgrade() else { return };
+                        looked_at = tokio::time::Instant::now();
                         let done = inner.commits_done.load(SeqCst);
                         let Ok(version) = query_scalar::<i64>("PRAGMA data_version")
                             .fetch_one(&mut conn)
@@ -884,7 +908,8 @@ impl Store {
                         // No own commit can have become visible since the
                         // last look if every one begun by now had finished
                         // before it.
-                        let foreign = inner.commits_begun.load(SeqCst) == done_before_last;
+                        let foreign =
+                            another || inner.commits_begun.load(SeqCst) == done_before_last;
                         if last.is_some_and(|l| l != version) {
                             changed_at = tokio::time::Instant::now();
                             let store = Store { inner };
