@@ -44,6 +44,7 @@ pub async fn run(
 ) -> Result<(), drydock_store::StoreError> {
     let store = engine.store.clone();
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    store.serve_tasks_as(id).await?;
     store
         .daemon_heartbeat(id, &host, i64::from(std::process::id()))
         .await?;

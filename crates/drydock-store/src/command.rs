@@ -141,8 +141,9 @@ fn enqueue_alone_sql(only_if: Option<(&str, &str)>) -> String {
          t AS ({TASK_INSERT_SQL} SELECT $1, $2, 'queued', $3, $4, 0, $5, 0, $6, $7{from_ok} {TASK_FOLD_SQL}), \
          c AS (INSERT INTO commands (author, target_kind, target_id, command, payload, consumed, created_at, modified_at) \
            SELECT $8, $9, $10, $11, $12, 0, $7, $7{from_ok} RETURNING id), \
-         n AS (SELECT pg_notify($13, $14){from_ok}) \
-         {answer}"
+         n AS (SELECT pg_notify({channel}, $14){from_ok}) \
+         {answer}",
+        channel = crate::queue::task_channel_sql("$13")
     )
 }
 

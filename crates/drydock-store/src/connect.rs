@@ -129,6 +129,7 @@ impl Store {
                 listener: tokio::sync::OnceCell::new(),
                 listen_for: std::sync::atomic::AtomicU8::new(0),
                 listen_more: Arc::default(),
+                task_channel: Default::default(),
                 groups: Default::default(),
                 writer_file: Default::default(),
             }),

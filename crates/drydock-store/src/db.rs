@@ -556,7 +556,12 @@ pub(crate) async fn commit(db: &mut Db, notices: &[(&str, String)]) -> Result<()
                         format!("{channel:?} {payload:?} is not a plain name"),
                     ));
                 }
-                let _ = write!(script, "NOTIFY {channel}, '{payload}'; ");
+                if *channel == crate::queue::NOTIFY_CHANNEL {
+                    let to = crate::queue::task_channel_sql(&format!("'{channel}'"));
+                    let _ = write!(script, "SELECT pg_notify({to}, '{payload}'); ");
+                } else {
+                    let _ = write!(script, "NOTIFY {channel}, '{payload}'; ");
+                }
             }
             script.push_str("COMMIT");
             conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(script)))

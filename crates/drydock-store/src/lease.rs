@@ -139,8 +139,9 @@ static REQUEST_ALONE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new
          t AS ({TASK_INSERT_SQL} \
                SELECT $9, $10::text || l.id, 'queued', l.priority, l.created_at, 0, $11, 0, $12, $8 FROM l), \
          g AS ({LOGS_INSERT_SQL} SELECT $13, $14, $15, l.id, $16, $17 FROM l), \
-         n AS (SELECT pg_notify($18, $19)) \
-         SELECT l.* FROM l, n"
+         n AS (SELECT pg_notify({}, $19)) \
+         SELECT l.* FROM l, n",
+        crate::queue::task_channel_sql("$18")
     )
 });
 

@@ -102,6 +102,9 @@ struct Inner {
     listen_for: std::sync::atomic::AtomicU8,
     /// Tells the listener to listen again, for more channels.
     listen_more: Arc<tokio::sync::Notify>,
+    /// PostgreSQL, in a daemon: the channel of the task notifications
+    /// routed to it ([`Store::serve_tasks_as`]).
+    task_channel: std::sync::Mutex<Option<String>>,
     /// SQLite: the open commit group on the writer connection.
     groups: group::Groups,
     /// SQLite: the file through which processes take turns writing and

@@ -43,8 +43,35 @@ pub const CHANGES_CHANNEL: &str = "drydock_changes";
 /// What a process listens to (PostgreSQL): task notifications
 /// ([`NOTIFY_CHANNEL`]) ...
 const LISTEN_TASKS: u8 = 1;
-/// ... and lease changes ([`CHANGES_CHANNEL`]).
+/// ... and lease changes ([`CHANGES_CHANNEL`]) ...
 const LISTEN_CHANGES: u8 = 2;
+/// ... and, in a daemon, the task notifications routed to it
+/// ([`Store::serve_tasks_as`]).
+const LISTEN_OWN: u8 = 4;
+
+/// A daemon counts as a destination for task notifications while its
+/// heartbeat is this fresh (it beats every 2 s by default); a daemon
+/// beating less often than that is only reached by the broadcast.
+const ROUTE_FRESH_MS: i64 = 5_000;
+
+/// PostgreSQL: the channel a task notification goes to, as an SQL
+/// expression around `broadcast` (the broadcast channel's name, a
+/// parameter or literal): one daemon that beat within
+/// [`ROUTE_FRESH_MS`], chosen at random (its own channel,
+/// `drydock_tasks_` and the MD5 of its id), or the broadcast channel when
+/// there is none. Every notification woke every daemon's listener, each
+/// sending an idle worker to claim: with 4 daemons, 3 empty claims (and
+/// due-time reads) per notification and 3 processes woken for nothing.
+/// A notification routed to a daemon that died in the last seconds is
+/// lost: its task waits for a worker's poll (1 s) or next claim.
+pub(crate) fn task_channel_sql(broadcast: &str) -> String {
+    format!(
+        "COALESCE((SELECT 'drydock_tasks_' || md5(d.id) FROM daemons d \
+           WHERE d.stopped_at IS NULL \
+             AND d.heartbeat_at > CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT) - {ROUTE_FRESH_MS} \
+           ORDER BY random() LIMIT 1), {broadcast})"
+    )
+}
 
 /// A task to schedule.
 #[derive(Clone, Debug)]
@@ -639,6 +666,35 @@ impl Store {
         next_due_in(&mut self.reader().await?.raw).await
     }
 
+    /// This process is the daemon `daemon_id` (as registered with
+    /// [`Store::daemon_heartbeat`]): on PostgreSQL, hear the task
+    /// notifications routed to it (see `task_channel_sql`) besides the
+    /// broadcast ones. Call before registering it, so no notification is
+    /// routed to it before it listens (its workers also look when they
+    /// start). Nothing to do on SQLite.
+    pub async fn serve_tasks_as(&self, daemon_id: &str) -> Result<()> {
+        if self.dialect() == Dialect::Sqlite {
+            return Ok(());
+        }
+        let channel: String = query_scalar("SELECT 'drydock_tasks_' || md5($1)")
+            .bind(daemon_id)
+            .fetch_one(&mut self.reader().await?.raw)
+            .await?;
+        let changed = self
+            .inner
+            .task_channel
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(channel.clone())
+            .is_some_and(|before| before != channel);
+        self.ensure_listener(LISTEN_TASKS | LISTEN_OWN).await;
+        if changed {
+            // Served as another daemon before: listen again, for this one.
+            self.inner.listen_more.notify_one();
+        }
+        Ok(())
+    }
+
     /// A signal that fires when new work may be runnable. Take it *before*
     /// looking for work, then [`Store::wait_for_tasks`] on it, so no wake-up
     /// between the look and the wait is missed.
@@ -708,17 +764,19 @@ impl Store {
                         else {
                             return;
                         };
+                        let own = weak.upgrade().and_then(|inner| task_channel(&inner));
                         let listener = async {
                             let mut l = sqlx::postgres::PgListener::connect(&url).await?;
                             let names = [
-                                (LISTEN_TASKS, NOTIFY_CHANNEL),
-                                (LISTEN_CHANGES, CHANGES_CHANNEL),
+                                (LISTEN_TASKS, Some(NOTIFY_CHANNEL)),
+                                (LISTEN_CHANGES, Some(CHANGES_CHANNEL)),
+                                (LISTEN_OWN, own.as_deref()),
                             ];
                             l.listen_all(
                                 names
                                     .iter()
                                     .filter(|(bit, _)| channels & bit != 0)
-                                    .map(|(_, name)| *name),
+                                    .filter_map(|(_, name)| *name),
                             )
                             .await?;
                             Ok::<_, sqlx::Error>(l)
@@ -741,7 +799,7 @@ impl Store {
                                 };
                                 let Some(inner) = weak.upgrade() else { return };
                                 let Some(got) = got else {
-                                    if wants_more(&inner, channels) {
+                                    if wants_more(&inner, channels, own.as_deref()) {
                                         // Listen again, for more: what was
                                         // sent meanwhile is looked for.
                                         break;
@@ -785,7 +843,7 @@ impl Store {
                         }
                         let Some(inner) = weak.upgrade() else { return };
                         reconnected = true;
-                        if wants_more(&inner, channels) {
+                        if wants_more(&inner, channels, own.as_deref()) {
                             continue;
                         }
                         drop(inner);
@@ -804,8 +862,19 @@ impl Store {
 
 /// Whether this process now needs channels beyond `channels`, the ones
 /// its listener listens to.
-fn wants_more(inner: &crate::Inner, channels: u8) -> bool {
+fn wants_more(inner: &crate::Inner, channels: u8, own: Option<&str>) -> bool {
     inner.listen_for.load(Ordering::SeqCst) & !channels != 0
+        || task_channel(inner).as_deref() != own
+}
+
+/// The channel of the task notifications routed to this process, if it
+/// serves as a daemon.
+fn task_channel(inner: &crate::Inner) -> Option<String> {
+    inner
+        .task_channel
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }
 
 /// How often the SQLite watch looks at `PRAGMA data_version`, besides the

@@ -24,6 +24,7 @@ backend_tests!(
     yield_merges_into_a_task_queued_meanwhile,
     schedule_rolls_back_with_its_transaction,
     waiting_worker_is_woken_by_notification_not_poll,
+    task_notifications_go_to_one_live_daemon_or_else_to_everyone,
     hand_back_returns_the_task_unchanged,
     crashed_runs_count_and_stop_at_the_limit,
     a_claimed_update_holds_its_objects_lock_until_it_completes,
@@ -373,6 +374,96 @@ async fn waiting_worker_is_woken_by_notification_not_poll(db: &TestDb) -> anyhow
     ensure!(
         waited < Duration::from_secs(5),
         "woken after {waited:?}: the notification did not arrive"
+    );
+    Ok(())
+}
+
+/// PostgreSQL: a task notification goes to one daemon that beat lately,
+/// chosen at random, on its own channel (so one daemon's idle worker
+/// claims, not one in every daemon); to the broadcast channel when no
+/// daemon is fresh; and a daemon's store hears what is routed to it.
+async fn task_notifications_go_to_one_live_daemon_or_else_to_everyone(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    use drydock_store::queue::NOTIFY_CHANNEL;
+    if db.backend != drydock_testkit::Backend::Postgres {
+        return Ok(());
+    }
+    let s = &db.store;
+    let mut raw = <sqlx::postgres::PgConnection as sqlx::Connection>::connect(&db.url).await?;
+    let mut channel_of = async |daemon: &str| -> anyhow::Result<String> {
+        Ok(sqlx::query_scalar("SELECT 'drydock_tasks_' || md5($1)")
+            .bind(daemon.to_owned())
+            .fetch_one(&mut raw)
+            .await?)
+    };
+    let (a, b) = (channel_of("daemon-a").await?, channel_of("daemon-b").await?);
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await?;
+    listener
+        .listen_all([NOTIFY_CHANNEL, a.as_str(), b.as_str()])
+        .await?;
+    // Where the notifications of `n` schedules (each its own commit) go.
+    let mut send = async |n: usize| -> anyhow::Result<Vec<String>> {
+        let mut got = Vec::new();
+        for _ in 0..n {
+            s.schedule(NewTask::new("test.routed").run_at(now_ms() + 3_600_000))
+                .await?;
+            let note = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+                .await
+                .context("no notification")??;
+            got.push(note.channel().to_owned());
+        }
+        // Each went to one channel only.
+        ensure!(
+            tokio::time::timeout(Duration::from_millis(100), listener.recv())
+                .await
+                .is_err(),
+            "a notification went to more than one channel"
+        );
+        Ok(got)
+    };
+
+    ensure!(
+        send(3).await?.iter().all(|c| c == NOTIFY_CHANNEL),
+        "no daemon yet: to everyone"
+    );
+
+    s.daemon_heartbeat("daemon-a", "h", 1).await?;
+    s.daemon_heartbeat("daemon-b", "h", 2).await?;
+    let got = send(30).await?;
+    ensure!(
+        got.iter().all(|c| *c == a || *c == b),
+        "to one daemon each: {got:?}"
+    );
+    ensure!(
+        got.contains(&a) && got.contains(&b),
+        "spread over the live daemons: {got:?}"
+    );
+
+    s.daemon_stopped("daemon-a").await?;
+    ensure!(
+        send(5).await?.iter().all(|c| *c == b),
+        "a stopped daemon gets none"
+    );
+
+    // A daemon that has not beaten for a minute is not sent to.
+    sqlx::query("UPDATE daemons SET heartbeat_at = heartbeat_at - 60000")
+        .execute(&mut raw)
+        .await?;
+    ensure!(
+        send(3).await?.iter().all(|c| c == NOTIFY_CHANNEL),
+        "no fresh daemon: to everyone"
+    );
+
+    // A daemon's store hears what is routed to it (and only that reaches
+    // it: it is the only fresh daemon).
+    let daemon = db.connect_again().await;
+    daemon.serve_tasks_as("daemon-a").await?;
+    s.daemon_heartbeat("daemon-a", "h", 1).await?;
+    let waited = worker_woken_by_another_process(&daemon, s).await?;
+    ensure!(
+        waited < Duration::from_secs(5),
+        "woken after {waited:?}: the routed notification did not arrive"
     );
     Ok(())
 }
