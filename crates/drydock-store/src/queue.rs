@@ -50,8 +50,9 @@ const LISTEN_CHANGES: u8 = 2;
 const LISTEN_OWN: u8 = 4;
 
 /// A daemon counts as a destination for task notifications while its
-/// heartbeat is this fresh (it beats every 2 s by default); a daemon
-/// beating less often than that is only reached by the broadcast.
+/// heartbeat is this fresh (it beats every 2 s). One that is not is sent
+/// nothing (its workers find work by their poll) unless no daemon is
+/// fresh: then every notification is broadcast.
 const ROUTE_FRESH_MS: i64 = 5_000;
 
 /// PostgreSQL: the channel a task notification goes to, as an SQL
