@@ -67,11 +67,18 @@ const ROUTE_FRESH_MS: i64 = 5_000;
 /// lost: its task waits for a worker's poll (1 s) or next claim.
 pub(crate) fn task_channel_sql(broadcast: &str) -> String {
     format!(
-        "COALESCE((SELECT 'drydock_tasks_' || md5(d.id) FROM daemons d \
+        "COALESCE((SELECT {} FROM daemons d \
            WHERE d.stopped_at IS NULL \
              AND d.heartbeat_at > CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT) - {ROUTE_FRESH_MS} \
-           ORDER BY random() LIMIT 1), {broadcast})"
+           ORDER BY random() LIMIT 1), {broadcast})",
+        daemon_channel_sql("d.id")
     )
+}
+
+/// PostgreSQL: the channel of the daemon whose id is `id` (an SQL
+/// expression): ids are free text, channel names short identifiers.
+fn daemon_channel_sql(id: &str) -> String {
+    format!("'{NOTIFY_CHANNEL}_' || md5({id})")
 }
 
 /// A task to schedule.
@@ -677,7 +684,7 @@ impl Store {
         if self.dialect() == Dialect::Sqlite {
             return Ok(());
         }
-        let channel: String = query_scalar("SELECT 'drydock_tasks_' || md5($1)")
+        let channel: String = query_scalar(format!("SELECT {}", daemon_channel_sql("$1")))
             .bind(daemon_id)
             .fetch_one(&mut self.reader().await?.raw)
             .await?;
