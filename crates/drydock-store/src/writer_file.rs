@@ -85,7 +85,11 @@ impl WriterFile {
         // A wait given up (patience, or this future dropped) leaves the
         // thread waiting: the lock it then takes is dropped with its
         // output (tokio drops the output of a task nobody awaits), and a
-        // dropped `Held` lets it go.
+        // dropped `Held` lets it go. The lock belongs to the open file,
+        // which this process's waits share: such a late take and drop can
+        // let go early of a later transaction's lock. That costs only the
+        // queueing (another process then retries SQLite's lock, which
+        // still protects the data).
         let waiting = tokio::task::spawn_blocking(move || file.lock().map(|()| Held(file)));
         match tokio::time::timeout(patience, waiting).await {
             Ok(Ok(Ok(held))) => Some(held),
