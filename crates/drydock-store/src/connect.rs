@@ -33,6 +33,15 @@ impl Dialect {
         }
     }
 
+    /// The row-lock clause that skips rows another transaction holds, with
+    /// its leading space: PostgreSQL's; SQLite has one writer, so none.
+    pub(crate) fn skip_locked(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Dialect::Sqlite => "sqlite",
@@ -131,7 +140,7 @@ impl Store {
                 listen_more: Arc::default(),
                 task_channel: Default::default(),
                 groups: Default::default(),
-                writer_file: Default::default(),
+                writer_file: crate::writer_file::WriterFile::of(sqlite_path(url)),
             }),
         })
     }

@@ -130,12 +130,11 @@ pub(crate) async fn begin(store: &Store, conn: &mut pool::Conn) -> Result<Arc<Gr
                 // A transaction without a group (cannot happen): start clean.
                 c.execute_batch("ROLLBACK")?;
             }
-            let path = crate::connect::sqlite_path(&store.inner.url);
             let started = Instant::now();
             let writer = store
                 .inner
                 .writer_file
-                .take(path, pool::SQLITE_BUSY_TIMEOUT)
+                .take(pool::SQLITE_BUSY_TIMEOUT)
                 .await;
             let patience = pool::SQLITE_BUSY_TIMEOUT.saturating_sub(started.elapsed());
             db::begin_immediate(c, patience).await?;

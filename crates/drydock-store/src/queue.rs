@@ -688,18 +688,15 @@ impl Store {
             .bind(daemon_id)
             .fetch_one(&mut self.reader().await?.raw)
             .await?;
-        let changed = self
+        *self
             .inner
             .task_channel
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .replace(channel.clone())
-            .is_some_and(|before| before != channel);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(channel);
         self.ensure_listener(LISTEN_TASKS | LISTEN_OWN).await;
-        if changed {
-            // Served as another daemon before: listen again, for this one.
-            self.inner.listen_more.notify_one();
-        }
+        // A listener already listening for another daemon's channel (this
+        // store served as one before) listens again (`wants_more`).
+        self.inner.listen_more.notify_one();
         Ok(())
     }
 
@@ -926,7 +923,7 @@ impl Store {
                 };
                 // Heard from before the first reading on.
                 let mut heard = weak.upgrade().and_then(|inner| {
-                    let commits = inner.writer_file.hear(path)?;
+                    let commits = inner.writer_file.hear()?;
                     Some((commits, inner.instance.clone()))
                 });
                 // The first reading is taken before whoever asked looks for
@@ -1236,10 +1233,7 @@ enum Claimed {
 /// The claim: the most urgent runnable task (`$1` owner, `$2` claim expiry,
 /// `$3` now).
 fn claim_sql(dialect: Dialect) -> String {
-    let skip_locked = match dialect {
-        Dialect::Sqlite => "",
-        Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
-    };
+    let skip_locked = dialect.skip_locked();
     // An object's task is not claimed while another of its tasks holds a
     // live claim.
     let free = not_behind_a_live_claim("$3");
@@ -1250,7 +1244,7 @@ fn claim_sql(dialect: Dialect) -> String {
          WHERE id = (SELECT t.id FROM tasks t \
            WHERE ((t.state = 'queued' AND t.run_at <= $3) OR (t.state = 'claimed' AND t.claim_expires_at < $3)) \
              AND {free} \
-           ORDER BY t.priority DESC, t.run_at, t.id LIMIT 1 {skip_locked}) \
+           ORDER BY t.priority DESC, t.run_at, t.id LIMIT 1{skip_locked}) \
          RETURNING id, kind, object_key, payload, attempts, max_attempts, claim_token, \
            EXISTS (SELECT 1 FROM tasks m WHERE m.state = 'queued' AND m.run_at <= $3 \
                    AND m.id <> tasks.id) AS more"

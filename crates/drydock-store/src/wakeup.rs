@@ -162,7 +162,7 @@ impl Tx {
             "DELETE FROM wakeups WHERE (event, waiter) IN \
                (SELECT event, waiter FROM wakeups WHERE event = $1{}) \
              RETURNING waiter, priority, run_at",
-            self.skip_locked()
+            self.dialect().skip_locked()
         );
         let mut waiters: Vec<(String, i64, i64)> = query_as(sql)
             .bind(event)
@@ -210,7 +210,7 @@ impl Tx {
                   AND (priority < $2 OR (priority = $2 AND (run_at > $3 OR (run_at = $3 AND waiter > $4)))) \
                 ORDER BY priority DESC, run_at, waiter LIMIT 1{}) \
              RETURNING waiter, priority, run_at",
-            self.skip_locked()
+            self.dialect().skip_locked()
         ))
         .bind(event)
         .bind(p)
@@ -229,15 +229,6 @@ impl Tx {
             .await?;
         self.schedule_waiter(&waiter, priority, run_at).await?;
         Ok(true)
-    }
-
-    /// PostgreSQL: skip rows another transaction holds (a firing never
-    /// waits for another); SQLite has one writer.
-    fn skip_locked(&self) -> &'static str {
-        match self.dialect() {
-            crate::Dialect::Sqlite => "",
-            crate::Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
-        }
     }
 }
 

@@ -35,8 +35,9 @@ use std::time::Duration;
 const NAME_LEN: usize = 64;
 
 /// The writer file of one database, opened on first use.
-#[derive(Default)]
 pub(crate) struct WriterFile {
+    /// `DB-writer`.
+    path: String,
     /// `None` when it cannot be opened: writes then only use SQLite's lock.
     file: OnceLock<Option<Arc<File>>>,
 }
@@ -66,14 +67,22 @@ impl Held {
 }
 
 impl WriterFile {
-    fn file(&self, db_path: &str) -> Option<Arc<File>> {
-        self.file.get_or_init(|| open(db_path)).clone()
+    /// The writer file of the SQLite database at `db_path`.
+    pub(crate) fn of(db_path: &str) -> Self {
+        Self {
+            path: format!("{db_path}-writer"),
+            file: OnceLock::new(),
+        }
     }
 
-    /// Take the lock of the database at `db_path`, waiting at most
-    /// `patience`; `None` if it cannot be had (see the module's notes).
-    pub(crate) async fn take(&self, db_path: &str, patience: Duration) -> Option<Held> {
-        let file = self.file(db_path)?;
+    fn file(&self) -> Option<Arc<File>> {
+        self.file.get_or_init(|| open(&self.path)).clone()
+    }
+
+    /// Take the lock, waiting at most `patience`; `None` if it cannot be
+    /// had (see the module's notes).
+    pub(crate) async fn take(&self, patience: Duration) -> Option<Held> {
+        let file = self.file()?;
         match file.try_lock() {
             Ok(()) => return Some(Held(file)),
             Err(TryLockError::WouldBlock) => {}
@@ -101,22 +110,20 @@ impl WriterFile {
         }
     }
 
-    /// Start hearing the commits written into the file of the database at
-    /// `db_path`; `None` where that cannot be done.
-    pub(crate) fn hear(&self, db_path: &str) -> Option<Commits> {
-        let file = self.file(db_path)?;
-        Commits::new(&format!("{db_path}-writer"), file)
+    /// Start hearing the commits written into the file; `None` where that
+    /// cannot be done.
+    pub(crate) fn hear(&self) -> Option<Commits> {
+        Commits::new(&self.path, self.file()?)
     }
 }
 
-fn open(db_path: &str) -> Option<Arc<File>> {
-    let path = format!("{db_path}-writer");
+fn open(path: &str) -> Option<Arc<File>> {
     match File::options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&path)
+        .open(path)
     {
         Ok(f) => Some(Arc::new(f)),
         Err(e) => {
@@ -240,9 +247,9 @@ mod tests {
     #[tokio::test]
     async fn a_writer_waits_for_another_process_and_starts_when_it_lets_go() {
         let (_dir, path) = db();
-        let (mine, theirs) = (WriterFile::default(), WriterFile::default());
-        let held = theirs.take(&path, PATIENCE).await.expect("free at first");
-        let mut taking = std::pin::pin!(mine.take(&path, PATIENCE));
+        let (mine, theirs) = (WriterFile::of(&path), WriterFile::of(&path));
+        let held = theirs.take(PATIENCE).await.expect("free at first");
+        let mut taking = std::pin::pin!(mine.take(PATIENCE));
         assert!(still_waiting(taking.as_mut()).await, "taken while held");
         drop(held);
         let mine = tokio::time::timeout(PATIENCE, taking).await;
@@ -256,23 +263,23 @@ mod tests {
     #[tokio::test]
     async fn another_process_commits_are_heard_and_own_ones_are_not() {
         let (_dir, path) = db();
-        let (mine, theirs) = (WriterFile::default(), WriterFile::default());
-        let mut heard = mine.hear(&path).expect("inotify works here");
+        let (mine, theirs) = (WriterFile::of(&path), WriterFile::of(&path));
+        let mut heard = mine.hear().expect("inotify works here");
 
-        let held = theirs.take(&path, PATIENCE).await.unwrap();
+        let held = theirs.take(PATIENCE).await.unwrap();
         held.committed("them");
         drop(held);
         tokio::time::timeout(PATIENCE, heard.another("me"))
             .await
             .expect("their commit heard");
 
-        let held = mine.take(&path, PATIENCE).await.unwrap();
+        let held = mine.take(PATIENCE).await.unwrap();
         held.committed("me");
         drop(held);
         let mut next = std::pin::pin!(heard.another("me"));
         assert!(still_waiting(next.as_mut()).await, "own commit ignored");
 
-        let held = theirs.take(&path, PATIENCE).await.unwrap();
+        let held = theirs.take(PATIENCE).await.unwrap();
         held.committed("them");
         drop(held);
         tokio::time::timeout(PATIENCE, next)
