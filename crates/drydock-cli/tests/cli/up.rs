@@ -314,6 +314,25 @@ fn bench_quick_reports_every_measure() {
     ] {
         assert!(table.contains(measure), "{measure} missing from\n{table}");
     }
+    // Every measure is judged against its target: met, or by how much not.
+    assert!(table.contains("| measure | target | measured | verdict |"));
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| measure"))
+        .collect();
+    assert_eq!(rows.len(), 9, "{table}");
+    for row in rows {
+        let verdict = row.trim_end_matches(" |").rsplit(" | ").next().unwrap();
+        assert!(
+            verdict == "met" || (verdict.starts_with("missed: ") && verdict.contains(" % ")),
+            "{row}"
+        );
+    }
+    assert!(
+        crate::stderr(&o).contains(" of 9 met"),
+        "{}",
+        crate::stderr(&o)
+    );
     // A database in use is refused.
     let o = crate::drydock(&url, &["bench", "--quick"]);
     assert!(!o.status.success() && crate::stderr(&o).contains("scratch database"));
