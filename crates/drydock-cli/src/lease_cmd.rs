@@ -132,12 +132,10 @@ impl InProcess {
             Err(e) => return Err(e.into()),
         }
         if !self.workers.is_empty() {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline
-                && store.lease(id).await?.status != LeaseStatus::Destroyed
-            {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            client::wait_for_lease(store, id, Duration::from_secs(30), |l| {
+                l.status == LeaseStatus::Destroyed
+            })
+            .await?;
         }
         Ok(())
     }
@@ -247,7 +245,10 @@ enum Waited {
 }
 
 /// Wait for the lease to become active, printing its log events as they
-/// arrive. Ends early on Ctrl-C or the timeout.
+/// arrive. Ends early on Ctrl-C or the timeout. Woken by the lease's writes
+/// (the store's lease signal: this process's commits, or another process's
+/// through PostgreSQL notifications or the SQLite watch), with a
+/// quarter-second look as the safety net — not by polling.
 async fn wait_active(
     store: &Store,
     id: LeaseId,
@@ -257,6 +258,9 @@ async fn wait_active(
     let mut after = None;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    // Taken before each read, so a write between the read and the wait
+    // is not missed.
+    let mut signal = store.lease_signal(id).await;
     loop {
         // Status first, then the log: every event up to the status seen is
         // printed before returning.
@@ -282,12 +286,18 @@ async fn wait_active(
             }
             LeaseStatus::Pending | LeaseStatus::Acquired => {}
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
             return Ok(Waited::TimedOut);
         }
+        let look = deadline.map_or(SAFETY_LOOK, |d| (d - now).min(SAFETY_LOOK));
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+            _ = signal.wait(look) => {}
             _ = &mut ctrl_c => return Ok(Waited::Interrupted),
         }
+        signal = store.lease_signal(id).await;
     }
 }
+
+/// How long a wait goes without looking, should a wake-up be lost.
+const SAFETY_LOOK: Duration = Duration::from_millis(250);

@@ -761,7 +761,10 @@ impl Store {
             .listener
             .get_or_init(|| async move {
                 tokio::spawn(async move {
-                    let mut reconnected = false;
+                    // The first connection too: a notification sent before
+                    // it listened is lost (a short-lived process's reader
+                    // may wait for a lease another process just wrote).
+                    let mut reconnected = true;
                     loop {
                         let Some(channels) = weak
                             .upgrade()
@@ -792,8 +795,8 @@ impl Store {
                                 if let Some(inner) = weak.upgrade()
                                     && reconnected
                                 {
-                                    // Notifications sent while the connection
-                                    // was down are lost: everyone looks again.
+                                    // Notifications sent before it listened
+                                    // are lost: everyone looks (again).
                                     reconnected = false;
                                     inner.tasks_ready.notify_waiters();
                                     changed_elsewhere(&inner);

@@ -31,6 +31,7 @@ backend_tests!(
     a_commit_wakes_one_idle_worker_not_all,
     a_lease_reader_wakes_for_its_own_lease_only,
     a_lease_reader_wakes_for_another_processes_write,
+    a_processs_first_lease_reader_hears_a_write_made_while_its_listener_connected,
     a_process_hears_tasks_and_lease_changes_whichever_it_needed_first,
     a_lease_reader_is_given_what_this_process_wrote_but_reads_another_processes_write,
     a_lease_pass_reads_its_lease_resource_commands_hand_offs_and_blueprints_version_at_once,
@@ -657,6 +658,7 @@ async fn a_claimed_update_holds_its_objects_lock_until_it_completes(
 async fn a_commit_wakes_one_idle_worker_not_all(db: &TestDb) -> anyhow::Result<()> {
     // Four idle workers wait; one commit makes work. One of them looks (and
     // wakes the next only if it finds more): not all four claiming at once.
+    listening_for_tasks(&db.store).await?;
     let (ready, mut registered) = tokio::sync::mpsc::channel(4);
     let (done, mut woken) = tokio::sync::mpsc::channel(4);
     let mut waiters = Vec::new();
@@ -694,6 +696,7 @@ async fn a_lease_reader_wakes_for_its_own_lease_only(db: &TestDb) -> anyhow::Res
         s.insert_lease(&crate::host_lease()).await?,
         s.insert_lease(&crate::host_lease()).await?,
     );
+    listening(s).await?;
     let mut signal = s.lease_signal(a.id).await;
     let (tx_woken, mut woken) = tokio::sync::oneshot::channel();
     let reader = async move {
@@ -775,6 +778,84 @@ async fn a_lease_reader_wakes_for_another_processes_write(db: &TestDb) -> anyhow
         waited < Duration::from_secs(5),
         "woken after {waited:?}: another process's write did not reach the reader"
     );
+    Ok(())
+}
+
+/// A short-lived process (the `drydock lease` CLI) waits for a lease
+/// right after it starts. On PostgreSQL its listener is still connecting
+/// then, and a notification sent before it listens is lost: another
+/// process may already have activated the lease. So once the listener
+/// listens, its process's readers look again — as after a reconnection —
+/// rather than at their safety poll. (On SQLite the watch takes its first
+/// reading before the reader looks; nothing can be lost.)
+async fn a_processs_first_lease_reader_hears_a_write_made_while_its_listener_connected(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    if db.store.dialect() == drydock_store::Dialect::Sqlite {
+        return Ok(());
+    }
+    let (fresh, writer) = (db.connect_again().await, db.connect_again().await);
+    let lease = writer.insert_lease(&crate::host_lease()).await?;
+    let before = fresh.lease(lease.id).await?;
+    let mut signal = fresh.lease_signal(lease.id).await;
+    // Written at once, maybe before the listener this signal started
+    // listens — and even if not: the look wakes the reader all the same,
+    // so the wait ends without the 20 s poll either way.
+    write_lease(&writer, lease.id, "written while the listener connects").await?;
+    let started = Instant::now();
+    signal.wait(Duration::from_secs(20)).await;
+    let waited = started.elapsed();
+    ensure!(
+        waited < Duration::from_secs(5),
+        "woken after {waited:?}: a write made before the listener listened could be missed"
+    );
+    ensure!(
+        fresh.lease(lease.id).await? != before,
+        "the write is there to read"
+    );
+    // The mechanism, without a race: a first listener's look wakes a
+    // reader of a lease nobody writes.
+    let quiet = db.connect_again().await;
+    let mut signal = quiet.lease_signal(lease.id).await;
+    let started = Instant::now();
+    signal.wait(Duration::from_secs(20)).await;
+    let waited = started.elapsed();
+    ensure!(
+        waited < Duration::from_secs(5),
+        "a reader waited {waited:?}: the listener did not have it look once listening"
+    );
+    Ok(())
+}
+
+/// Wait until the fresh store `s`'s listener listens (PostgreSQL): it
+/// then has every reader look once (see
+/// `a_processs_first_lease_reader_hears_a_write_made_while_its_listener_connected`);
+/// a test of which writes wake a reader starts after that.
+async fn listening(s: &Store) -> anyhow::Result<()> {
+    if s.dialect() == drydock_store::Dialect::Postgres {
+        let mut signal = s.lease_signal(LeaseId(0)).await;
+        let started = Instant::now();
+        signal.wait(Duration::from_secs(5)).await;
+        ensure!(
+            started.elapsed() < Duration::from_secs(5),
+            "the listener did not start listening"
+        );
+    }
+    Ok(())
+}
+
+/// [`listening`], for task notifications: the listener's first look
+/// wakes every idle worker once.
+async fn listening_for_tasks(s: &Store) -> anyhow::Result<()> {
+    if s.dialect() == drydock_store::Dialect::Postgres {
+        let signal = s.task_signal().await;
+        let started = Instant::now();
+        s.wait_for_tasks(signal, Duration::from_secs(5)).await;
+        ensure!(
+            started.elapsed() < Duration::from_secs(5),
+            "the listener did not start listening"
+        );
+    }
     Ok(())
 }
 
@@ -1456,6 +1537,7 @@ async fn a_lease_reader_is_given_what_this_process_wrote_but_reads_another_proce
     let s = &db.store;
     let other = db.connect_again().await;
     let lease = s.insert_lease(&crate::host_lease()).await?;
+    listening(s).await?;
     let mut signal = s.lease_signal(lease.id).await;
     ensure!(signal.written().is_none(), "nothing written yet");
     write_lease(s, lease.id, "here").await?;
