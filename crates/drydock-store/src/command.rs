@@ -128,22 +128,16 @@ fn enqueue_alone_sql(only_if: Option<(&str, &str)>) -> String {
                  ok AS (SELECT 1 FROM o WHERE {status_in}), "
             ),
             " FROM ok",
-            "SELECT o.status, (SELECT id FROM c) AS id, (SELECT COUNT(*) FROM n) AS notified FROM o",
+            "SELECT o.status, (SELECT id FROM c) AS id FROM o",
         ),
-        None => (
-            String::new(),
-            "",
-            "SELECT c.id, (SELECT COUNT(*) FROM n) AS notified FROM c",
-        ),
+        None => (String::new(), "", "SELECT c.id FROM c"),
     };
     format!(
         "WITH {guard}\
          t AS ({TASK_INSERT_SQL} SELECT $1, $2, 'queued', $3, $4, 0, $5, 0, $6, $7{from_ok} {TASK_FOLD_SQL}), \
          c AS (INSERT INTO commands (author, target_kind, target_id, command, payload, consumed, created_at, modified_at) \
-           SELECT $8, $9, $10, $11, $12, 0, $7, $7{from_ok} RETURNING id), \
-         n AS (SELECT pg_notify({channel}, $14){from_ok}) \
-         {answer}",
-        channel = crate::queue::task_channel_sql("$13")
+           SELECT $8, $9, $10, $11, $12, 0, $7, $7{from_ok} RETURNING id) \
+         {answer}"
     )
 }
 
@@ -215,8 +209,8 @@ impl Tx {
 }
 
 impl Store {
-    /// PostgreSQL: bind a command sent now, its target's task and the
-    /// notification as `$1..$14` of [`enqueue_alone_sql`].
+    /// PostgreSQL: bind a command sent now and its target's task as
+    /// `$1..$12` of [`enqueue_alone_sql`].
     fn bind_command(
         &self,
         q: crate::db::Query,
@@ -233,8 +227,6 @@ impl Store {
             .bind(target.id)
             .bind(command.as_str())
             .bind(to_json(payload))
-            .bind(crate::queue::NOTIFY_CHANNEL)
-            .bind(self.notice_payload())
     }
 
     /// Enqueue a command in its own transaction (on PostgreSQL one
@@ -250,7 +242,7 @@ impl Store {
             check_target(command, target)?;
             let sql = query(enqueue_alone_sql(None));
             let q = self.bind_command(sql, author, target, command, &payload);
-            let rows = self.write_alone(q).await?;
+            let rows = self.write_alone(q, |_| true).await?;
             let row = rows
                 .first()
                 .ok_or_else(|| StoreError::Database("the command was not stored".into()))?;
@@ -285,7 +277,12 @@ impl Store {
         if self.dialect() == crate::Dialect::Postgres {
             let sql = query(enqueue_alone_sql(Some((table, &status_in))));
             let q = self.bind_command(sql, author, target, command, &payload);
-            let rows = self.write_alone(q).await?;
+            // Workers are told only of a command stored.
+            let stored = |rows: &[crate::db::Row]| {
+                rows.first()
+                    .is_some_and(|r| get::<Option<i64>>(r, "id").is_ok_and(|id| id.is_some()))
+            };
+            let rows = self.write_alone(q, stored).await?;
             let row = rows.first().ok_or_else(missing)?;
             return Ok(match get::<Option<i64>>(row, "id")? {
                 Some(id) => Ok(CommandId(id)),

@@ -536,19 +536,24 @@ mod postgres {
 
 /// Commit the open transaction. On PostgreSQL `notices` (`(channel,
 /// payload)`, our own names and payloads: letters, digits, `.`, `_` and
-/// spaces) are sent in the same message as `COMMIT`, one round trip: the
+/// spaces) follow `COMMIT` in the same message, one round trip: the
 /// simple-query protocol runs them in order and stops at the first error,
-/// so they are delivered if, and only if, the transaction commits.
+/// so they are sent only once the transaction has committed — and in a
+/// transaction of their own, which writes nothing. In the committing
+/// transaction they would hold PostgreSQL's one notification-queue lock
+/// until its commit is flushed to disk, so that notifying commits wait
+/// for each other's flushes ([`crate::queue::notify_tasks`]).
 pub(crate) async fn commit(db: &mut Db, notices: &[(&str, String)]) -> Result<()> {
     match db {
         Db::Postgres(conn) if !notices.is_empty() => {
+            use futures_util::StreamExt as _;
             use sqlx::Executor as _;
             use std::fmt::Write as _;
             fn plain(s: &str) -> bool {
                 s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ' '))
             }
-            let mut script = String::new();
+            let mut script = String::from("COMMIT");
             for (channel, payload) in notices {
                 if !plain(channel) || !plain(payload) {
                     return Err(StoreError::invalid(
@@ -558,14 +563,27 @@ pub(crate) async fn commit(db: &mut Db, notices: &[(&str, String)]) -> Result<()
                 }
                 if *channel == crate::queue::NOTIFY_CHANNEL {
                     let to = crate::queue::task_channel_sql(&format!("'{channel}'"));
-                    let _ = write!(script, "SELECT pg_notify({to}, '{payload}'); ");
+                    let _ = write!(script, "; SELECT pg_notify({to}, '{payload}')");
                 } else {
-                    let _ = write!(script, "NOTIFY {channel}, '{payload}'; ");
+                    let _ = write!(script, "; NOTIFY {channel}, '{payload}'");
                 }
             }
-            script.push_str("COMMIT");
-            conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(script)))
-                .await?;
+            let mut answers = conn.fetch_many(sqlx::raw_sql(sqlx::AssertSqlSafe(script)));
+            // The first answer is `COMMIT`'s; after it the work is
+            // committed, and an error is the notifications' alone (their
+            // readers' safety polls find the change).
+            match answers.next().await {
+                Some(Ok(sqlx::Either::Left(_))) => {}
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(sqlx::Either::Right(_))) | None => {
+                    return Err(StoreError::Database("COMMIT gave no answer".into()));
+                }
+            }
+            while let Some(answer) = answers.next().await {
+                if let Err(e) = answer {
+                    tracing::warn!("notifying after a commit failed: {e}");
+                }
+            }
             Ok(())
         }
         db => query("COMMIT").execute(db).await.map(drop),

@@ -130,18 +130,15 @@ fn bind_new(q: crate::db::Query, new: &NewLease, now: i64) -> Result<crate::db::
 /// PostgreSQL: a new lease, its update task and its `queued` event in one
 /// statement ([`Store::request_lease`]): the lease `$1..$8`, the task
 /// `$9..$12` (kind, key prefix, max attempts, payload), the event
-/// `$13..$17` (epoch, blueprint, resource, type, data), the notification
-/// `$18, $19`. The task's key is the lease's ([`ObjectRef::key`]); a new
+/// `$13..$17` (epoch, blueprint, resource, type, data). The task's key is the lease's ([`ObjectRef::key`]); a new
 /// lease has no queued task to fold into.
 static REQUEST_ALONE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH l AS ({INSERT_SQL} RETURNING {COLUMNS}), \
          t AS ({TASK_INSERT_SQL} \
                SELECT $9, $10::text || l.id, 'queued', l.priority, l.created_at, 0, $11, 0, $12, $8 FROM l), \
-         g AS ({LOGS_INSERT_SQL} SELECT $13, $14, $15, l.id, $16, $17 FROM l), \
-         n AS (SELECT pg_notify({}, $19)) \
-         SELECT l.* FROM l, n",
-        crate::queue::task_channel_sql("$18")
+         g AS ({LOGS_INSERT_SQL} SELECT $13, $14, $15, l.id, $16, $17 FROM l) \
+         SELECT l.* FROM l"
     )
 });
 
@@ -356,11 +353,8 @@ impl Store {
             .bind(format!("{}:", ObjectKind::Lease.as_str()))
             .bind(model.max_attempts)
             .bind(to_json(&model.payload));
-        let q = event
-            .bind_without_lease(q)
-            .bind(crate::queue::NOTIFY_CHANNEL)
-            .bind(self.notice_payload());
-        let rows = self.write_alone(q).await?;
+        let q = event.bind_without_lease(q);
+        let rows = self.write_alone(q, |_| true).await?;
         from_row(
             rows.first()
                 .ok_or_else(|| StoreError::Database("the lease was not stored".into()))?,

@@ -45,6 +45,7 @@ backend_tests!(
     a_task_behind_a_live_claim_is_not_due_until_the_claim_ends_and_then_runs_at_once,
     a_hand_over_passes_over_a_registration_being_dropped_without_waiting,
     a_handlers_last_write_commits_with_its_completion_and_only_with_it,
+    notifications_follow_their_commit_and_failing_do_not_undo_it,
 );
 
 const TTL: Duration = Duration::from_secs(30);
@@ -1578,5 +1579,60 @@ async fn a_lease_reader_is_given_what_this_process_wrote_but_reads_another_proce
     let given = again.written().context("the new write is given")?;
     ensure!(given.failure.as_deref() == Some("here again"), "{given:?}");
     ensure!(*given == s.lease(lease.id).await?);
+    Ok(())
+}
+
+/// PostgreSQL: the workers' and readers' notifications follow the commit
+/// that made the work, in a transaction of their own: in it, they would
+/// hold PostgreSQL's notification-queue lock until the commit is on disk,
+/// and notifying commits would wait for each other's flushes. So a
+/// notification that fails leaves the work committed, and said to be.
+/// (Made to fail here by hiding the daemon list notifications are routed
+/// by.)
+async fn notifications_follow_their_commit_and_failing_do_not_undo_it(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    if db.store.dialect() == drydock_store::Dialect::Sqlite {
+        return Ok(());
+    }
+    let s = &db.store;
+    let mut admin = sqlx::PgConnection::connect(&db.url).await?;
+    sqlx::raw_sql("ALTER TABLE daemons RENAME TO daemons_hidden")
+        .execute(&mut admin)
+        .await?;
+    let mut tx = s.begin().await?;
+    let task = tx.schedule(NewTask::new("test.echo")).await?;
+    let committed = tx.commit().await;
+    let queued =
+        drydock_store::log::NewLog::new("lease.queued").data(serde_json::json!({ "type": "host" }));
+    let requested = s.request_lease(&crate::host_lease(), queued).await;
+    let sent = match &requested {
+        Ok(lease) => {
+            s.enqueue_command(
+                "user:a",
+                lease.object(),
+                drydock_model::CommandKind::Release,
+                serde_json::json!({}),
+            )
+            .await
+        }
+        Err(_) => Err(StoreError::Database("no lease to send to".into())),
+    };
+    sqlx::raw_sql("ALTER TABLE daemons_hidden RENAME TO daemons")
+        .execute(&mut admin)
+        .await?;
+    committed.context("a transaction that made work")?;
+    let lease = requested.context("a lease request")?;
+    let command = sent.context("a command")?;
+    ensure!(s.task(task).await?.state == TaskState::Queued);
+    ensure!(s.lease(lease.id).await? == lease);
+    ensure!(
+        s.pending_commands(lease.object())
+            .await?
+            .iter()
+            .any(|c| c.id == command),
+        "the command is stored"
+    );
     Ok(())
 }
