@@ -324,12 +324,17 @@ fn bench_quick_reports_every_measure() {
     for row in rows {
         let verdict = row.trim_end_matches(" |").rsplit(" | ").next().unwrap();
         assert!(
-            verdict == "met" || (verdict.starts_with("missed: ") && verdict.contains(" % ")),
+            verdict == "met"
+                || (verdict.starts_with("missed: ") && verdict.contains(" % "))
+                // This process's memory (engine and client): shown, not
+                // judged by the daemon's target.
+                || (row.contains("resident memory of this process")
+                    && verdict.starts_with("not judged")),
             "{row}"
         );
     }
     assert!(
-        crate::stderr(&o).contains(" of 9 met"),
+        crate::stderr(&o).contains(" of 8 met"),
         "{}",
         crate::stderr(&o)
     );
