@@ -130,8 +130,10 @@ fn bind_new(q: crate::db::Query, new: &NewLease, now: i64) -> Result<crate::db::
 /// PostgreSQL: a new lease, its update task and its `queued` event in one
 /// statement ([`Store::request_lease`]): the lease `$1..$8`, the task
 /// `$9..$12` (kind, key prefix, max attempts, payload), the event
-/// `$13..$17` (epoch, blueprint, resource, type, data). The task's key is the lease's ([`ObjectRef::key`]); a new
-/// lease has no queued task to fold into.
+/// `$13..$17` (epoch, blueprint, resource, type, data). The task's key is
+/// the lease's ([`ObjectRef::key`]); a new lease has no queued task to
+/// fold into. The workers are told after it commits
+/// ([`Store::write_alone`]).
 static REQUEST_ALONE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH l AS ({INSERT_SQL} RETURNING {COLUMNS}), \

@@ -790,10 +790,12 @@ impl Store {
             .listener
             .get_or_init(|| async move {
                 tokio::spawn(async move {
-                    // The first connection too: a notification sent before
-                    // it listened is lost (a short-lived process's reader
-                    // may wait for a lease another process just wrote).
-                    let mut reconnected = true;
+                    // Once listening, everyone here looks: notifications
+                    // sent before are lost — while the connection was down,
+                    // and before the first one too (a short-lived process's
+                    // reader may wait for a lease another process just
+                    // wrote).
+                    let mut look_once_listening = true;
                     loop {
                         let Some(channels) = weak
                             .upgrade()
@@ -822,11 +824,9 @@ impl Store {
                         match listener {
                             Ok(mut l) => loop {
                                 if let Some(inner) = weak.upgrade()
-                                    && reconnected
+                                    && look_once_listening
                                 {
-                                    // Notifications sent before it listened
-                                    // are lost: everyone looks (again).
-                                    reconnected = false;
+                                    look_once_listening = false;
                                     inner.tasks_ready.notify_waiters();
                                     changed_elsewhere(&inner);
                                 }
@@ -879,7 +879,7 @@ impl Store {
                             ),
                         }
                         let Some(inner) = weak.upgrade() else { return };
-                        reconnected = true;
+                        look_once_listening = true;
                         if wants_more(&inner, channels, own.as_deref()) {
                             continue;
                         }

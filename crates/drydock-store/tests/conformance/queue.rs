@@ -798,17 +798,21 @@ async fn a_processs_first_lease_reader_hears_a_write_made_while_its_listener_con
     let (fresh, writer) = (db.connect_again().await, db.connect_again().await);
     let lease = writer.insert_lease(&crate::host_lease()).await?;
     let before = fresh.lease(lease.id).await?;
-    let mut signal = fresh.lease_signal(lease.id).await;
+    // How long a signal's wait lasts (its poll: 20 s).
+    let waited = async |mut signal: drydock_store::queue::LeaseSignal<'_>| {
+        let started = Instant::now();
+        signal.wait(Duration::from_secs(20)).await;
+        started.elapsed()
+    };
+    let signal = fresh.lease_signal(lease.id).await;
     // Written at once, maybe before the listener this signal started
     // listens — and even if not: the look wakes the reader all the same,
     // so the wait ends without the 20 s poll either way.
     write_lease(&writer, lease.id, "written while the listener connects").await?;
-    let started = Instant::now();
-    signal.wait(Duration::from_secs(20)).await;
-    let waited = started.elapsed();
+    let waited_for_write = waited(signal).await;
     ensure!(
-        waited < Duration::from_secs(5),
-        "woken after {waited:?}: a write made before the listener listened could be missed"
+        waited_for_write < Duration::from_secs(5),
+        "woken after {waited_for_write:?}: a write made before the listener listened could be missed"
     );
     ensure!(
         fresh.lease(lease.id).await? != before,
@@ -817,13 +821,10 @@ async fn a_processs_first_lease_reader_hears_a_write_made_while_its_listener_con
     // The mechanism, without a race: a first listener's look wakes a
     // reader of a lease nobody writes.
     let quiet = db.connect_again().await;
-    let mut signal = quiet.lease_signal(lease.id).await;
-    let started = Instant::now();
-    signal.wait(Duration::from_secs(20)).await;
-    let waited = started.elapsed();
+    let waited_unwritten = waited(quiet.lease_signal(lease.id).await).await;
     ensure!(
-        waited < Duration::from_secs(5),
-        "a reader waited {waited:?}: the listener did not have it look once listening"
+        waited_unwritten < Duration::from_secs(5),
+        "a reader waited {waited_unwritten:?}: the listener did not have it look once listening"
     );
     Ok(())
 }
