@@ -148,7 +148,7 @@ impl Store {
             conn: Some(self.inner.write.get().await?),
             store: self.clone(),
             group: None,
-            wake_workers: false,
+            tasks_made: 0,
             changed_leases: Vec::new(),
             notices: Vec::new(),
             pending_logs: Vec::new(),
@@ -217,7 +217,9 @@ pub struct Tx {
     store: Store,
     /// SQLite: the commit group this transaction is a member of.
     group: Option<Arc<group::Group>>,
-    wake_workers: bool,
+    /// Tasks this transaction made runnable (scheduled, requeued, or let
+    /// through by a claim it ended): as many idle workers are woken.
+    tasks_made: usize,
     /// Leases this transaction wrote, as it left them (their waiters here
     /// are woken on commit and given them; on PostgreSQL other processes
     /// are told in the same transaction).
@@ -270,9 +272,9 @@ impl Tx {
         committed?;
         drop(self.conn.take());
         store.leases_written(std::mem::take(&mut self.changed_leases));
-        if self.wake_workers {
-            // One idle worker looks; if it finds work it wakes the next
-            // (`run_worker`), so a commit never sets every worker claiming.
+        // One idle worker here per task made (never every worker for one
+        // task; on PostgreSQL other processes were told as many times).
+        for _ in 0..self.tasks_made.min(queue::MAX_WAKES) {
             store.inner.tasks_ready.notify_one();
         }
         let deferred_fires = std::mem::take(&mut self.deferred_fires);

@@ -75,6 +75,9 @@ pub(crate) fn task_channel_sql(broadcast: &str) -> String {
     )
 }
 
+/// Most idle workers one commit wakes, here and (PostgreSQL) elsewhere.
+pub(crate) const MAX_WAKES: usize = 16;
+
 /// PostgreSQL: tell the workers of work committed on `db`, in a
 /// transaction of its own, after that commit. Not in the transaction that
 /// made the work: a transaction that notifies holds PostgreSQL's one
@@ -349,13 +352,18 @@ impl Tx {
         }
     }
 
-    /// Once per transaction.
+    /// A task was made runnable: when this transaction commits, one idle
+    /// worker is woken for it — here, and on PostgreSQL by a notification
+    /// of its own (routed to a daemon of its own: see
+    /// [`task_channel_sql`]), up to [`MAX_WAKES`] per transaction.
     async fn notify_workers(&mut self) -> Result<()> {
-        if self.dialect() == Dialect::Postgres && !self.wake_workers {
-            let payload = self.store.inner.instance.clone();
+        self.tasks_made += 1;
+        if self.dialect() == Dialect::Postgres && self.tasks_made <= MAX_WAKES {
+            // Told apart by their number: PostgreSQL delivers a
+            // transaction's identical notifications once.
+            let payload = format!("{} {}", self.store.inner.instance, self.tasks_made);
             self.notices.push((NOTIFY_CHANNEL, payload));
         }
-        self.wake_workers = true;
         Ok(())
     }
 }
@@ -1255,7 +1263,8 @@ enum Claimed {
     Nothing,
     /// A task whose workers kept dying, marked failed instead of run.
     Exhausted,
-    /// A claimed task, and whether another is runnable now.
+    /// A claimed task, and whether another is runnable now (SQLite; on
+    /// PostgreSQL every task made has a notification of its own).
     Task {
         task: ClaimedTask,
         more: bool,
@@ -1269,6 +1278,16 @@ fn claim_sql(dialect: Dialect) -> String {
     // An object's task is not claimed while another of its tasks holds a
     // live claim.
     let free = not_behind_a_live_claim("$3");
+    // SQLite: is another task runnable? (Then one more idle worker looks:
+    // another process's commit is seen by the watch, which cannot tell how
+    // many tasks it made.) PostgreSQL tells a worker of each task.
+    let more = match dialect {
+        Dialect::Sqlite => {
+            "EXISTS (SELECT 1 FROM tasks m WHERE m.state = 'queued' AND m.run_at <= $3 \
+               AND m.id <> tasks.id)"
+        }
+        Dialect::Postgres => "FALSE",
+    };
     let claim = format!(
         "UPDATE tasks SET state = 'claimed', claim_owner = $1, claim_expires_at = $2, \
            claim_token = claim_token + 1, \
@@ -1277,9 +1296,7 @@ fn claim_sql(dialect: Dialect) -> String {
            WHERE ((t.state = 'queued' AND t.run_at <= $3) OR (t.state = 'claimed' AND t.claim_expires_at < $3)) \
              AND {free} \
            ORDER BY t.priority DESC, t.run_at, t.id LIMIT 1{skip_locked}) \
-         RETURNING id, kind, object_key, payload, attempts, max_attempts, claim_token, \
-           EXISTS (SELECT 1 FROM tasks m WHERE m.state = 'queued' AND m.run_at <= $3 \
-                   AND m.id <> tasks.id) AS more"
+         RETURNING id, kind, object_key, payload, attempts, max_attempts, claim_token, {more} AS more"
     );
     match dialect {
         // The object's lock is taken in the claiming statement too (one
@@ -1359,9 +1376,9 @@ async fn claim_on(db: &mut Db, dialect: Dialect, owner: &str, ttl: Duration) -> 
             crate::object_lock::try_lock_on(db, key, owner, now, expires_at).await?
         }
     };
-    // Another runnable task (whatever its object's state; read with the
-    // claim): one more idle worker looks (and so on while each finds one),
-    // instead of every commit waking every worker.
+    // SQLite: another runnable task (whatever its object's state; read
+    // with the claim): one more idle worker looks (and so on while each
+    // finds one), instead of every commit waking every worker.
     let more = get::<bool>(&row, "more")?;
     Ok(Claimed::Task { task, more })
 }

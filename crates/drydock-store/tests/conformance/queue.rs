@@ -29,6 +29,7 @@ backend_tests!(
     crashed_runs_count_and_stop_at_the_limit,
     a_claimed_update_holds_its_objects_lock_until_it_completes,
     a_commit_wakes_one_idle_worker_not_all,
+    a_commit_that_makes_three_tasks_wakes_three_idle_workers,
     a_lease_reader_wakes_for_its_own_lease_only,
     a_lease_reader_wakes_for_another_processes_write,
     a_processs_first_lease_reader_hears_a_write_made_while_its_listener_connected,
@@ -685,6 +686,59 @@ async fn a_commit_wakes_one_idle_worker_not_all(db: &TestDb) -> anyhow::Result<(
     // A second wake-up would follow at once; give it a generous moment.
     let second = tokio::time::timeout(Duration::from_millis(300), woken.recv()).await;
     ensure!(second.is_err(), "one commit woke more than one idle worker");
+    for w in waiters {
+        w.abort();
+    }
+    Ok(())
+}
+
+async fn a_commit_that_makes_three_tasks_wakes_three_idle_workers(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    // One idle worker per task made, at once: not one worker chasing the
+    // next (nor all of them). Committed in the workers' process, and on
+    // PostgreSQL in another (a notification per task; SQLite's watch
+    // sees one commit, and the claims chain from there).
+    listening_for_tasks(&db.store).await?;
+    three_tasks_wake_three_of_four(&db.store, &db.store).await?;
+    if db.store.dialect() == drydock_store::Dialect::Postgres {
+        let other = db.connect_again().await;
+        three_tasks_wake_three_of_four(&db.store, &other).await?;
+    }
+    Ok(())
+}
+
+/// Four idle workers of `s` wait; `writer` commits three tasks at once.
+async fn three_tasks_wake_three_of_four(s: &Store, writer: &Store) -> anyhow::Result<()> {
+    let (ready, mut registered) = tokio::sync::mpsc::channel(4);
+    let (done, mut woken) = tokio::sync::mpsc::channel(4);
+    let mut waiters = Vec::new();
+    for _ in 0..4 {
+        let (s, ready, done) = (s.clone(), ready.clone(), done.clone());
+        waiters.push(tokio::spawn(async move {
+            let signal = s.task_signal().await;
+            ready.send(()).await.ok();
+            s.wait_for_tasks(signal, Duration::from_secs(20)).await;
+            done.send(()).await.ok();
+        }));
+    }
+    for _ in 0..4 {
+        registered.recv().await;
+    }
+    // Due in an hour: only the commit's wake-ups can end a wait.
+    let mut tx = writer.begin().await?;
+    for _ in 0..3 {
+        tx.schedule(NewTask::new("test.wake").run_at(now_ms() + 3_600_000))
+            .await?;
+    }
+    tx.commit().await?;
+    for n in 1..=3 {
+        tokio::time::timeout(Duration::from_secs(5), woken.recv())
+            .await
+            .with_context(|| format!("only {} of 3 workers woken", n - 1))?;
+    }
+    let fourth = tokio::time::timeout(Duration::from_millis(300), woken.recv()).await;
+    ensure!(fourth.is_err(), "three tasks woke a fourth idle worker");
     for w in waiters {
         w.abort();
     }
