@@ -658,38 +658,10 @@ async fn a_claimed_update_holds_its_objects_lock_until_it_completes(
 }
 
 async fn a_commit_wakes_one_idle_worker_not_all(db: &TestDb) -> anyhow::Result<()> {
-    // Four idle workers wait; one commit makes work. One of them looks (and
-    // wakes the next only if it finds more): not all four claiming at once.
+    // Four idle workers wait; one commit makes one task. One of them looks:
+    // not all four claiming at once.
     listening_for_tasks(&db.store).await?;
-    let (ready, mut registered) = tokio::sync::mpsc::channel(4);
-    let (done, mut woken) = tokio::sync::mpsc::channel(4);
-    let mut waiters = Vec::new();
-    for _ in 0..4 {
-        let (s, ready, done) = (db.store.clone(), ready.clone(), done.clone());
-        waiters.push(tokio::spawn(async move {
-            let signal = s.task_signal().await;
-            ready.send(()).await.ok();
-            s.wait_for_tasks(signal, Duration::from_secs(20)).await;
-            done.send(()).await.ok();
-        }));
-    }
-    for _ in 0..4 {
-        registered.recv().await;
-    }
-    // Due in an hour: only the commit's wake-up can end a wait.
-    db.store
-        .schedule(NewTask::new("test.wake").run_at(now_ms() + 3_600_000))
-        .await?;
-    tokio::time::timeout(Duration::from_secs(5), woken.recv())
-        .await?
-        .expect("one worker woken");
-    // A second wake-up would follow at once; give it a generous moment.
-    let second = tokio::time::timeout(Duration::from_millis(300), woken.recv()).await;
-    ensure!(second.is_err(), "one commit woke more than one idle worker");
-    for w in waiters {
-        w.abort();
-    }
-    Ok(())
+    tasks_wake_as_many_of_four_workers(&db.store, &db.store, 1).await
 }
 
 async fn a_commit_that_makes_three_tasks_wakes_three_idle_workers(
@@ -700,16 +672,21 @@ async fn a_commit_that_makes_three_tasks_wakes_three_idle_workers(
     // PostgreSQL in another (a notification per task; SQLite's watch
     // sees one commit, and the claims chain from there).
     listening_for_tasks(&db.store).await?;
-    three_tasks_wake_three_of_four(&db.store, &db.store).await?;
+    tasks_wake_as_many_of_four_workers(&db.store, &db.store, 3).await?;
     if db.store.dialect() == drydock_store::Dialect::Postgres {
         let other = db.connect_again().await;
-        three_tasks_wake_three_of_four(&db.store, &other).await?;
+        tasks_wake_as_many_of_four_workers(&db.store, &other, 3).await?;
     }
     Ok(())
 }
 
-/// Four idle workers of `s` wait; `writer` commits three tasks at once.
-async fn three_tasks_wake_three_of_four(s: &Store, writer: &Store) -> anyhow::Result<()> {
+/// Four idle workers of `s` wait; `writer` commits `tasks` tasks at once:
+/// as many workers wake, and no more.
+async fn tasks_wake_as_many_of_four_workers(
+    s: &Store,
+    writer: &Store,
+    tasks: usize,
+) -> anyhow::Result<()> {
     let (ready, mut registered) = tokio::sync::mpsc::channel(4);
     let (done, mut woken) = tokio::sync::mpsc::channel(4);
     let mut waiters = Vec::new();
@@ -727,18 +704,19 @@ async fn three_tasks_wake_three_of_four(s: &Store, writer: &Store) -> anyhow::Re
     }
     // Due in an hour: only the commit's wake-ups can end a wait.
     let mut tx = writer.begin().await?;
-    for _ in 0..3 {
+    for _ in 0..tasks {
         tx.schedule(NewTask::new("test.wake").run_at(now_ms() + 3_600_000))
             .await?;
     }
     tx.commit().await?;
-    for n in 1..=3 {
+    for n in 1..=tasks {
         tokio::time::timeout(Duration::from_secs(5), woken.recv())
             .await
-            .with_context(|| format!("only {} of 3 workers woken", n - 1))?;
+            .with_context(|| format!("only {} of {tasks} workers woken", n - 1))?;
     }
-    let fourth = tokio::time::timeout(Duration::from_millis(300), woken.recv()).await;
-    ensure!(fourth.is_err(), "three tasks woke a fourth idle worker");
+    // Another wake-up would follow at once; give it a generous moment.
+    let more = tokio::time::timeout(Duration::from_millis(300), woken.recv()).await;
+    ensure!(more.is_err(), "{tasks} task(s) woke another idle worker");
     for w in waiters {
         w.abort();
     }
