@@ -861,8 +861,8 @@ impl Store {
                                         if sender == inner.instance {
                                             // Our own commit woke this process already.
                                         } else if n.channel() != CHANGES_CHANNEL {
-                                            // New work wakes one worker (who
-                                            // wakes the next if it finds some).
+                                            // A task made: one worker looks
+                                            // (each task has a notification).
                                             inner.tasks_ready.notify_one();
                                         } else if let Some(id) = lease {
                                             Store {
