@@ -184,14 +184,31 @@ impl Bench {
         Ok(self.wait(id, LeaseStatus::Destroyed).await?.modified_at)
     }
 
+    /// A measure judged against its target: `misses` says by how much
+    /// each part of it was missed (`None`: kept).
     fn row(&mut self, measure: &str, target: &str, value: String, misses: Vec<Option<String>>) {
-        let row = Row {
+        self.push(Row {
             measure: measure.into(),
             target: target.into(),
             value,
             misses: misses.into_iter().flatten().collect(),
             judged: true,
-        };
+        });
+    }
+
+    /// A measure shown beside another measure's target, not judged by it.
+    fn shown(&mut self, measure: &str, target: &str, value: String) {
+        self.push(Row {
+            measure: measure.into(),
+            target: target.into(),
+            value,
+            misses: Vec::new(),
+            judged: false,
+        });
+    }
+
+    fn push(&mut self, row: Row) {
+        let (measure, target) = (&row.measure, &row.target);
         eprintln!(
             "  {measure}: {}   (target {target}: {})",
             row.value,
@@ -587,15 +604,11 @@ async fn run(b: &mut Bench, args: &BenchArgs, url: &str, children: &[Child]) -> 
     {
         // Engine and client (which seeded the big database) together:
         // the daemon's bound is shown for orientation, not judged.
-        b.row(
+        b.shown(
             "resident memory of this process (engine + client)",
             "≤ 25 MiB (daemon)",
             format!("{:.1} MiB", kib as f64 / 1024.0),
-            Vec::new(),
         );
-        if let Some(row) = b.rows.last_mut() {
-            row.judged = false;
-        }
     }
     Ok(())
 }

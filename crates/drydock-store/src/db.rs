@@ -562,8 +562,7 @@ pub(crate) async fn commit(db: &mut Db, notices: &[(&str, String)]) -> Result<()
                     ));
                 }
                 if *channel == crate::queue::NOTIFY_CHANNEL {
-                    let to = crate::queue::task_channel_sql(&format!("'{channel}'"));
-                    let _ = write!(script, "; SELECT pg_notify({to}, '{payload}')");
+                    let _ = write!(script, "; {}", crate::queue::task_notice_sql(payload));
                 } else {
                     let _ = write!(script, "; NOTIFY {channel}, '{payload}'");
                 }

@@ -222,7 +222,7 @@ pub struct Tx {
     tasks_made: usize,
     /// Leases this transaction wrote, as it left them (their waiters here
     /// are woken on commit and given them; on PostgreSQL other processes
-    /// are told in the same transaction).
+    /// are told just after it, in the commit's message).
     changed_leases: Vec<lease::Lease>,
     /// PostgreSQL notifications `(channel, payload)`, sent with `COMMIT`
     /// (one round trip; delivered when, and only if, it commits).

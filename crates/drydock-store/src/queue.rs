@@ -98,6 +98,18 @@ pub(crate) async fn notify_tasks(db: &mut crate::db::Db, payload: &str) -> Resul
         .map(drop)
 }
 
+/// PostgreSQL: the statement notifying the workers (routed) with `payload`
+/// — our own instance name and a number — as the commit's message sends it.
+pub(crate) fn task_notice_sql(payload: &str) -> String {
+    static PREFIX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT pg_notify({}, ",
+            task_channel_sql(&format!("'{NOTIFY_CHANNEL}'"))
+        )
+    });
+    format!("{}'{payload}')", PREFIX.as_str())
+}
+
 /// PostgreSQL: the channel of the daemon whose id is `id` (an SQL
 /// expression): ids are free text, channel names short identifiers.
 fn daemon_channel_sql(id: &str) -> String {
@@ -304,7 +316,7 @@ impl Tx {
     pub async fn schedule(&mut self, task: NewTask) -> Result<TaskId> {
         let q = task.bind_to(query(SCHEDULE_SQL.as_str()), now_ms());
         let id: i64 = get(&q.fetch_one(self.conn().await?).await?, "id")?;
-        self.notify_workers().await?;
+        self.notify_workers();
         Ok(TaskId(id))
     }
 
@@ -324,7 +336,7 @@ impl Tx {
             .rows_affected();
         }
         if n > 0 {
-            self.notify_workers().await?;
+            self.notify_workers();
         }
         Ok(n)
     }
@@ -356,7 +368,7 @@ impl Tx {
     /// worker is woken for it — here, and on PostgreSQL by a notification
     /// of its own (routed to a daemon of its own: see
     /// [`task_channel_sql`]), up to [`MAX_WAKES`] per transaction.
-    async fn notify_workers(&mut self) -> Result<()> {
+    fn notify_workers(&mut self) {
         self.tasks_made += 1;
         if self.dialect() == Dialect::Postgres && self.tasks_made <= MAX_WAKES {
             // Told apart by their number: PostgreSQL delivers a
@@ -364,7 +376,6 @@ impl Tx {
             let payload = format!("{} {}", self.store.inner.instance, self.tasks_made);
             self.notices.push((NOTIFY_CHANNEL, payload));
         }
-        Ok(())
     }
 }
 
@@ -637,7 +648,7 @@ impl Store {
             return Err(lost(task));
         }
         if matches!(completion, Completion::Requeue { .. }) {
-            tx.notify_workers().await?;
+            tx.notify_workers();
         }
         if let Some((owner, ttl)) = claim_next
             && let Claimed::Task { task, more } = claim_in(&mut tx, owner, ttl).await?
@@ -1272,8 +1283,19 @@ enum Claimed {
 }
 
 /// The claim: the most urgent runnable task (`$1` owner, `$2` claim expiry,
-/// `$3` now).
-fn claim_sql(dialect: Dialect) -> String {
+/// `$3` now), built once per dialect.
+fn claim_sql(dialect: Dialect) -> &'static str {
+    static SQLITE: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| build_claim_sql(Dialect::Sqlite));
+    static POSTGRES: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| build_claim_sql(Dialect::Postgres));
+    match dialect {
+        Dialect::Sqlite => &SQLITE,
+        Dialect::Postgres => &POSTGRES,
+    }
+}
+
+fn build_claim_sql(dialect: Dialect) -> String {
     let skip_locked = dialect.skip_locked();
     // An object's task is not claimed while another of its tasks holds a
     // live claim.
@@ -1478,7 +1500,7 @@ async fn set_state(
             if row.get::<bool>("waiting")? {
                 // It waited for this task's claim to end, so idle workers
                 // did not count it as due ([`Store::next_due`]): tell them.
-                tx.notify_workers().await?;
+                tx.notify_workers();
             }
             Ok(row.get::<i64>("n")? as u64)
         }
@@ -1719,7 +1741,7 @@ mod plans {
         let store = Store::open(&url).await.unwrap();
         let mut conn = store.reader().await.unwrap();
         for (what, sql) in [
-            ("claim", claim_sql(Dialect::Sqlite)),
+            ("claim", claim_sql(Dialect::Sqlite).to_owned()),
             ("next due", NEXT_DUE_SQL.clone()),
             ("gc", crate::gc::FINISHED_TASKS_SQL.to_owned()),
         ] {
