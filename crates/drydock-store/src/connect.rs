@@ -1,6 +1,6 @@
 //! Choosing and connecting a backend from a URL, and running migrations.
 
-use crate::db::{Db, query_as, query_scalar};
+use crate::db::{Backend, query_as, query_scalar};
 use crate::{Inner, Result, Store, StoreError, pool};
 use sqlx::migrate::Migrator;
 use std::sync::Arc;
@@ -172,8 +172,8 @@ impl Store {
         // sqlx's migrator keeps the `_sqlx_migrations` record that
         // databases made by earlier versions already have. On SQLite it
         // needs a sqlx connection of its own.
-        let ran = match &mut self.inner.write.get().await?.raw {
-            Db::Sqlite(_) => {
+        let ran = match &mut self.inner.write.get().await?.raw.backend {
+            Backend::Sqlite(_) => {
                 use sqlx::Connection;
                 let url = sqlite_url(&self.inner.url)?;
                 let mut conn = sqlx::SqliteConnection::connect(&url).await?;
@@ -181,7 +181,7 @@ impl Store {
                 conn.close().await?;
                 ran
             }
-            Db::Postgres(conn) => migrator.run(conn).await,
+            Backend::Postgres(conn) => migrator.run(conn).await,
         };
         ran.map_err(|e| StoreError::Migrate(e.to_string()))?;
         Ok(self.applied_migrations().await?.saturating_sub(before))

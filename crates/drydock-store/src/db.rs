@@ -16,10 +16,83 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// An open connection of either backend.
-pub(crate) enum Db {
+/// An open connection of either backend, and the first statement error
+/// on it since its transaction began ([`Db::begun`]): a transaction with a
+/// failed statement is never committed ([`Db::failure`]), on SQLite (where
+/// a failed statement leaves the others in place) as on PostgreSQL (where
+/// the server aborts it and answers `COMMIT` with a rollback, not an error).
+pub(crate) struct Db {
+    pub(crate) backend: Backend,
+    failed: Option<Failure>,
+}
+
+/// The connection of one backend.
+pub(crate) enum Backend {
     Sqlite(rusqlite::Connection),
     Postgres(sqlx::PgConnection),
+}
+
+/// A statement error that poisoned its transaction.
+#[derive(Clone, Debug)]
+pub(crate) struct Failure {
+    message: String,
+    temporary: bool,
+}
+
+impl Failure {
+    /// The error a commit of the poisoned transaction answers: temporary
+    /// if the statement's error was.
+    pub(crate) fn into_error(self) -> StoreError {
+        let message = format!(
+            "nothing of the transaction was committed: a statement in it failed: {}",
+            self.message
+        );
+        if self.temporary {
+            StoreError::Busy(message)
+        } else {
+            StoreError::Database(message)
+        }
+    }
+}
+
+impl Db {
+    pub(crate) fn sqlite(conn: rusqlite::Connection) -> Db {
+        Db {
+            backend: Backend::Sqlite(conn),
+            failed: None,
+        }
+    }
+
+    pub(crate) fn postgres(conn: sqlx::PgConnection) -> Db {
+        Db {
+            backend: Backend::Postgres(conn),
+            failed: None,
+        }
+    }
+
+    /// A transaction begins on this connection: earlier failures are not its.
+    pub(crate) fn begun(&mut self) {
+        self.failed = None;
+    }
+
+    /// The first statement error since the transaction began, if any.
+    pub(crate) fn failure(&mut self) -> Option<Failure> {
+        self.failed.take()
+    }
+
+    /// Remember `result`'s error, if it is the first since the transaction
+    /// began.
+    fn note<T>(&mut self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result
+            && self.failed.is_none()
+        {
+            self.failed = Some(Failure {
+                message: e.to_string(),
+                temporary: e.is_temporary(),
+            });
+        }
+        result
+    }
 }
 
 /// A value bound to a `$N` placeholder. Nulls keep their type: PostgreSQL
@@ -294,16 +367,21 @@ impl Query {
     }
 
     pub(crate) async fn execute(self, db: &mut Db) -> Result<Done> {
-        match db {
-            Db::Sqlite(conn) => sqlite::execute(conn, &self.sql, &self.args).map_err(Into::into),
-            Db::Postgres(conn) => {
-                use sqlx::Executor as _;
-                let q = sqlx::query_with(sqlx::AssertSqlSafe(self.sql), postgres::args(self.args)?);
-                Ok(Done {
-                    rows: conn.execute(q).await?.rows_affected(),
-                })
+        let done = match &mut db.backend {
+            Backend::Sqlite(conn) => {
+                sqlite::execute(conn, &self.sql, &self.args).map_err(Into::into)
             }
-        }
+            Backend::Postgres(conn) => self.execute_pg(conn).await,
+        };
+        db.note(done)
+    }
+
+    async fn execute_pg(self, conn: &mut sqlx::PgConnection) -> Result<Done> {
+        use sqlx::Executor as _;
+        let q = sqlx::query_with(sqlx::AssertSqlSafe(self.sql), postgres::args(self.args)?);
+        Ok(Done {
+            rows: conn.execute(q).await?.rows_affected(),
+        })
     }
 
     /// Every row.
@@ -325,22 +403,25 @@ impl Query {
     }
 
     async fn fetch(self, db: &mut Db, limit: usize) -> Result<Vec<Row>> {
-        match db {
-            Db::Sqlite(conn) => {
+        let rows = match &mut db.backend {
+            Backend::Sqlite(conn) => {
                 sqlite::fetch(conn, &self.sql, &self.args, limit).map_err(Into::into)
             }
-            Db::Postgres(conn) => {
-                use sqlx::Executor as _;
-                let q = sqlx::query_with(sqlx::AssertSqlSafe(self.sql), postgres::args(self.args)?);
-                let mut names = None;
-                let rows = if limit == 1 {
-                    conn.fetch_optional(q).await?.into_iter().collect()
-                } else {
-                    conn.fetch_all(q).await?
-                };
-                rows.iter().map(|r| postgres::row(r, &mut names)).collect()
-            }
-        }
+            Backend::Postgres(conn) => self.fetch_pg(conn, limit).await,
+        };
+        db.note(rows)
+    }
+
+    async fn fetch_pg(self, conn: &mut sqlx::PgConnection, limit: usize) -> Result<Vec<Row>> {
+        use sqlx::Executor as _;
+        let q = sqlx::query_with(sqlx::AssertSqlSafe(self.sql), postgres::args(self.args)?);
+        let mut names = None;
+        let rows = if limit == 1 {
+            conn.fetch_optional(q).await?.into_iter().collect()
+        } else {
+            conn.fetch_all(q).await?
+        };
+        rows.iter().map(|r| postgres::row(r, &mut names)).collect()
     }
 }
 
@@ -544,8 +625,8 @@ mod postgres {
 /// until its commit is flushed to disk, so that notifying commits wait
 /// for each other's flushes ([`crate::queue::notify_tasks`]).
 pub(crate) async fn commit(db: &mut Db, notices: &[(&str, String)]) -> Result<()> {
-    match db {
-        Db::Postgres(conn) if !notices.is_empty() => {
+    match &mut db.backend {
+        Backend::Postgres(conn) if !notices.is_empty() => {
             use futures_util::StreamExt as _;
             use sqlx::Executor as _;
             use std::fmt::Write as _;
@@ -585,7 +666,7 @@ pub(crate) async fn commit(db: &mut Db, notices: &[(&str, String)]) -> Result<()
             }
             Ok(())
         }
-        db => query("COMMIT").execute(db).await.map(drop),
+        _ => query("COMMIT").execute(db).await.map(drop),
     }
 }
 
@@ -628,7 +709,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let conn = crate::pool::open_sqlite(path.to_str().unwrap()).unwrap();
-        (dir, Db::Sqlite(conn))
+        (dir, Db::sqlite(conn))
     }
 
     #[test]
@@ -748,7 +829,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn begin_immediate_waits_for_the_lock_without_blocking_the_thread() {
         let (dir, db) = sqlite();
-        let Db::Sqlite(mut conn) = db else {
+        let Backend::Sqlite(mut conn) = db.backend else {
             unreachable!()
         };
         let other = crate::pool::open_sqlite(dir.path().join("t.db").to_str().unwrap()).unwrap();

@@ -22,7 +22,7 @@
 //! [`MAX_OPEN`], so the write lock other processes need is never held by
 //! nobody.
 
-use crate::db::{self, Db};
+use crate::db::{self, Backend};
 use crate::{Result, Store, StoreError, pool};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -113,7 +113,7 @@ impl Open {
 /// Begin a member transaction on the writer connection `conn`: join the
 /// open group, or open one (`BEGIN IMMEDIATE`).
 pub(crate) async fn begin(store: &Store, conn: &mut pool::Conn) -> Result<Arc<Group>> {
-    let Db::Sqlite(c) = &mut conn.raw else {
+    let Backend::Sqlite(c) = &mut conn.raw.backend else {
         unreachable!("group commit is for SQLite")
     };
     let groups = &store.inner.groups;
@@ -157,7 +157,7 @@ pub(crate) async fn begin(store: &Store, conn: &mut pool::Conn) -> Result<Arc<Gr
 /// someone waits for it, else commit the group. Returns once the work is
 /// committed.
 pub(crate) async fn commit(store: &Store, mut conn: pool::Conn, group: Arc<Group>) -> Result<()> {
-    let Db::Sqlite(c) = &mut conn.raw else {
+    let Backend::Sqlite(c) = &mut conn.raw.backend else {
         unreachable!("group commit is for SQLite")
     };
     if let Err(e) = c.execute_batch("RELEASE member") {
@@ -191,7 +191,7 @@ pub(crate) async fn commit(store: &Store, mut conn: pool::Conn, group: Arc<Group
 /// A dropped or rolled-back member: undo its work back to its savepoint,
 /// then end the group if nobody is left to (see [`settle`]).
 pub(crate) fn drop_member(store: &Store, mut conn: pool::Conn) {
-    let Db::Sqlite(c) = &mut conn.raw else {
+    let Backend::Sqlite(c) = &mut conn.raw.backend else {
         unreachable!("group commit is for SQLite")
     };
     let restored = c.busy_timeout(pool::SQLITE_BUSY_TIMEOUT).is_ok();
@@ -238,7 +238,7 @@ fn end_group(store: &Store, conn: &mut pool::Conn, commit: bool) {
     let Some(open) = store.inner.groups.open().take() else {
         return;
     };
-    let Db::Sqlite(c) = &mut conn.raw else {
+    let Backend::Sqlite(c) = &mut conn.raw.backend else {
         unreachable!("group commit is for SQLite")
     };
     let outcome = if commit {
@@ -461,7 +461,7 @@ mod tests {
             // The second transaction gets the writer; an error in it makes
             // SQLite roll everything back, the first's work included.
             let mut second = second.await.unwrap();
-            if let crate::db::Db::Sqlite(c) = second.raw() {
+            if let crate::db::Backend::Sqlite(c) = &mut second.raw().backend {
                 c.execute_batch("ROLLBACK").unwrap();
             }
             drop(second);

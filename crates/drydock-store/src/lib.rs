@@ -156,6 +156,7 @@ impl Store {
             unsaved_lease: None,
             side_writes: Vec::new(),
         };
+        tx.raw().begun();
         match self.inner.dialect {
             // One writer connection: join (or open) its group (`group`).
             Dialect::Sqlite => {
@@ -245,6 +246,11 @@ impl Tx {
     /// Commit, then wake workers if this transaction made tasks runnable.
     pub async fn commit(mut self) -> Result<()> {
         use std::sync::atomic::Ordering::SeqCst;
+        // A statement of it failed (and its caller went on): commit none
+        // of it. Dropping `self` rolls it back (SQLite: its member only).
+        if let Some(failure) = self.raw().failure() {
+            return Err(failure.into_error());
+        }
         self.write_unsaved_lease().await?;
         self.write_logs().await?;
         self.conn().await?; // what is left of the side writes

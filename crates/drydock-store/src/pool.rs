@@ -13,7 +13,7 @@
 //! failed statement at most. A SQLite connection is a file handle: never
 //! checked.
 
-use crate::db::Db;
+use crate::db::{Backend, Db};
 use crate::{Dialect, StoreError};
 use deadpool::managed::{self, Metrics, PoolError, RecycleResult};
 use sqlx::Connection as _;
@@ -97,15 +97,15 @@ impl managed::Manager for Connector {
     async fn create(&self) -> Result<Connection, StoreError> {
         let checked = FAILURES.load(Ordering::Relaxed);
         let raw = match self.dialect {
-            Dialect::Sqlite => Db::Sqlite(open_sqlite(crate::connect::sqlite_path(&self.url))?),
-            Dialect::Postgres => Db::Postgres(sqlx::PgConnection::connect(&self.url).await?),
+            Dialect::Sqlite => Db::sqlite(open_sqlite(crate::connect::sqlite_path(&self.url))?),
+            Dialect::Postgres => Db::postgres(sqlx::PgConnection::connect(&self.url).await?),
         };
         Ok(Connection { raw, checked })
     }
 
     async fn recycle(&self, conn: &mut Connection, metrics: &Metrics) -> RecycleResult<StoreError> {
         // A SQLite connection is a file handle: nothing to check.
-        let Db::Postgres(pg) = &mut conn.raw else {
+        let Backend::Postgres(pg) = &mut conn.raw.backend else {
             return Ok(());
         };
         let failures = FAILURES.load(Ordering::Relaxed);

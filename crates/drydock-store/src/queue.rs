@@ -966,7 +966,7 @@ impl Store {
             .get_or_init(|| async move {
                 use std::sync::atomic::Ordering::SeqCst;
                 let path = crate::connect::sqlite_path(&url);
-                let Ok(mut conn) = crate::pool::open_sqlite(path).map(Db::Sqlite) else {
+                let Ok(mut conn) = crate::pool::open_sqlite(path).map(Db::sqlite) else {
                     tracing::warn!(
                         "cannot watch the database for other processes' work; polling instead"
                     );

@@ -21,6 +21,7 @@ backend_tests!(
     logs_are_queried_by_object_time_and_cursor,
     authorization_decisions_are_recorded_and_declines_stick,
     daemon_heartbeats_show_who_is_alive,
+    a_failed_statement_poisons_its_transaction_even_when_its_error_was_ignored,
 );
 
 fn map(v: Value) -> Map<String, Value> {
@@ -665,5 +666,49 @@ async fn a_transactions_events_are_written_in_order_when_it_commits_and_never_wh
         let want: &[&str] = if commit { &["first", "second"] } else { &[] };
         ensure!(kinds == want, "committed {commit}: {kinds:?}");
     }
+    Ok(())
+}
+
+/// A statement that fails inside a transaction poisons it: its caller may
+/// ignore the error, but `commit` answers it and nothing of the transaction
+/// is stored (PostgreSQL answers such a `COMMIT` with a rollback, not an
+/// error; SQLite would have committed the statements around it). A later
+/// transaction on the same connection is not poisoned by it.
+async fn a_failed_statement_poisons_its_transaction_even_when_its_error_was_ignored(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let s = &db.store;
+    let mut tx = s.begin().await?;
+    let lease = tx.insert_lease(&crate::host_lease()).await?;
+    // No blueprint 999999: the foreign key refuses the row.
+    let refused = tx
+        .insert_resource(&NewResource {
+            blueprint_id: BlueprintId(999_999),
+            resource_type: "host".into(),
+            status: ResourceStatus::Pending,
+            attributes: Map::new(),
+            until: None,
+        })
+        .await;
+    ensure!(refused.is_err(), "the resource was inserted: {refused:?}");
+    let committed = tx.commit().await;
+    ensure!(
+        committed.is_err(),
+        "commit of a transaction with a failed statement said Ok"
+    );
+    let message = committed.unwrap_err().to_string();
+    ensure!(
+        message.contains("nothing of the transaction was committed"),
+        "{message}"
+    );
+    ensure!(
+        matches!(s.lease(lease.id).await, Err(StoreError::NotFound { .. })),
+        "the lease written before the failed statement was committed"
+    );
+    // The next transaction starts clean.
+    let mut tx = s.begin().await?;
+    let lease = tx.insert_lease(&crate::host_lease()).await?;
+    tx.commit().await?;
+    s.lease(lease.id).await?;
     Ok(())
 }
