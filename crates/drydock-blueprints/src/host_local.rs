@@ -167,11 +167,12 @@ impl BlueprintImpl for HostLocal {
     /// lease's destruction or the worker.
     async fn destroy_lease(
         &self,
-        _ctx: &Context<'_>,
+        ctx: &Context<'_>,
         resource: &Resource,
         lease: &Lease,
     ) -> BlueprintResult<()> {
         let dir = lease_dir(resource, lease)?;
+        ctx.ensure_claim()?;
         match move_aside(&dir) {
             Ok(Some(trash)) => {
                 tokio::task::spawn_blocking(move || empty_trash(&trash));

@@ -382,8 +382,10 @@ impl BlueprintImpl for HostSsh {
             return Ok(());
         }
         let dir = lease_dir(ctx.blueprint, lease)?;
+        let target = target(ctx, resource).await?;
+        ctx.ensure_claim()?;
         // Cleanup failures are retried (a host that is down comes back).
-        run_in_root(&target(ctx, resource).await?, &["rm", "-rf", "--", &dir])
+        run_in_root(&target, &["rm", "-rf", "--", &dir])
             .await
             .map_err(|e| match e {
                 BlueprintError::Permanent(m) => BlueprintError::Temporary(m),

@@ -450,6 +450,7 @@ impl BlueprintImpl for WorkingCopy {
         };
         if host.status == LeaseStatus::Active {
             let iface = host_interface(ctx, &host).await?;
+            ctx.ensure_claim()?;
             // Failures are retried by the engine and logged; the host lease
             // is released only once the directory is gone.
             step(

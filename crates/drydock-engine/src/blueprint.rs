@@ -341,6 +341,30 @@ pub struct Context<'a> {
     pub blueprint: &'a Blueprint,
 }
 
+impl Context<'_> {
+    /// Whether the claim (the object's lock) this hook runs under is still
+    /// held. A hook is stopped at its next await once the claim is lost;
+    /// between awaits — before a destructive or external step that cannot
+    /// be undone (removing a directory, creating a container) — it asks
+    /// with [`Context::ensure_claim`].
+    pub fn claim_held(&self) -> bool {
+        drydock_store::queue::claim_held()
+    }
+
+    /// `Ok` while the claim is held; else a yield (another worker owns the
+    /// object now, or will: this pass must not act).
+    pub fn ensure_claim(&self) -> BlueprintResult<()> {
+        if self.claim_held() {
+            Ok(())
+        } else {
+            Err(BlueprintError::Yield {
+                after: Duration::ZERO,
+                reason: "the object's claim was lost; another worker takes it over".into(),
+            })
+        }
+    }
+}
+
 /// A blueprint implementation (spec §10.1).
 #[async_trait]
 pub trait BlueprintImpl: Send + Sync + 'static {

@@ -51,33 +51,70 @@ pub async fn run(
     store
         .schedule(NewTask::new(GC_TASK).object(GC_TASK))
         .await?;
-    let mut workers = Vec::new();
-    for i in 0..cfg.workers.max(1) {
+    let worker = |i: usize| {
         let mut wc = WorkerConfig::new(format!("{id}/w{i}"));
         wc.poll = cfg.poll;
         wc.claim_ttl = cfg.claim_ttl;
-        workers.push(tokio::spawn(run_worker(
-            store.clone(),
-            engine.clone(),
-            wc,
-            stop.clone(),
-        )));
-    }
+        tokio::spawn(run_worker(store.clone(), engine.clone(), wc, stop.clone()))
+    };
+    let mut workers: Vec<_> = (0..cfg.workers.max(1)).map(worker).collect();
     let mut stop_beat = stop.clone();
+    let mut skewed = report_skew(drydock_store::clock::skew_ms(), false);
     while !*stop_beat.borrow() {
         tokio::select! {
             _ = tokio::time::sleep(cfg.heartbeat) => {
                 if let Err(e) = store.daemon_heartbeat(id, &host, i64::from(std::process::id())).await {
                     tracing::warn!("daemon heartbeat failed: {e}");
                 }
+                match store.sync_clock().await {
+                    Ok(skew) => skewed = report_skew(skew, skewed),
+                    Err(e) => tracing::warn!("reading the database's clock failed: {e}"),
+                }
             }
             _ = stop_beat.changed() => {}
+        }
+        // A worker loop ends only when told to stop; one that ended
+        // otherwise died (a panic outside any handler, which are caught):
+        // start it again, so a live-looking daemon always has its workers.
+        for (i, w) in workers.iter_mut().enumerate() {
+            if w.is_finished() && !*stop_beat.borrow() {
+                let died = std::mem::replace(w, worker(i));
+                let why = match died.await {
+                    Err(e) if e.is_panic() => {
+                        drydock_store::queue::panic_message(e.into_panic().as_ref())
+                    }
+                    _ => "it returned".into(),
+                };
+                tracing::error!(worker = i, "a worker loop died ({why}); started it again");
+            }
         }
     }
     for w in workers {
         let _ = w.await;
     }
     store.daemon_stopped(id).await
+}
+
+/// Say in the log when this host's clock starts or stops differing from
+/// the database's by more than a second (stored times follow the
+/// database's clock either way, `drydock_store::now_ms`; a large skew
+/// still means this host's logs and metrics read wrong). Answers whether
+/// it differs now.
+fn report_skew(skew_ms: i64, was_skewed: bool) -> bool {
+    let skewed = skew_ms.abs() > drydock_store::clock::SKEW_WARNING_MS;
+    if skewed && !was_skewed {
+        tracing::warn!(
+            skew_ms,
+            "this host's clock differs from the database's by {skew_ms} ms: Drydock corrects \
+             its stored times by it, but keep the clocks synchronized (NTP)"
+        );
+    } else if was_skewed && !skewed {
+        tracing::info!(
+            skew_ms,
+            "this host's clock agrees with the database's again"
+        );
+    }
+    skewed
 }
 
 impl Engine {

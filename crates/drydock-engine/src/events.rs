@@ -27,6 +27,9 @@ pub mod log {
     pub const RESOURCE_BROKEN: &str = "resource.broken";
     pub const RESOURCE_DESTROY_FAILURE: &str = "resource.destroy-failure";
     pub const RESOURCE_DESTROYED: &str = "resource.destroyed";
+    /// An update pass panicked (the message in `data.error`); it is retried
+    /// as a temporary failure and breaks its object after the last attempt.
+    pub const PASS_PANICKED: &str = "pass.panicked";
 }
 
 /// Wake-up event: capacity for resources of a type may have freed up.

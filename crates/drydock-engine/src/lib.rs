@@ -24,7 +24,9 @@ use blueprint::{BlueprintError, Registry};
 use drydock_model::{LeaseId, ObjectKind, ObjectRef, ResourceId};
 use drydock_store::blueprint::Blueprint;
 use drydock_store::object_lock::ObjectLock;
-use drydock_store::queue::{ClaimedTask, DEFAULT_MAX_ATTEMPTS, Handled, Handler, Outcome};
+use drydock_store::queue::{
+    ClaimGuard, ClaimedTask, DEFAULT_MAX_ATTEMPTS, Handled, Handler, Outcome,
+};
 use drydock_store::resource::Resource;
 use drydock_store::{Store, StoreError, Tx, now_ms};
 use std::sync::Arc;
@@ -266,14 +268,45 @@ impl Engine {
     /// or else a lock of its own. Under `held`, its last write may be left
     /// open to commit with the task's completion.
     async fn pass(&self, object: ObjectRef, attempts: i64, held: Option<&ObjectLock>) -> Handled {
-        let (result, tail) = match object.kind {
-            ObjectKind::Lease => match self.lease_pass(LeaseId(object.id), held).await {
-                Ok((next, tail)) => (Ok(next), tail),
-                Err(e) => (Err(e), None),
-            },
-            ObjectKind::Resource => (self.resource_pass(ResourceId(object.id), held).await, None),
-            ObjectKind::Blueprint => {
-                return Outcome::Fail(format!("{object} has no update worker")).into();
+        use futures_util::FutureExt as _;
+        if object.kind == ObjectKind::Blueprint {
+            return Outcome::Fail(format!("{object} has no update worker")).into();
+        }
+        // Boxed: a pass's future is large (see `queue::run_task`).
+        let pass = Box::pin(async {
+            if object.kind == ObjectKind::Lease {
+                match self.lease_pass(LeaseId(object.id), held).await {
+                    Ok((next, tail)) => (Ok(next), tail),
+                    Err(e) => (Err(e), None),
+                }
+            } else {
+                (self.resource_pass(ResourceId(object.id), held).await, None)
+            }
+        });
+        // A panicking pass (a blueprint hook's bug) is a failed attempt of
+        // its object, told in the object's log: retried, then broken —
+        // never a dead worker or an object nobody looks at again. Whatever
+        // it held is dropped on the way out (its transaction rolls back).
+        let (result, tail) = match std::panic::AssertUnwindSafe(pass).catch_unwind().await {
+            Ok(done) => done,
+            Err(panic) => {
+                let message = drydock_store::queue::panic_message(panic.as_ref());
+                tracing::error!(%object, "update pass panicked: {message}");
+                let mut log = drydock_store::log::NewLog::new(events::log::PASS_PANICKED)
+                    .data(serde_json::json!({ "error": message }));
+                match object.kind {
+                    ObjectKind::Lease => log = log.lease(LeaseId(object.id)),
+                    ObjectKind::Resource => log = log.resource(ResourceId(object.id)),
+                    ObjectKind::Blueprint => {}
+                }
+                if let Err(e) = self.store.log(log).await {
+                    tracing::warn!(%object, "logging the panic failed: {e}");
+                }
+                let reason = format!("the update pass panicked: {message}");
+                (
+                    Err(PassError::Blueprint(BlueprintError::Temporary(reason))),
+                    None,
+                )
             }
         };
         Handled {
@@ -394,27 +427,29 @@ impl Engine {
         else {
             return Ok(None);
         };
-        // Renew from a task of its own: renewing inside a select! arm would
-        // pause `work`, and on SQLite a paused transaction holds the one
-        // writer connection the renewal needs — a deadlock.
-        let renewer = {
-            let (store, mut renewal, ttl) = (self.store.clone(), lock.clone(), self.cfg.lock_ttl);
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    if let Err(e) = store.renew_lock(&mut renewal, ttl).await {
-                        tracing::warn!(%object, "renewing the object lock failed: {e}");
-                        return;
-                    }
-                }
+        // Renewed from a task of its own (renewing inside a select! arm
+        // would pause `work`, and on SQLite a paused transaction holds the
+        // one writer connection the renewal needs — a deadlock); `work` is
+        // stopped once the lock is lost or cannot be renewed in time.
+        let renewal = {
+            let (store, lock, ttl) = (self.store.clone(), lock.clone(), self.cfg.lock_ttl);
+            ClaimGuard::keep(ttl, move || {
+                let (store, mut lock) = (store.clone(), lock.clone());
+                async move { store.renew_lock(&mut lock, ttl).await }
             })
         };
-        let result = work(&lock).await;
-        renewer.abort();
+        let result = renewal.guard(work(&lock)).await;
+        drop(renewal);
         if let Err(e) = self.store.unlock(lock).await {
             tracing::warn!(%object, "unlocking failed (it expires by itself): {e}");
         }
-        result.map(Some)
+        match result {
+            Ok(result) => result.map(Some),
+            Err(why) => {
+                tracing::warn!(%object, "stopped work under the object's lock: {why}");
+                Ok(None)
+            }
+        }
     }
 }
 

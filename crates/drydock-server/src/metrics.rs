@@ -210,7 +210,16 @@ async fn readyz(State(s): State<AppState>) -> Response {
         .await
     {
         Ok(d) if !d.is_empty() => {
-            Json(serde_json::json!({ "ready": true, "daemons": d.len() })).into_response()
+            let skew = drydock_store::clock::skew_ms();
+            let mut body =
+                serde_json::json!({ "ready": true, "daemons": d.len(), "clock_skew_ms": skew });
+            if skew.abs() > drydock_store::clock::SKEW_WARNING_MS {
+                body["warning"] = format!(
+                    "this server's clock differs from the database's by {skew} ms (stored times are corrected; synchronize the clocks)"
+                )
+                .into();
+            }
+            Json(body).into_response()
         }
         Ok(_) => (
             StatusCode::SERVICE_UNAVAILABLE,

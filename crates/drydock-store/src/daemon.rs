@@ -1,7 +1,7 @@
 //! Daemon heartbeats: which `drydock daemon` processes are alive, so a CLI
 //! knows whether to wait for one or do the work in-process.
 
-use crate::db::query;
+use crate::db::{query, query_scalar};
 use crate::row::get;
 use crate::{Result, Store, now_ms};
 use std::time::Duration;
@@ -32,6 +32,31 @@ impl Store {
         .execute(tx.conn().await?)
         .await?;
         tx.commit().await
+    }
+
+    /// PostgreSQL: measure how far the database server's clock is from
+    /// this host's and correct [`crate::now_ms`] by it (`open` does it
+    /// once; a daemon with each heartbeat). A measurement whose round trip
+    /// took over 100 ms is not trusted (its error is up to half of it) and
+    /// changes nothing. Answers the skew in use (ms the database is
+    /// ahead); always 0 on SQLite.
+    pub async fn sync_clock(&self) -> Result<i64> {
+        use std::sync::atomic::Ordering;
+        if self.dialect() != crate::Dialect::Postgres {
+            return Ok(0);
+        }
+        let mut conn = self.reader().await?;
+        let before = crate::clock::local_ms();
+        let server: i64 =
+            query_scalar("SELECT CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)")
+                .fetch_one(&mut conn.raw)
+                .await?;
+        let after = crate::clock::local_ms();
+        if after - before <= 100 {
+            let offset = server - (before + (after - before) / 2);
+            crate::clock::OFFSET_MS.store(offset, Ordering::Relaxed);
+        }
+        Ok(crate::clock::skew_ms())
     }
 
     /// Record a clean stop.

@@ -42,17 +42,56 @@ pub use error::{SlotConflict, StoreError};
 pub use gc::PruneReport;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::Notify;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Current time in milliseconds since the Unix epoch.
+/// Current time in milliseconds since the Unix epoch, **by the
+/// database's clock**: this host's clock corrected by the offset last
+/// measured against the PostgreSQL server ([`Store::sync_clock`]; zero on
+/// SQLite, whose processes share one host's clock). Every stored time —
+/// claim and lock expiries above all — is written with it, so hosts whose
+/// clocks disagree still agree on when a claim expires.
 pub fn now_ms() -> i64 {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    clock::local_ms().saturating_add(clock::OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// The process's correction of its clock to the database's.
+pub mod clock {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    /// Added to this host's clock to read the database's.
+    pub(crate) static OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+    /// Tests only: how far this process pretends its clock is ahead.
+    static PRETEND_AHEAD_MS: AtomicI64 = AtomicI64::new(0);
+
+    /// A skew this large is reported (log, `/readyz`).
+    pub const SKEW_WARNING_MS: i64 = 1_000;
+
+    /// This host's clock (epoch ms), uncorrected.
+    pub(crate) fn local_ms() -> i64 {
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        i64::try_from(d.as_millis())
+            .unwrap_or(i64::MAX)
+            .saturating_add(PRETEND_AHEAD_MS.load(Ordering::Relaxed))
+    }
+
+    /// How far the database's clock is ahead of this host's, as last
+    /// measured (negative: behind).
+    pub fn skew_ms() -> i64 {
+        OFFSET_MS.load(Ordering::Relaxed)
+    }
+
+    /// Tests only: make this process's clock read `ms` ahead of the
+    /// host's (as a host whose clock is wrong would).
+    #[doc(hidden)]
+    pub fn pretend_clock_ahead(ms: i64) {
+        PRETEND_AHEAD_MS.store(ms, Ordering::Relaxed);
+    }
 }
 
 /// Milliseconds in a duration, saturating.
@@ -127,6 +166,7 @@ impl Store {
     pub async fn open(url: &str) -> Result<Store> {
         let store = Self::connect(url).await?;
         store.migrate().await?;
+        store.sync_clock().await?;
         Ok(store)
     }
 

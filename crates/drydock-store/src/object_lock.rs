@@ -18,12 +18,36 @@ use crate::{Result, Store, StoreError, Tx, ms, now_ms};
 use std::time::Duration;
 
 /// A held object lock. Its token fences every write made under it.
+///
+/// Opaque: only the store makes one, when it grants the lock (a claim, a
+/// `try_lock`); nobody can rebuild one from a read of the lock row
+/// ([`LockState`] is what a read gives) and write as its holder. Once it is
+/// unlocked its token fences nothing ([`fence_condition`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectLock {
-    pub name: String,
-    pub owner: String,
-    pub token: i64,
-    pub expires_at: i64,
+    pub(crate) name: String,
+    pub(crate) owner: String,
+    pub(crate) token: i64,
+    pub(crate) expires_at: i64,
+}
+
+impl ObjectLock {
+    /// The lock's name (`lease:5`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Who holds it.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+    /// Its fencing token.
+    pub fn token(&self) -> i64 {
+        self.token
+    }
+    /// When it expires unless renewed (epoch ms, the database's clock).
+    pub fn expires_at(&self) -> i64 {
+        self.expires_at
+    }
 }
 
 /// Who holds a lock, as stored.
@@ -156,6 +180,9 @@ impl Tx {
 
     /// [`Store::unlock`] inside this transaction.
     pub async fn unlock(&mut self, lock: &ObjectLock) -> Result<bool> {
+        // A lease write put off to the commit is made under this lock: make
+        // it now, while its token still fences.
+        self.write_unsaved_lease().await?;
         let n = query(
             "UPDATE object_locks SET owner = NULL, expires_at = 0 WHERE name = $1 AND token = $2",
         )
@@ -170,10 +197,11 @@ impl Tx {
     /// Fail with [`StoreError::Stale`] unless `lock` is still the current
     /// grant of its lock. For writes not covered by a versioned row update.
     pub async fn check_fence(&mut self, lock: &ObjectLock) -> Result<()> {
-        let current: Option<i64> = query_scalar("SELECT token FROM object_locks WHERE name = $1")
-            .bind(&lock.name)
-            .fetch_optional(self.conn().await?)
-            .await?;
+        let current: Option<i64> =
+            query_scalar("SELECT token FROM object_locks WHERE name = $1 AND owner IS NOT NULL")
+                .bind(&lock.name)
+                .fetch_optional(self.conn().await?)
+                .await?;
         if current == Some(lock.token) {
             Ok(())
         } else {
@@ -186,10 +214,14 @@ impl Tx {
 }
 
 /// SQL condition (with placeholders `$a`, `$b` for the lock name and token)
-/// that holds while the lock grant is current. Used inside protected UPDATEs.
+/// that holds while the lock grant is current: not taken over (a later
+/// grant has a larger token) and not let go (unlocking clears the owner).
+/// A holder whose lock expired but was not taken over still passes: nobody
+/// else can have written. Used inside protected UPDATEs.
 pub(crate) fn fence_condition(name_param: usize, token_param: usize) -> String {
     format!(
-        "EXISTS (SELECT 1 FROM object_locks l WHERE l.name = ${name_param} AND l.token = ${token_param})"
+        "EXISTS (SELECT 1 FROM object_locks l WHERE l.name = ${name_param} AND l.token = ${token_param} \
+           AND l.owner IS NOT NULL)"
     )
 }
 

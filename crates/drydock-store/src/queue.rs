@@ -1474,6 +1474,11 @@ async fn set_state(
             .bind(task.token)
     };
     let (lock, dialect) = (task.lock.as_ref(), tx.dialect());
+    if lock.is_some() {
+        // A lease write put off to the commit is made under the lock this
+        // completion lets go: make it while the lock's token still fences.
+        tx.write_unsaved_lease().await?;
+    }
     match (&task.object_key, dialect) {
         // One statement: the object's lock is let go with its task, and
         // whether another task of the object waits for it is read.
@@ -1619,25 +1624,30 @@ async fn run_task<H: Handler>(
     task: &ClaimedTask,
     stop: Option<&tokio::sync::watch::Receiver<bool>>,
 ) -> Result<(Outcome, AfterTask)> {
-    // Heartbeat from a task of its own, never by pausing the handler (on
-    // SQLite a paused handler may hold the one writer connection).
-    let beat = (cfg.claim_ttl / 3).max(Duration::from_millis(10));
-    let heartbeat = {
-        let (store, task, ttl) = (store.clone(), task.clone(), cfg.claim_ttl);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(beat).await;
-                if let Err(e) = store.heartbeat(&task, ttl).await {
-                    tracing::warn!(task = task.id.0, "heartbeat failed: {e}");
-                    if matches!(e, StoreError::LostClaim { .. }) {
-                        return;
-                    }
-                }
-            }
-        })
+    use futures_util::FutureExt as _;
+    let claim = ClaimGuard::start(store, task, cfg.claim_ttl);
+    // The handler runs only while its claim is known to be held: once it is
+    // lost, or cannot be confirmed before it would expire, the handler is
+    // dropped (at its next await; its child processes are killed on drop)
+    // before another worker can claim the object.
+    // Boxed: a pass's future is large, and wrapped it would be moved
+    // about on the worker's stack.
+    let work = std::panic::AssertUnwindSafe(Box::pin(handler.handle(task))).catch_unwind();
+    let handled = match claim.guard(work).await {
+        Ok(handled) => handled,
+        Err(why) => {
+            tracing::warn!(task = task.id.0, kind = %task.kind, "stopped the task's handler: its claim was lost: {why}");
+            metrics::counter!(TASK_OUTCOMES, "kind" => task.kind.clone(), "outcome" => "lost")
+                .increment(1);
+            return Err(lost(task));
+        }
     };
-    let Handled { outcome, tail } = handler.handle(task).await;
-    heartbeat.abort();
+    drop(claim);
+    let Handled { outcome, tail } = handled.unwrap_or_else(|panic| {
+        let message = panic_message(panic.as_ref());
+        tracing::error!(task = task.id.0, kind = %task.kind, "the task's handler panicked: {message}");
+        Outcome::Retry(format!("the handler panicked: {message}")).into()
+    });
     let now = now_ms();
     let completion = match &outcome {
         Outcome::Done => Completion::Done,
@@ -1664,6 +1674,132 @@ async fn run_task<H: Handler>(
         .then_some((cfg.owner.as_str(), cfg.claim_ttl));
     let after = store.complete_then(task, completion, next, tail).await?;
     Ok((outcome, after))
+}
+
+tokio::task_local! {
+    /// Whether the claim of the task this handler runs is still held.
+    static CLAIM: tokio::sync::watch::Receiver<bool>;
+}
+
+/// Whether the claim under which the current task's handler runs is still
+/// held (`true` outside a claimed task): a handler checks it before each
+/// destructive or external step. Its handler is also stopped when the
+/// claim is lost, but only at its next await.
+pub fn claim_held() -> bool {
+    CLAIM.try_with(|held| *held.borrow()).unwrap_or(true)
+}
+
+/// The text of a caught panic.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic without a message)".to_owned())
+}
+
+/// A claim (or lock) kept alive while its holder works: a renewal task of
+/// its own (never pausing the work: on SQLite paused work may hold the one
+/// writer connection), aborted when the guard is dropped — work that
+/// panicked or was stopped renews nothing.
+///
+/// Every `ttl / 3` it renews. A failed renewal that is not a lost claim
+/// ([`StoreError::LostClaim`], [`StoreError::Stale`]: the database away,
+/// busy, slow) is retried every `ttl / 12` — until the *deadline*:
+/// `ttl - ttl / 6` after the last renewal that was sent and confirmed
+/// (measured on this process's monotonic clock, from before it was sent,
+/// so the stored expiry is later still). Past the deadline, or once lost,
+/// [`ClaimGuard::lost`] answers and [`claim_held`] turns false: the holder
+/// stops at least `ttl / 6` before anyone else can take the object.
+pub struct ClaimGuard {
+    held: tokio::sync::watch::Receiver<bool>,
+    why: std::sync::Arc<std::sync::Mutex<String>>,
+    beat: tokio::task::JoinHandle<()>,
+}
+
+impl ClaimGuard {
+    /// Keep `task`'s claim (and the object lock taken with it) alive.
+    pub(crate) fn start(store: &Store, task: &ClaimedTask, ttl: Duration) -> ClaimGuard {
+        let (store, task) = (store.clone(), task.clone());
+        Self::keep(ttl, move || {
+            let (store, task) = (store.clone(), task.clone());
+            async move { store.heartbeat(&task, ttl).await }
+        })
+    }
+
+    /// Keep something alive for `ttl` at a time with `renew`, which was
+    /// just taken (or renewed).
+    pub fn keep<F, Fut>(ttl: Duration, renew: F) -> ClaimGuard
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<()>> + Send,
+    {
+        let (tx, held) = tokio::sync::watch::channel(true);
+        let why = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let margin = ttl / 6;
+        let every = (ttl / 3).max(Duration::from_millis(10));
+        let retry = (ttl / 12).max(Duration::from_millis(5));
+        let beat = {
+            let why = why.clone();
+            tokio::spawn(async move {
+                let mut deadline = tokio::time::Instant::now() + ttl - margin;
+                let mut next = tokio::time::Instant::now() + every;
+                let reason = loop {
+                    tokio::time::sleep_until(next.min(deadline)).await;
+                    if tokio::time::Instant::now() >= deadline {
+                        break format!(
+                            "it could not be renewed within {:?} of its last renewal \
+                             (it expires {margin:?} later)",
+                            ttl - margin
+                        );
+                    }
+                    let sent = tokio::time::Instant::now();
+                    match tokio::time::timeout_at(deadline, renew()).await {
+                        Ok(Ok(())) => {
+                            deadline = sent + ttl - margin;
+                            next = sent + every;
+                        }
+                        Ok(Err(e @ (StoreError::LostClaim { .. } | StoreError::Stale { .. }))) => {
+                            break e.to_string();
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!("renewing a claim failed, retrying: {e}");
+                            next = tokio::time::Instant::now() + retry;
+                        }
+                        Err(_) => {}
+                    }
+                };
+                *why.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+                let _ = tx.send(false);
+                // Keep the channel open: the work reads `held` until dropped.
+                std::future::pending::<()>().await;
+            })
+        };
+        ClaimGuard { held, why, beat }
+    }
+
+    /// Answers (why) once the claim is lost or could not be renewed in
+    /// time; pending while it is held.
+    pub async fn lost(&self) -> String {
+        let mut held = self.held.clone();
+        let _ = held.wait_for(|held| !*held).await;
+        self.why.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Run `work` while the claim is held, with [`claim_held`] telling it
+    /// so; `Err(why)` once the claim is lost (then `work` was dropped).
+    pub async fn guard<T>(&self, work: impl Future<Output = T>) -> std::result::Result<T, String> {
+        tokio::select! {
+            done = CLAIM.scope(self.held.clone(), work) => Ok(done),
+            why = self.lost() => Err(why),
+        }
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        self.beat.abort();
+    }
 }
 
 /// Claim and run tasks until `stop` turns true. The task in hand when `stop`

@@ -38,13 +38,13 @@ async fn contention_is_not_an_error_and_expiry_allows_takeover_with_a_larger_tok
     .await?;
     let b = b.unwrap();
     ensure!(
-        b.token > a.token,
+        b.token() > a.token(),
         "takeover token {} must exceed {}",
-        b.token,
-        a.token
+        b.token(),
+        a.token()
     );
     let state = s.lock_state("lease:1").await?.expect("row");
-    ensure!(state.owner.as_deref() == Some("b") && state.token == b.token);
+    ensure!(state.owner.as_deref() == Some("b") && state.token == b.token());
     ensure!(
         !s.unlock(a).await?,
         "the stale holder's unlock must not free b's lock"
@@ -104,8 +104,8 @@ async fn tokens_grow_across_unlock_and_relock(db: &TestDb) -> anyhow::Result<()>
             .try_lock("resource:9", &format!("w{i}"), LONG)
             .await?
             .expect("free");
-        ensure!(l.token > last);
-        last = l.token;
+        ensure!(l.token() > last);
+        last = l.token();
         let mut tx = s.begin().await?;
         tx.check_fence(&l).await?;
         drop(tx);

@@ -8,6 +8,7 @@
 #[macro_use]
 extern crate drydock_testkit;
 
+mod claims;
 mod commands;
 mod locks;
 mod queue;

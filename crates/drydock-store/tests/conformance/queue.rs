@@ -624,9 +624,9 @@ async fn a_claimed_update_holds_its_objects_lock_until_it_completes(
     s.schedule(NewTask::update(object)).await?;
     let t = s.claim("w1", TTL).await?.expect("task");
     let lock = t.lock.clone().expect("the lock comes with the claim");
-    ensure!(lock.name == key && lock.owner == "w1");
+    ensure!(lock.name() == key && lock.owner() == "w1");
     let state = s.lock_state(&key).await?.expect("lock row");
-    ensure!(state.is_held(now_ms()) && state.token == lock.token);
+    ensure!(state.is_held(now_ms()) && state.token == lock.token());
     ensure!(
         s.try_lock(&key, "other", TTL).await?.is_none(),
         "nobody else may take the object while its task runs"
@@ -634,7 +634,7 @@ async fn a_claimed_update_holds_its_objects_lock_until_it_completes(
     // The heartbeat extends the lock with the claim.
     s.heartbeat(&t, Duration::from_secs(60)).await?;
     let renewed = s.lock_state(&key).await?.expect("lock row");
-    ensure!(renewed.expires_at > state.expires_at && renewed.token == lock.token);
+    ensure!(renewed.expires_at > state.expires_at && renewed.token == lock.token());
     s.complete(&t, Completion::Done).await?;
     ensure!(
         !s.lock_state(&key)
@@ -651,7 +651,7 @@ async fn a_claimed_update_holds_its_objects_lock_until_it_completes(
     ensure!(t.lock.is_none());
     s.complete(&t, Completion::Done).await?;
     ensure!(
-        s.lock_state(&key).await?.expect("lock row").token == other.token,
+        s.lock_state(&key).await?.expect("lock row").token == other.token(),
         "a task that did not take the lock leaves it to its holder"
     );
     Ok(())
