@@ -103,6 +103,7 @@ pub fn daemon_parts(store: &Store, settings: &Settings) -> (Arc<Engine>, DaemonC
     let daemon = DaemonConfig {
         workers: settings.workers,
         claim_ttl: settings.claim_ttl,
+        database_connections: settings.database_connections,
         ..Default::default()
     };
     (engine, daemon)

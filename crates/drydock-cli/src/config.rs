@@ -12,6 +12,8 @@
 //!
 //! [daemon]
 //! workers = 4
+//! # PostgreSQL connections (default: 2 per worker + 8)
+//! # database_connections = 16
 //! claim_ttl = "30s"
 //! reclaim_grace = "3m"
 //! retention = "30days"
@@ -42,6 +44,7 @@ pub struct ServerSection {
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonSection {
     pub workers: Option<usize>,
+    pub database_connections: Option<usize>,
     pub claim_ttl: Option<String>,
     pub reclaim_grace: Option<String>,
     pub retention: Option<String>,
@@ -64,6 +67,8 @@ pub struct Settings {
     pub database: String,
     pub listen: SocketAddr,
     pub workers: usize,
+    /// PostgreSQL connections a daemon keeps (`None`: 2 per worker + 8).
+    pub database_connections: Option<usize>,
     #[serde(with = "humantime_serde_compat")]
     pub claim_ttl: Duration,
     #[serde(with = "humantime_serde_compat")]
@@ -132,6 +137,14 @@ pub fn resolve(file: Option<&FileConfig>, o: &Overrides) -> anyhow::Result<Setti
     if !(1..=256).contains(&workers) {
         bail!("daemon.workers = {workers}: expected 1 to 256");
     }
+    let database_connections = f.daemon.database_connections;
+    if let Some(n) = database_connections
+        && !(workers + 1..=10_000).contains(&n)
+    {
+        bail!(
+            "daemon.database_connections = {n}: expected more than the workers ({workers}), at most 10000"
+        );
+    }
     let pick = |over: Option<Duration>, key: &str, text: &Option<String>, default: Duration| match (
         over, text,
     ) {
@@ -152,6 +165,7 @@ pub fn resolve(file: Option<&FileConfig>, o: &Overrides) -> anyhow::Result<Setti
         database,
         listen,
         workers,
+        database_connections,
         claim_ttl,
         reclaim_grace: pick(
             o.reclaim_grace,
@@ -195,6 +209,17 @@ mod tests {
         let s = resolve(Some(&f), &o).unwrap();
         assert_eq!((s.listen.port(), s.workers), (7001, 8));
         assert_eq!(s.database, "sqlite:///tmp/x.db");
+    }
+
+    #[test]
+    fn the_database_pool_is_sized_for_the_workers_unless_set() {
+        let s = parse("[daemon]\nworkers = 4\n").unwrap();
+        assert_eq!(s.database_connections, None);
+        assert_eq!(drydock_store::pool_size_for(s.workers), 16);
+        let s = parse("[daemon]\nworkers = 4\ndatabase_connections = 30\n").unwrap();
+        assert_eq!(s.database_connections, Some(30));
+        let e = parse("[daemon]\nworkers = 4\ndatabase_connections = 4\n").unwrap_err();
+        assert!(e.to_string().contains("daemon.database_connections"), "{e}");
     }
 
     #[test]

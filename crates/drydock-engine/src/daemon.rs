@@ -21,6 +21,9 @@ pub struct DaemonConfig {
     pub heartbeat: Duration,
     pub poll: Duration,
     pub claim_ttl: Duration,
+    /// PostgreSQL connections (`None`: [`drydock_store::pool_size_for`] the
+    /// workers).
+    pub database_connections: Option<usize>,
 }
 
 impl Default for DaemonConfig {
@@ -30,6 +33,7 @@ impl Default for DaemonConfig {
             heartbeat: Duration::from_secs(2),
             poll: Duration::from_secs(1),
             claim_ttl: Duration::from_secs(30),
+            database_connections: None,
         }
     }
 }
@@ -43,6 +47,10 @@ pub async fn run(
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), drydock_store::StoreError> {
     let store = engine.store.clone();
+    store.set_pool_size(
+        cfg.database_connections
+            .unwrap_or_else(|| drydock_store::pool_size_for(cfg.workers.max(1))),
+    );
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
     store.serve_tasks_as(id).await?;
     store
@@ -140,6 +148,21 @@ impl Engine {
                 }
                 Err(e) => return Outcome::Retry(format!("pruning failed: {e}")),
             }
+        }
+        // An object whose task failed for good would fail again: break it
+        // with the reason (a live one breaks; one whose teardown kept
+        // failing is finished, the failure logged).
+        match self.store.failed_objects(1000).await {
+            Ok(objects) => {
+                for (o, error) in objects {
+                    let reason = format!("its update task failed for good: {error}");
+                    tracing::warn!(object = %o, "breaking an object: {reason}");
+                    if let Err(e) = self.break_object(o, &reason).await {
+                        tracing::warn!(object = %o, "breaking it failed: {e}");
+                    }
+                }
+            }
+            Err(e) => return Outcome::Retry(format!("sweeping for failed tasks failed: {e}")),
         }
         match self.store.orphaned_objects(1000).await {
             Ok(objects) => {

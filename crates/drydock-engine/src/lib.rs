@@ -123,6 +123,15 @@ impl From<BlueprintError> for PassError {
 
 pub(crate) type PassResult<T> = Result<T, PassError>;
 
+/// A pass's failed attempts so far (its task's count) and how many its
+/// object gets before it breaks (the lower of the engine's and the task's
+/// limits, so the object breaks before the queue gives up on its task).
+#[derive(Clone, Copy, Debug)]
+struct Attempts {
+    failed: i64,
+    limit: i64,
+}
+
 /// A pass's last write, held open so it commits with the pass's task
 /// completion (one commit fewer per pass; see [`Handled`]). A step that
 /// writes takes it with [`Tail::begin`] and leaves its transaction here
@@ -261,13 +270,22 @@ impl Engine {
     /// `update-lease` / `update-resource`). Returns what the queue would do.
     pub async fn update_now(&self, object: ObjectRef) -> Outcome {
         // Without a claimed lock a pass commits everything itself.
-        self.pass(object, 0, None).await.outcome
+        let attempts = Attempts {
+            failed: 0,
+            limit: self.cfg.max_attempts,
+        };
+        self.pass(object, attempts, None).await.outcome
     }
 
     /// One update pass, under `held` (the lock taken with the task's claim)
     /// or else a lock of its own. Under `held`, its last write may be left
     /// open to commit with the task's completion.
-    async fn pass(&self, object: ObjectRef, attempts: i64, held: Option<&ObjectLock>) -> Handled {
+    async fn pass(
+        &self,
+        object: ObjectRef,
+        attempts: Attempts,
+        held: Option<&ObjectLock>,
+    ) -> Handled {
         use futures_util::FutureExt as _;
         if object.kind == ObjectKind::Blueprint {
             return Outcome::Fail(format!("{object} has no update worker")).into();
@@ -322,7 +340,7 @@ impl Engine {
     async fn outcome(
         &self,
         object: ObjectRef,
-        attempts: i64,
+        attempts: Attempts,
         result: PassResult<Next>,
         held: Option<&ObjectLock>,
     ) -> Outcome {
@@ -357,10 +375,13 @@ impl Engine {
         };
         let reason = match reason {
             Ok(permanent) => permanent,
-            Err(temporary) if attempts + 1 < self.cfg.max_attempts => {
+            Err(temporary) if attempts.failed + 1 < attempts.limit => {
                 return Outcome::Retry(temporary);
             }
-            Err(temporary) => format!("gave up after {} attempts: {temporary}", attempts + 1),
+            Err(temporary) => format!(
+                "gave up after {} attempts: {temporary}",
+                attempts.failed + 1
+            ),
         };
         match self.break_under(object, &reason, held).await {
             // Broken: the next pass destroys it.
@@ -458,7 +479,15 @@ impl Handler for Engine {
         match task.kind.as_str() {
             "lease.update" | "resource.update" => {
                 match task.object_key.as_deref().and_then(ObjectRef::parse) {
-                    Some(object) => self.pass(object, task.attempts, task.lock.as_ref()).await,
+                    Some(object) => {
+                        // One attempt counter (the task's), and the object
+                        // breaks before the queue would give up on it.
+                        let attempts = Attempts {
+                            failed: task.attempts,
+                            limit: self.cfg.max_attempts.min(task.max_attempts),
+                        };
+                        self.pass(object, attempts, task.lock.as_ref()).await
+                    }
                     None => Outcome::Fail(format!(
                         "update task without a valid object: {:?}",
                         task.object_key

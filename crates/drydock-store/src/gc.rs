@@ -2,7 +2,7 @@
 //! and finished tasks, are deleted after a retention period. Nothing that
 //! belongs to a live object is ever deleted.
 
-use crate::db::{query, query_scalar};
+use crate::db::{query, query_as};
 use crate::{Result, Store};
 
 /// Rows deleted by one [`Store::prune`] call.
@@ -71,43 +71,79 @@ impl Store {
     /// Objects that need an update pass but have no queued or running task:
     /// unfinished leases and resources (and active ones with an expiry or
     /// unconsumed commands). The garbage collector reschedules them, so no
-    /// task is ever lost for good, whatever crashed where.
+    /// task is ever lost for good, whatever crashed where. Objects whose
+    /// last task failed for good are not among them
+    /// ([`Store::failed_objects`]): rescheduled, they would fail again.
     pub async fn orphaned_objects(&self, limit: i64) -> Result<Vec<drydock_model::ObjectRef>> {
         use drydock_model::{LeaseId, ObjectRef, ResourceId};
-        let no_task = |kind: &str, table: &str| {
-            format!(
-                "NOT EXISTS (SELECT 1 FROM tasks t WHERE t.object_key = '{kind}:' || CAST({table}.id AS TEXT) \
-                 AND t.state IN ('queued', 'claimed'))"
-            )
-        };
-        let pending_cmd = |kind: &str, table: &str| {
-            format!(
-                "EXISTS (SELECT 1 FROM commands c WHERE c.target_kind = '{kind}' AND c.target_id = {table}.id AND c.consumed = 0)"
-            )
-        };
-        let leases = format!(
-            "SELECT id FROM leases WHERE (status IN ('pending', 'acquired', 'released', 'broken') \
-               OR (status = 'active' AND (until_at IS NOT NULL OR {}))) AND {} ORDER BY id LIMIT $1",
-            pending_cmd("lease", "leases"),
-            no_task("lease", "leases")
+        let (l, r) = (
+            self.needing_a_pass("lease", false, limit).await?,
+            self.needing_a_pass("resource", false, limit).await?,
         );
-        let resources = format!(
-            "SELECT id FROM resources WHERE (status IN ('pending', 'released', 'broken') \
-               OR (status = 'active' AND (until_at IS NOT NULL OR {}))) AND {} ORDER BY id LIMIT $1",
-            pending_cmd("resource", "resources"),
-            no_task("resource", "resources")
-        );
-        let l: Vec<i64> = query_scalar(leases)
-            .bind(limit)
-            .fetch_all(&mut self.reader().await?.raw)
-            .await?;
-        let r: Vec<i64> = query_scalar(resources)
-            .bind(limit)
-            .fetch_all(&mut self.reader().await?.raw)
-            .await?;
         Ok(l.into_iter()
-            .map(|i| ObjectRef::lease(LeaseId(i)))
-            .chain(r.into_iter().map(|i| ObjectRef::resource(ResourceId(i))))
+            .map(|(i, _)| ObjectRef::lease(LeaseId(i)))
+            .chain(
+                r.into_iter()
+                    .map(|(i, _)| ObjectRef::resource(ResourceId(i))),
+            )
             .collect())
+    }
+
+    /// Objects that need an update pass, have no queued or running task,
+    /// and whose last task failed for good (a crash loop the queue gave up
+    /// on, a permanent failure), each with the task's error: the garbage
+    /// collector breaks them with it instead of rescheduling a poison task.
+    pub async fn failed_objects(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<(drydock_model::ObjectRef, String)>> {
+        use drydock_model::{LeaseId, ObjectRef, ResourceId};
+        let (l, r) = (
+            self.needing_a_pass("lease", true, limit).await?,
+            self.needing_a_pass("resource", true, limit).await?,
+        );
+        let reason = |e: Option<String>| e.unwrap_or_else(|| "its update task failed".into());
+        Ok(l.into_iter()
+            .map(|(i, e)| (ObjectRef::lease(LeaseId(i)), reason(e)))
+            .chain(
+                r.into_iter()
+                    .map(|(i, e)| (ObjectRef::resource(ResourceId(i)), reason(e))),
+            )
+            .collect())
+    }
+
+    /// Ids of `kind`'s objects (`lease`, `resource`) that need a pass and
+    /// have no task queued or running, whose last task `failed` (or not),
+    /// with that task's error.
+    async fn needing_a_pass(
+        &self,
+        kind: &str,
+        failed: bool,
+        limit: i64,
+    ) -> Result<Vec<(i64, Option<String>)>> {
+        let (table, statuses) = match kind {
+            "lease" => ("leases", "'pending', 'acquired', 'released', 'broken'"),
+            _ => ("resources", "'pending', 'released', 'broken'"),
+        };
+        let key = format!("'{kind}:' || CAST(o.id AS TEXT)");
+        let sql = format!(
+            "SELECT o.id, last.last_error FROM {table} o \
+             LEFT JOIN tasks last ON last.id = (SELECT MAX(t.id) FROM tasks t WHERE t.object_key = {key}) \
+             WHERE (o.status IN ({statuses}) OR (o.status = 'active' AND (o.until_at IS NOT NULL \
+                 OR EXISTS (SELECT 1 FROM commands c WHERE c.target_kind = '{kind}' AND c.target_id = o.id \
+                   AND c.consumed = 0)))) \
+               AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.object_key = {key} AND t.state IN ('queued', 'claimed')) \
+               AND {} \
+             ORDER BY o.id LIMIT $1",
+            if failed {
+                "last.state = 'failed'"
+            } else {
+                "(last.id IS NULL OR last.state <> 'failed')"
+            }
+        );
+        query_as(sql)
+            .bind(limit)
+            .fetch_all(&mut self.reader().await?.raw)
+            .await
     }
 }

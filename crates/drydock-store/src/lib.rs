@@ -99,6 +99,14 @@ pub fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// PostgreSQL connections a process running `workers` workers needs: each
+/// may hold a transaction while its claim's renewal takes a connection of
+/// its own (renewals never wait behind passes), and 8 more for the API,
+/// listeners and the daemon's own heartbeat.
+pub fn pool_size_for(workers: usize) -> usize {
+    workers.saturating_mul(2).saturating_add(8)
+}
+
 /// A handle on the database. Cheap to clone; all clones share the pools and
 /// the task-queue notifier.
 #[derive(Clone)]
@@ -242,6 +250,20 @@ impl Store {
     /// A connection for reads (SQLite: not the writer's).
     pub(crate) async fn reader(&self) -> Result<pool::Conn> {
         Ok(self.inner.read.get().await?)
+    }
+
+    /// PostgreSQL: let the connection pool grow to `connections` (at least
+    /// 1); a daemon sizes it for its workers ([`pool_size_for`]). SQLite
+    /// keeps its one writer and four readers.
+    pub fn set_pool_size(&self, connections: usize) {
+        if self.inner.dialect == Dialect::Postgres {
+            self.inner.write.resize(connections.max(1));
+        }
+    }
+
+    /// The connection pool's size (PostgreSQL; SQLite: its writer's 1).
+    pub fn pool_size(&self) -> usize {
+        self.inner.write.status().max_size
     }
 
     /// Close every connection (those in use close when given back).

@@ -262,6 +262,9 @@ pub struct ClaimedTask {
     pub payload: Value,
     /// Failures so far (temporary failures and crashed runs).
     pub attempts: i64,
+    /// Failures after which the queue fails the task for good: a handler
+    /// that gives up itself (breaking its object) does so no later.
+    pub max_attempts: i64,
     pub token: i64,
     pub owner: String,
     /// The lock of the task's object (named by `object_key`), taken with
@@ -1270,6 +1273,8 @@ pub(crate) struct AfterTask {
 }
 
 /// What [`claim_in`] found.
+// Short-lived (one claim's answer): its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Claimed {
     Nothing,
     /// A task whose workers kept dying, marked failed instead of run.
@@ -1363,12 +1368,12 @@ async fn claim_on(db: &mut Db, dialect: Dialect, owner: &str, ttl: Duration) -> 
         object_key: get(&row, "object_key")?,
         payload: json(&row, "payload")?,
         attempts: get(&row, "attempts")?,
+        max_attempts: get(&row, "max_attempts")?,
         token: get(&row, "claim_token")?,
         owner: owner.to_owned(),
         lock: None,
     };
-    let max_attempts: i64 = get(&row, "max_attempts")?;
-    if task.attempts >= max_attempts {
+    if task.attempts >= task.max_attempts {
         // Its workers kept dying: stop here instead of crashing forever.
         query(
             "UPDATE tasks SET state = 'failed', finished_at = $1, claim_owner = NULL, \
@@ -1790,7 +1795,9 @@ impl ClaimGuard {
     /// so; `Err(why)` once the claim is lost (then `work` was dropped).
     pub async fn guard<T>(&self, work: impl Future<Output = T>) -> std::result::Result<T, String> {
         tokio::select! {
-            done = CLAIM.scope(self.held.clone(), work) => Ok(done),
+            // Boxed: the work is often a whole pass, a large future that
+            // would otherwise be moved about on the worker's stack.
+            done = Box::pin(CLAIM.scope(self.held.clone(), work)) => Ok(done),
             why = self.lost() => Err(why),
         }
     }

@@ -197,6 +197,8 @@ impl BlueprintImpl for Scripted {
                 ));
             }
             "flaky-2" if n < 2 => return Err(BlueprintError::Temporary("connection reset".into())),
+            // A hook with a bug: its first four runs panic.
+            "panic-4" if n < 4 => panic!("scripted panic in lease activation"),
             "hold" if self.0.hold.load(Ordering::SeqCst) => {
                 return Err(BlueprintError::Yield {
                     after: Duration::from_millis(20),

@@ -30,6 +30,8 @@ backend_tests!(
     gc_prunes_only_destroyed_objects_and_reschedules_lost_tasks,
     a_reused_lease_is_active_in_one_commit_and_one_write_and_destroyed_in_one,
     a_release_is_committed_before_a_remote_teardown_runs,
+    an_object_whose_task_failed_for_good_is_broken_with_the_reason_not_rescheduled,
+    a_panicking_blueprint_hook_breaks_its_object_after_its_attempts_and_the_worker_serves_on,
 );
 
 async fn lease_goes_pending_acquired_active_released_destroyed_on_a_new_resource(
@@ -762,6 +764,90 @@ async fn a_release_is_committed_before_a_remote_teardown_runs(db: &TestDb) -> an
     h.probe.hold_teardown.store(false, Ordering::SeqCst);
     h.wait_status(lease.id, LeaseStatus::Destroyed).await?;
     h.wait_status(other.id, LeaseStatus::Active).await?;
+    h.stop().await;
+    Ok(())
+}
+
+async fn an_object_whose_task_failed_for_good_is_broken_with_the_reason_not_rescheduled(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    use drydock_store::queue::{Completion, NewTask, WorkerConfig, run_claimed};
+    let store = &db.store;
+    let lease = store
+        .insert_lease(&drydock_store::lease::NewLease {
+            resource_type: "thing".into(),
+            authorizing: "drydock".into(),
+            ..Default::default()
+        })
+        .await?;
+    // Its update task failed for good (the queue gave up on a crash loop).
+    store
+        .schedule(NewTask::update(lease.object()).max_attempts(1))
+        .await?;
+    let task = store
+        .claim("w", Duration::from_secs(30))
+        .await?
+        .expect("its task");
+    store
+        .complete(&task, Completion::Fail("the worker kept dying".into()))
+        .await?;
+    ensure!(
+        store.orphaned_objects(100).await?.is_empty(),
+        "an object whose task failed would be rescheduled to fail again"
+    );
+    let engine = drydock_engine::Engine::new(
+        store.clone(),
+        std::sync::Arc::new(drydock_engine::blueprint::Registry::new()),
+        crate::harness::config("gc"),
+    );
+    store
+        .schedule(
+            NewTask::new(drydock_engine::daemon::GC_TASK).object(drydock_engine::daemon::GC_TASK),
+        )
+        .await?;
+    let gc = store
+        .claim("gc", Duration::from_secs(30))
+        .await?
+        .expect("the gc task");
+    ensure!(gc.kind == drydock_engine::daemon::GC_TASK);
+    run_claimed(store, &engine, &WorkerConfig::new("gc"), &gc).await?;
+    let broken = store.lease(lease.id).await?;
+    ensure!(broken.status == LeaseStatus::Broken, "{broken:?}");
+    ensure!(
+        broken
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.contains("failed for good: the worker kept dying")),
+        "{broken:?}"
+    );
+    Ok(())
+}
+
+async fn a_panicking_blueprint_hook_breaks_its_object_after_its_attempts_and_the_worker_serves_on(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    // One worker: the lease that follows is served by the same loop.
+    let h = Harness::start(db, 1).await;
+    h.blueprint("pool", json!({"lease-activation": "panic-4"}))
+        .await?;
+    let lease = h.lease(none()).await?;
+    // Broken, then destroyed by its next pass; the failure stays on it.
+    let broken = h.wait_status(lease.id, LeaseStatus::Destroyed).await?;
+    ensure!(
+        broken
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.contains("panicked") && f.contains("scripted panic")),
+        "{broken:?}"
+    );
+    let logs = h.lease_logs(lease.id).await?;
+    let panics = logs.iter().filter(|k| *k == "pass.panicked").count();
+    // The harness's engine allows 4 attempts.
+    ensure!(panics == 4, "{panics} panics logged: {logs:?}");
+    // The worker that ran the panicking hook serves the next lease (whose
+    // activation, the fifth, does not panic).
+    let next = h.lease(none()).await?;
+    h.wait_status(next.id, LeaseStatus::Active).await?;
     h.stop().await;
     Ok(())
 }
