@@ -290,7 +290,9 @@ impl Engine {
         if object.kind == ObjectKind::Blueprint {
             return Outcome::Fail(format!("{object} has no update worker")).into();
         }
-        // Boxed: a pass's future is large (see `queue::run_task`).
+        // Boxed: a pass's future is large, and the panic guard around it
+        // would move it about on the stack (debug builds overflowed a
+        // worker's stack in the lifecycle tests without the box).
         let pass = Box::pin(async {
             if object.kind == ObjectKind::Lease {
                 match self.lease_pass(LeaseId(object.id), held).await {

@@ -261,11 +261,6 @@ impl Store {
         }
     }
 
-    /// The connection pool's size (PostgreSQL; SQLite: its writer's 1).
-    pub fn pool_size(&self) -> usize {
-        self.inner.write.status().max_size
-    }
-
     /// Close every connection (those in use close when given back).
     pub async fn close(&self) {
         self.inner.write.close();

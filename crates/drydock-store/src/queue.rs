@@ -1635,8 +1635,9 @@ async fn run_task<H: Handler>(
     // lost, or cannot be confirmed before it would expire, the handler is
     // dropped (at its next await; its child processes are killed on drop)
     // before another worker can claim the object.
-    // Boxed: a pass's future is large, and wrapped it would be moved
-    // about on the worker's stack.
+    // Boxed: a pass's future is large, and the panic guard and claim guard
+    // around it would move it about on the worker's stack (debug builds
+    // overflowed it in the lifecycle tests without this box).
     let work = std::panic::AssertUnwindSafe(Box::pin(handler.handle(task))).catch_unwind();
     let handled = match claim.guard(work).await {
         Ok(handled) => handled,
@@ -1682,8 +1683,8 @@ async fn run_task<H: Handler>(
 }
 
 tokio::task_local! {
-    /// Whether the claim of the task this handler runs is still held.
-    static CLAIM: tokio::sync::watch::Receiver<bool>;
+    /// The claim of the task this handler runs: why it was lost, once it is.
+    static CLAIM: tokio::sync::watch::Receiver<Option<String>>;
 }
 
 /// Whether the claim under which the current task's handler runs is still
@@ -1691,7 +1692,9 @@ tokio::task_local! {
 /// destructive or external step. Its handler is also stopped when the
 /// claim is lost, but only at its next await.
 pub fn claim_held() -> bool {
-    CLAIM.try_with(|held| *held.borrow()).unwrap_or(true)
+    CLAIM
+        .try_with(|lost| lost.borrow().is_none())
+        .unwrap_or(true)
 }
 
 /// The text of a caught panic.
@@ -1717,8 +1720,8 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// [`ClaimGuard::lost`] answers and [`claim_held`] turns false: the holder
 /// stops at least `ttl / 6` before anyone else can take the object.
 pub struct ClaimGuard {
-    held: tokio::sync::watch::Receiver<bool>,
-    why: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Why the claim was lost, once it is (`None` while it is held).
+    lost: tokio::sync::watch::Receiver<Option<String>>,
     beat: tokio::task::JoinHandle<()>,
 }
 
@@ -1739,56 +1742,53 @@ impl ClaimGuard {
         F: Fn() -> Fut + Send + 'static,
         Fut: Future<Output = Result<()>> + Send,
     {
-        let (tx, held) = tokio::sync::watch::channel(true);
-        let why = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, lost) = tokio::sync::watch::channel(None);
         let margin = ttl / 6;
         let every = (ttl / 3).max(Duration::from_millis(10));
         let retry = (ttl / 12).max(Duration::from_millis(5));
-        let beat = {
-            let why = why.clone();
-            tokio::spawn(async move {
-                let mut deadline = tokio::time::Instant::now() + ttl - margin;
-                let mut next = tokio::time::Instant::now() + every;
-                let reason = loop {
-                    tokio::time::sleep_until(next.min(deadline)).await;
-                    if tokio::time::Instant::now() >= deadline {
-                        break format!(
-                            "it could not be renewed within {:?} of its last renewal \
+        let beat = tokio::spawn(async move {
+            let mut deadline = tokio::time::Instant::now() + ttl - margin;
+            let mut next = tokio::time::Instant::now() + every;
+            let reason = loop {
+                tokio::time::sleep_until(next.min(deadline)).await;
+                if tokio::time::Instant::now() >= deadline {
+                    break format!(
+                        "it could not be renewed within {:?} of its last renewal \
                              (it expires {margin:?} later)",
-                            ttl - margin
-                        );
+                        ttl - margin
+                    );
+                }
+                let sent = tokio::time::Instant::now();
+                match tokio::time::timeout_at(deadline, renew()).await {
+                    Ok(Ok(())) => {
+                        deadline = sent + ttl - margin;
+                        next = sent + every;
                     }
-                    let sent = tokio::time::Instant::now();
-                    match tokio::time::timeout_at(deadline, renew()).await {
-                        Ok(Ok(())) => {
-                            deadline = sent + ttl - margin;
-                            next = sent + every;
-                        }
-                        Ok(Err(e @ (StoreError::LostClaim { .. } | StoreError::Stale { .. }))) => {
-                            break e.to_string();
-                        }
-                        Ok(Err(e)) => {
-                            tracing::warn!("renewing a claim failed, retrying: {e}");
-                            next = tokio::time::Instant::now() + retry;
-                        }
-                        Err(_) => {}
+                    Ok(Err(e @ (StoreError::LostClaim { .. } | StoreError::Stale { .. }))) => {
+                        break e.to_string();
                     }
-                };
-                *why.lock().unwrap_or_else(|e| e.into_inner()) = reason;
-                let _ = tx.send(false);
-                // Keep the channel open: the work reads `held` until dropped.
-                std::future::pending::<()>().await;
-            })
-        };
-        ClaimGuard { held, why, beat }
+                    Ok(Err(e)) => {
+                        tracing::warn!("renewing a claim failed, retrying: {e}");
+                        next = tokio::time::Instant::now() + retry;
+                    }
+                    Err(_) => {}
+                }
+            };
+            // Receivers keep the last value after the sender is gone.
+            let _ = tx.send(Some(reason));
+        });
+        ClaimGuard { lost, beat }
     }
 
     /// Answers (why) once the claim is lost or could not be renewed in
     /// time; pending while it is held.
     pub async fn lost(&self) -> String {
-        let mut held = self.held.clone();
-        let _ = held.wait_for(|held| !*held).await;
-        self.why.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut lost = self.lost.clone();
+        match lost.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            // The renewal task ended without a word (it panicked).
+            Err(_) => "its renewal stopped".into(),
+        }
     }
 
     /// Run `work` while the claim is held, with [`claim_held`] telling it
@@ -1797,7 +1797,7 @@ impl ClaimGuard {
         tokio::select! {
             // Boxed: the work is often a whole pass, a large future that
             // would otherwise be moved about on the worker's stack.
-            done = Box::pin(CLAIM.scope(self.held.clone(), work)) => Ok(done),
+            done = Box::pin(CLAIM.scope(self.lost.clone(), work)) => Ok(done),
             why = self.lost() => Err(why),
         }
     }

@@ -112,22 +112,37 @@ fn cfg(owner: &str) -> WorkerConfig {
     cfg
 }
 
+/// Schedule a task of object `x`, claim it as `w1` and run it, in the
+/// background, with a destroyer named `h1` that works for `work`.
+async fn start_h1(
+    s: &Store,
+    journal: &Journal,
+    work: Duration,
+) -> anyhow::Result<(
+    drydock_model::TaskId,
+    ClaimedTask,
+    tokio::task::JoinHandle<drydock_store::Result<Outcome>>,
+)> {
+    let id = s.schedule(NewTask::new("test.destroy").object("x")).await?;
+    let task = s.claim("w1", TTL).await?.expect("the task");
+    let h1 = Destroyer {
+        name: "h1",
+        work,
+        journal: journal.clone(),
+    };
+    let run = {
+        let (s, task) = (s.clone(), task.clone());
+        tokio::spawn(async move { run_claimed(&s, &h1, &cfg("w1"), &task).await })
+    };
+    Ok((id, task, run))
+}
+
 async fn a_claim_that_cannot_be_renewed_stops_its_handler_before_another_worker_takes_it(
     db: &TestDb,
 ) -> anyhow::Result<()> {
     let s = &db.store;
     let journal = Journal::default();
-    let id = s.schedule(NewTask::new("test.destroy").object("x")).await?;
-    let first = s.claim("w1", TTL).await?.expect("the task");
-    let h1 = Destroyer {
-        name: "h1",
-        work: Duration::from_secs(6),
-        journal: journal.clone(),
-    };
-    let run1 = {
-        let (s, first) = (s.clone(), first.clone());
-        tokio::spawn(async move { run_claimed(&s, &h1, &cfg("w1"), &first).await })
-    };
+    let (id, first, run1) = start_h1(s, &journal, Duration::from_secs(6)).await?;
     wait_until(Duration::from_secs(5), "h1 started", async || {
         journal.has("h1 started")
     })
@@ -183,17 +198,7 @@ async fn a_claim_that_cannot_be_renewed_stops_its_handler_before_another_worker_
 async fn a_short_outage_does_not_cost_a_handler_its_claim(db: &TestDb) -> anyhow::Result<()> {
     let s = &db.store;
     let journal = Journal::default();
-    let id = s.schedule(NewTask::new("test.destroy").object("x")).await?;
-    let task = s.claim("w1", TTL).await?.expect("the task");
-    let h1 = Destroyer {
-        name: "h1",
-        work: Duration::from_millis(1800),
-        journal: journal.clone(),
-    };
-    let run1 = {
-        let (s, task) = (s.clone(), task.clone());
-        tokio::spawn(async move { run_claimed(&s, &h1, &cfg("w1"), &task).await })
-    };
+    let (id, _, run1) = start_h1(s, &journal, Duration::from_millis(1800)).await?;
     // Away from 300 ms to 750 ms: the renewal due at 400 ms waits, and
     // goes through before the handler's deadline (1 s).
     tokio::time::sleep(Duration::from_millis(300)).await;
